@@ -1,0 +1,36 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Layout (see README "Architecture"):
+//   CJansson       the system's jansson (JSON at the C boundary and on the wire)
+//   CGoxelPool     include/goxelpool.h as a C module: the contract the shim is checked against
+//   GoxelPoolCore  pure decisions: configuration, pool and health state machines, backoff (no I/O)
+//   GoxelPoolIO    sockets, framing, JSON-RPC codec, threads: runs the core's actions
+//   GoxelPool      the C ABI shim (@c @implementation), built into libgoxelpool.so
+//   goxel-refd     the reference daemon used by the demo, the tests and the benchmarks
+let package = Package(
+    name: "goxelpool",
+    products: [
+        .library(name: "goxelpool", type: .dynamic, targets: ["GoxelPool"]),
+        .executable(name: "goxel-refd", targets: ["goxel-refd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CJansson", path: "Sources/CJansson", pkgConfig: "jansson",
+                       providers: [.apt(["libjansson-dev"])]),
+        .target(name: "CGoxelPool", dependencies: ["CJansson"], path: ".",
+                sources: ["Sources/CGoxelPool/header_stub.c"], publicHeadersPath: "include"),
+        .target(name: "GoxelPoolCore", dependencies: [
+            .product(name: "DequeModule", package: "swift-collections"),
+            .product(name: "Histogram", package: "hdrhistogram-swift"),
+        ]),
+        .target(name: "GoxelPoolIO", dependencies: ["GoxelPoolCore", "CJansson"]),
+        .target(name: "GoxelPool", dependencies: ["GoxelPoolIO", "GoxelPoolCore", "CGoxelPool", "CJansson"]),
+        .executableTarget(name: "goxel-refd", dependencies: ["CJansson"]),
+        .testTarget(name: "GoxelPoolCoreTests", dependencies: ["GoxelPoolCore"]),
+        .testTarget(name: "GoxelPoolIOTests", dependencies: ["GoxelPoolIO", "GoxelPoolCore", "CJansson"]),
+    ]
+)

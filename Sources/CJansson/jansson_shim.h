@@ -1,0 +1,2 @@
+/* Exposes the system's jansson to Swift (libjansson-dev). */
+#include <jansson.h>

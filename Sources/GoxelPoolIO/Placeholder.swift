@@ -1,0 +1,3 @@
+import CJansson
+import GoxelPoolCore
+public func ioProbe() -> UnsafeMutablePointer<json_t>? { json_object() }

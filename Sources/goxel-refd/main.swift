@@ -1,0 +1,2 @@
+import CJansson
+print("refd")
