@@ -27,7 +27,10 @@ let package = Package(
             .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "Histogram", package: "hdrhistogram-swift"),
         ]),
-        .target(name: "GoxelPoolIO", dependencies: ["GoxelPoolCore", "CJansson"]),
+        .target(name: "GoxelPoolIO", dependencies: [
+            "GoxelPoolCore", "CJansson",
+            .product(name: "DequeModule", package: "swift-collections"),
+        ]),
         .target(name: "GoxelPool", dependencies: ["GoxelPoolIO", "GoxelPoolCore", "CGoxelPool", "CJansson"]),
         .executableTarget(name: "goxel-refd", dependencies: ["CJansson"]),
         .testTarget(name: "GoxelPoolCoreTests", dependencies: ["GoxelPoolCore"]),

@@ -1,0 +1,364 @@
+import CGoxelPool
+import CJansson
+import Glibc
+import GoxelPoolCore
+import GoxelPoolIO
+
+// The C ABI: every function checks its arguments, converts, calls the client and maps errors to
+// statuses. `@c @implementation` makes the compiler check each signature against
+// include/goxelpool.h. Nothing here may trap: a trap would abort the host program.
+
+/// What a goxelpool_client pointer points at.
+final class ClientHandle: @unchecked Sendable {
+    let client: PoolClient
+    private let lock = PthreadMutex()
+    private var suppressed = false
+
+    init(client: PoolClient) { self.client = client }
+
+    /// Async callbacks check this: after goxelpool_client_free from a callback none runs again.
+    var callbacksSuppressed: Bool { lock.withLock { suppressed } }
+    func suppressCallbacks() { lock.withLock { suppressed = true } }
+
+    static func from(_ pointer: OpaquePointer?) -> ClientHandle? {
+        guard let pointer else { return nil }
+        return Unmanaged<ClientHandle>.fromOpaque(UnsafeRawPointer(pointer)).takeUnretainedValue()
+    }
+}
+
+private func status(_ value: CallStatus) -> goxelpool_status { goxelpool_status(rawValue: UInt32(value.rawValue)) }
+
+private func failed(_ failure: CallFailure) -> goxelpool_status {
+    LastError.set(failure.message)
+    return status(failure.status)
+}
+
+private func invalid(_ message: String) -> goxelpool_status { failed(CallFailure(.invalid, message)) }
+
+private func staticCString(_ text: StaticString) -> UnsafePointer<CChar> {
+    UnsafeRawPointer(text.utf8Start).assumingMemoryBound(to: CChar.self)
+}
+
+/// `timeout_ms < 0`: the configured default (nil).
+private func timeoutSpan(_ timeoutMs: Int32) -> Span? { timeoutMs < 0 ? nil : .milliseconds(Int(timeoutMs)) }
+
+private func methodName(_ method: UnsafePointer<CChar>?) -> Result<String, CallFailure> {
+    guard let method else { return .failure(CallFailure(.invalid, "method is NULL")) }
+    guard let name = String(validatingCString: method) else { return .failure(CallFailure(.invalid, "method is not valid UTF-8")) }
+    guard !name.isEmpty else { return .failure(CallFailure(.invalid, "method is empty")) }
+    return .success(name)
+}
+
+/// params must be NULL, an array or an object (the daemon silently drops scalar params).
+private func checkParams(_ params: UnsafePointer<json_t>?) -> CallFailure? {
+    guard let params else { return nil }
+    let type = params.pointee.type
+    return type == JSON_ARRAY || type == JSON_OBJECT ? nil : CallFailure(.invalid, "params must be NULL, a JSON array or a JSON object")
+}
+
+private func paramsPointer(_ params: UnsafePointer<json_t>?) -> OpaquePointer? { params.map { OpaquePointer($0) } }
+
+// MARK: - Version and status
+
+@c @implementation
+public func goxelpool_version() -> UnsafePointer<CChar>! { staticCString("1.0.0") }
+
+@c @implementation
+public func goxelpool_strerror(_ value: goxelpool_status) -> UnsafePointer<CChar>! {
+    guard let known = CallStatus(rawValue: Int32(truncatingIfNeeded: value.rawValue)) else { return staticCString("unknown status") }
+    return staticCString(known.sentence)
+}
+
+@c @implementation
+public func goxelpool_status_name(_ value: goxelpool_status) -> UnsafePointer<CChar>! {
+    guard let known = CallStatus(rawValue: Int32(truncatingIfNeeded: value.rawValue)) else { return staticCString("UNKNOWN") }
+    return staticCString(known.name)
+}
+
+@c @implementation
+public func goxelpool_last_error() -> UnsafePointer<CChar>! {
+    guard let buffer = LastError.buffer() else { return staticCString("") }
+    return UnsafePointer(buffer)
+}
+
+// MARK: - Client
+
+@c @implementation
+public func goxelpool_client_new(_ config: UnsafePointer<json_t>?, _ out: UnsafeMutablePointer<OpaquePointer?>?,
+                                 _ errbuf: UnsafeMutablePointer<CChar>?, _ errbufLength: Int) -> goxelpool_status {
+    LastError.clear()
+    func reject(_ failure: CallFailure) -> goxelpool_status {
+        if let errbuf, errbufLength > 0 { copy(failure.message, into: errbuf, capacity: errbufLength) }
+        return failed(failure)
+    }
+    guard let out else { return reject(CallFailure(.invalid, "out is NULL")) }
+    out.pointee = nil
+    let configuration: ClientConfiguration
+    do {
+        configuration = try ClientConfiguration.parse(json: config)
+    } catch {
+        return reject(CallFailure(.invalid, error.description))
+    }
+    let handle = ClientHandle(client: PoolClient(configuration: configuration))
+    out.pointee = OpaquePointer(Unmanaged.passRetained(handle).toOpaque())
+    if let errbuf, errbufLength > 0 { errbuf.pointee = 0 }
+    return GOXELPOOL_OK
+}
+
+@c @implementation
+public func goxelpool_client_close(_ client: OpaquePointer?, _ drainTimeoutMs: Int32) -> goxelpool_status {
+    LastError.clear()
+    guard let handle = ClientHandle.from(client) else { return invalid("client is NULL") }
+    guard !handle.client.isLibraryThread() else {
+        return invalid("goxelpool_client_close called from a callback of the same client (it would wait for itself)")
+    }
+    let drain = drainTimeoutMs < 0 ? Span.milliseconds(handle.client.configuration.timeoutMs) : .milliseconds(Int(drainTimeoutMs))
+    handle.client.close(drain: drain)
+    return GOXELPOOL_OK
+}
+
+@c @implementation
+public func goxelpool_client_free(_ client: OpaquePointer?) {
+    guard let client, let handle = ClientHandle.from(client) else { return }
+    if handle.client.isLibraryThread() {
+        // From a callback: nothing more is delivered, and the close (which joins this very
+        // thread) happens on a thread of its own once the callback has returned.
+        handle.suppressCallbacks()
+        handle.client.events.suppress()
+        _ = LibraryThread.detached {
+            handle.client.close(drain: .zero)
+            Unmanaged<ClientHandle>.passUnretained(handle).release()
+        }
+        return
+    }
+    handle.client.close(drain: .zero)
+    Unmanaged<ClientHandle>.passUnretained(handle).release()
+}
+
+// MARK: - Calls
+
+@c @implementation
+public func goxelpool_call(_ client: OpaquePointer?, _ method: UnsafePointer<CChar>?, _ params: UnsafePointer<json_t>?,
+                           _ timeoutMs: Int32, _ result: UnsafeMutablePointer<UnsafeMutablePointer<json_t>?>?,
+                           _ rpcError: UnsafeMutablePointer<UnsafeMutablePointer<json_t>?>?) -> goxelpool_status {
+    LastError.clear()
+    result?.pointee = nil
+    rpcError?.pointee = nil
+    guard let handle = ClientHandle.from(client) else { return invalid("client is NULL") }
+    let name: String
+    switch methodName(method) {
+    case .success(let value): name = value
+    case .failure(let failure): return failed(failure)
+    }
+    if let failure = checkParams(params) { return failed(failure) }
+    switch handle.client.call(method: name, params: paramsPointer(params), timeout: timeoutSpan(timeoutMs)) {
+    case .result(let value):
+        if let result { result.pointee = UnsafeMutablePointer(value) } else { json_decref(UnsafeMutablePointer(value)) }
+        return GOXELPOOL_OK
+    case .rpcError(let value):
+        let message = errorMessage(UnsafeMutablePointer(value))
+        if let rpcError { rpcError.pointee = UnsafeMutablePointer(value) } else { json_decref(UnsafeMutablePointer(value)) }
+        LastError.set(message)
+        return GOXELPOOL_ERPC
+    case .notified:
+        return GOXELPOOL_OK
+    case .failure(let failure):
+        return failed(failure)
+    }
+}
+
+@c @implementation
+public func goxelpool_call_async(_ client: OpaquePointer?, _ method: UnsafePointer<CChar>?, _ params: UnsafePointer<json_t>?,
+                                 _ timeoutMs: Int32, _ cb: goxelpool_call_cb?, _ userdata: UnsafeMutableRawPointer?) -> goxelpool_status {
+    LastError.clear()
+    guard let handle = ClientHandle.from(client) else { return invalid("client is NULL") }
+    guard let cb else { return invalid("callback is NULL") }
+    let name: String
+    switch methodName(method) {
+    case .success(let value): name = value
+    case .failure(let failure): return failed(failure)
+    }
+    if let failure = checkParams(params) { return failed(failure) }
+    // A private copy: the caller may change or free its params as soon as we return.
+    var copied: UnsafeMutablePointer<json_t>?
+    if let params {
+        copied = json_deep_copy(params)
+        if copied == nil { return failed(CallFailure(.noMemory, "out of memory copying params")) }
+    }
+    let context = AsyncContext(callback: cb, userdata: userdata, params: copied)
+    let refused = handle.client.callAsync(method: name, params: copied.map { OpaquePointer($0) },
+                                          timeout: timeoutSpan(timeoutMs)) { [handle] outcome in
+        context.complete(outcome, suppressed: handle.callbacksSuppressed)
+    }
+    if let refused {
+        if let copied { json_decref(copied) }
+        return failed(refused)
+    }
+    return GOXELPOOL_OK
+}
+
+/// Carries a C callback and its userdata across threads.
+private final class AsyncContext: @unchecked Sendable {
+    let callback: goxelpool_call_cb
+    let userdata: UnsafeMutableRawPointer?
+    let params: UnsafeMutablePointer<json_t>?
+
+    init(callback: goxelpool_call_cb, userdata: UnsafeMutableRawPointer?, params: UnsafeMutablePointer<json_t>?) {
+        self.callback = callback; self.userdata = userdata; self.params = params
+    }
+
+    func complete(_ outcome: CallOutcome, suppressed: Bool) {
+        defer { if let params { json_decref(params) } }
+        switch outcome {
+        case .result(let value):
+            if !suppressed { callback(GOXELPOOL_OK, UnsafePointer(UnsafeMutablePointer<json_t>(value)), nil, userdata) }
+            json_decref(UnsafeMutablePointer(value))
+        case .rpcError(let value):
+            if !suppressed { callback(GOXELPOOL_ERPC, nil, UnsafePointer(UnsafeMutablePointer<json_t>(value)), userdata) }
+            json_decref(UnsafeMutablePointer(value))
+        case .notified:
+            if !suppressed { callback(GOXELPOOL_OK, nil, nil, userdata) }
+        case .failure(let failure):
+            LastError.set(failure.message)
+            if !suppressed { callback(status(failure.status), nil, nil, userdata) }
+        }
+    }
+}
+
+@c @implementation
+public func goxelpool_notify(_ client: OpaquePointer?, _ method: UnsafePointer<CChar>?, _ params: UnsafePointer<json_t>?) -> goxelpool_status {
+    LastError.clear()
+    guard let handle = ClientHandle.from(client) else { return invalid("client is NULL") }
+    let name: String
+    switch methodName(method) {
+    case .success(let value): name = value
+    case .failure(let failure): return failed(failure)
+    }
+    if let failure = checkParams(params) { return failed(failure) }
+    switch handle.client.call(method: name, params: paramsPointer(params), timeout: nil, notification: true) {
+    case .result(let value), .rpcError(let value):
+        json_decref(UnsafeMutablePointer(value))
+        return GOXELPOOL_OK
+    case .notified: return GOXELPOOL_OK
+    case .failure(let failure): return failed(failure)
+    }
+}
+
+@c @implementation
+public func goxelpool_call_batch(_ client: OpaquePointer?, _ requests: UnsafePointer<json_t>?, _ timeoutMs: Int32,
+                                 _ results: UnsafeMutablePointer<UnsafeMutablePointer<json_t>?>?) -> goxelpool_status {
+    LastError.clear()
+    results?.pointee = nil
+    guard let handle = ClientHandle.from(client) else { return invalid("client is NULL") }
+    guard let results else { return invalid("results is NULL") }
+    guard let requests, requests.pointee.type == JSON_ARRAY else { return invalid("requests must be a JSON array") }
+    let list = UnsafeMutablePointer(mutating: requests)
+    var items: [(method: String, params: OpaquePointer?)] = []
+    for index in 0..<json_array_size(list) {
+        guard let request = json_array_get(list, index), request.pointee.type == JSON_OBJECT else {
+            return invalid("requests[\(index)] must be an object {\"method\": ..., \"params\": ...}")
+        }
+        guard let method = json_object_get(request, "method"), method.pointee.type == JSON_STRING,
+              let text = json_string_value(method), let name = String(validatingCString: text), !name.isEmpty,
+              json_string_length(method) == name.utf8.count else {
+            return invalid("requests[\(index)].method must be a non-empty string")
+        }
+        var params = json_object_get(request, "params")
+        if let value = params, value.pointee.type == JSON_NULL { params = nil }
+        if let failure = checkParams(params.map { UnsafePointer($0) }) {
+            return invalid("requests[\(index)].params: \(failure.message)")
+        }
+        var unknown: String?
+        var iterator = json_object_iter(request)
+        while let current = iterator {
+            let key = String(cString: json_object_iter_key(current))
+            if key != "method" && key != "params" { unknown = key }
+            iterator = json_object_iter_next(request, current)
+        }
+        if let unknown { return invalid("requests[\(index)]: unknown key '\(unknown)'") }
+        items.append((name, params.map { OpaquePointer($0) }))
+    }
+    if handle.client.isClosing { return failed(CallFailure(.closed, "client is closed")) }
+    // Params stay borrowed from `requests`, which the caller keeps alive for the whole call.
+    let outcomes = handle.client.batch(items, timeout: timeoutSpan(timeoutMs))
+    guard let array = json_array() else {
+        for outcome in outcomes { releaseOutcome(outcome) }
+        return failed(CallFailure(.noMemory, "out of memory"))
+    }
+    for outcome in outcomes {
+        let entry = JSONObject()
+        switch outcome {
+        case .result(let value):
+            entry.set("status", "OK")
+            entry.set("result", UnsafeMutablePointer(value))
+        case .rpcError(let value):
+            entry.set("status", "ERPC")
+            entry.set("error", UnsafeMutablePointer(value))
+        case .notified:
+            entry.set("status", "OK")
+        case .failure(let failure):
+            entry.set("status", failure.status.name.description)
+            entry.set("message", failure.message)
+        }
+        if let raw = entry.raw { json_array_append_new(array, raw) }
+    }
+    results.pointee = array
+    return GOXELPOOL_OK
+}
+
+private func releaseOutcome(_ outcome: CallOutcome) {
+    switch outcome {
+    case .result(let value), .rpcError(let value): json_decref(UnsafeMutablePointer(value))
+    default: break
+    }
+}
+
+private func errorMessage(_ error: UnsafeMutablePointer<json_t>) -> String {
+    let code = json_object_get(error, "code").map { json_integer_value($0) } ?? 0
+    let message = json_object_get(error, "message").flatMap { json_string_value($0) }.map { String(cString: $0) } ?? ""
+    return "daemon error \(code): \(message)"
+}
+
+// MARK: - Statistics, health, listeners
+
+@c @implementation
+public func goxelpool_stats(_ client: OpaquePointer?) -> UnsafeMutablePointer<json_t>? {
+    guard let handle = ClientHandle.from(client) else { return nil }
+    return statisticsJSON(handle.client.snapshot())
+}
+
+@c @implementation
+public func goxelpool_health(_ client: OpaquePointer?) -> UnsafeMutablePointer<json_t>? {
+    guard let handle = ClientHandle.from(client) else { return nil }
+    return healthJSON(handle.client.snapshot())
+}
+
+@c @implementation
+public func goxelpool_add_listener(_ client: OpaquePointer?, _ kinds: UInt32, _ cb: goxelpool_event_cb?,
+                                   _ userdata: UnsafeMutableRawPointer?, _ listenerID: UnsafeMutablePointer<Int32>?) -> goxelpool_status {
+    LastError.clear()
+    guard let handle = ClientHandle.from(client) else { return invalid("client is NULL") }
+    guard let cb else { return invalid("callback is NULL") }
+    guard kinds != 0, kinds & ~EventKind.all.rawValue == 0 else {
+        return invalid("kinds must be a non-zero mask of GOXELPOOL_EVENT_* bits")
+    }
+    if handle.client.isClosing { return failed(CallFailure(.closed, "client is closed")) }
+    let box = ListenerBox(callback: cb, userdata: userdata)
+    let id = handle.client.events.add(kinds: EventKind(rawValue: kinds)) { event in box.callback(UnsafePointer(event), box.userdata) }
+    listenerID?.pointee = Int32(truncatingIfNeeded: id)
+    return GOXELPOOL_OK
+}
+
+private final class ListenerBox: @unchecked Sendable {
+    let callback: goxelpool_event_cb
+    let userdata: UnsafeMutableRawPointer?
+    init(callback: goxelpool_event_cb, userdata: UnsafeMutableRawPointer?) { self.callback = callback; self.userdata = userdata }
+}
+
+@c @implementation
+public func goxelpool_remove_listener(_ client: OpaquePointer?, _ listenerID: Int32) -> goxelpool_status {
+    LastError.clear()
+    guard let handle = ClientHandle.from(client) else { return invalid("client is NULL") }
+    guard handle.client.events.remove(id: Int(listenerID)) else { return invalid("no listener with id \(listenerID)") }
+    return GOXELPOOL_OK
+}

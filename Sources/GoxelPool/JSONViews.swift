@@ -1,0 +1,119 @@
+import CJansson
+import GoxelPoolCore
+import GoxelPoolIO
+
+/// Small jansson builders for the statistics and health snapshots.
+struct JSONObject {
+    let raw: UnsafeMutablePointer<json_t>?
+
+    init() { raw = json_object() }
+
+    func set(_ key: String, _ value: UnsafeMutablePointer<json_t>?) {
+        guard let raw, let value else { return }
+        json_object_set_new(raw, key, value)
+    }
+    func set(_ key: String, _ value: Int) { set(key, json_integer(json_int_t(value))) }
+    func set(_ key: String, _ value: Double) { set(key, value.isFinite ? json_real(value) : json_null()) }
+    func set(_ key: String, _ value: String?) { set(key, value.map { json_stringn($0, $0.utf8.count) } ?? json_null()) }
+    func set(_ key: String, _ value: Bool) { set(key, value ? json_true() : json_false()) }
+    func set(_ key: String, counts: [String: Int]) {
+        let object = JSONObject()
+        for (name, count) in counts.sorted(by: { $0.key < $1.key }) { object.set(name, count) }
+        set(key, object.raw)
+    }
+}
+
+func millis(_ micros: UInt64) -> Double { Double(micros) / 1000 }
+
+func statisticsJSON(_ snapshot: PoolClient.Snapshot) -> UnsafeMutablePointer<json_t>? {
+    let stats = snapshot.statistics
+    let object = JSONObject()
+    object.set("pool_state", snapshot.state.rawValue)
+    object.set("total_connections", snapshot.total)
+    object.set("available_connections", snapshot.idle)
+    object.set("busy_connections", snapshot.busy + snapshot.checking)
+    object.set("opening_connections", snapshot.opening)
+    object.set("healthy_connections", snapshot.healthy)
+    object.set("total_requests_served", stats.totalRequestsServed)
+    object.set("failed_requests", counts: stats.failedRequests)
+    object.set("average_request_time_ms", stats.averageRequestTime.milliseconds)
+    let latency = JSONObject()
+    let requestHistogram = stats.requestLatency
+    let empty = requestHistogram.totalCount == 0
+    for (name, percentile) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0)] {
+        latency.set(name, empty ? 0 : millis(requestHistogram.valueAtPercentile(percentile)))
+    }
+    latency.set("max", empty ? 0 : millis(requestHistogram.max))
+    object.set("request_latency_ms", latency.raw)
+    object.set("waiting_requests", snapshot.waiting)
+    object.set("max_waiting_seen", stats.maxWaitingSeen)
+    let wait = JSONObject()
+    let waitEmpty = stats.acquireWait.totalCount == 0
+    wait.set("p50", waitEmpty ? 0 : millis(stats.acquireWait.valueAtPercentile(50)))
+    wait.set("p99", waitEmpty ? 0 : millis(stats.acquireWait.valueAtPercentile(99)))
+    object.set("acquire_wait_ms", wait.raw)
+    object.set("rejected_busy", stats.rejectedBusy)
+    object.set("pool_uptime_ms", stats.uptime(now: snapshot.now).milliseconds)
+    object.set("connection_attempts", stats.connectionAttempts)
+    object.set("connection_failures", stats.connectionFailures)
+    object.set("reconnection_attempts", stats.reconnectionAttempts)
+    object.set("connections_created", stats.connectionsCreated)
+    var closed: [String: Int] = [:]
+    for reason in CloseReason.allCases { closed[reason.rawValue] = stats.connectionsClosed[reason] ?? 0 }
+    object.set("connections_closed", counts: closed)
+    object.set("retries", stats.retries)
+    object.set("bytes_sent", stats.bytesSent)
+    object.set("bytes_received", stats.bytesReceived)
+    object.set("health_checks", stats.healthChecks)
+    object.set("health_check_failures", stats.healthCheckFailures)
+    object.set("last_health_check", stats.lastHealthCheck.map { json_integer(json_int_t(Clock.wallMilliseconds(of: $0))) } ?? json_null())
+    object.set("alerts_generated", counts: stats.alertsGenerated)
+    object.set("events_delivered", snapshot.eventsDelivered)
+    object.set("events_dropped", snapshot.eventsDropped)
+    object.set("last_connect_error", stats.lastConnectError)
+    return object.raw
+}
+
+func healthJSON(_ tracker: HealthTracker, now: Instant) -> JSONObject {
+    let object = JSONObject()
+    object.set("tier", tracker.tier.rawValue)
+    object.set("consecutive_failures", tracker.consecutiveFailures)
+    object.set("consecutive_successes", tracker.consecutiveSuccesses)
+    object.set("total_checks", tracker.totalObservations)
+    object.set("total_failures", tracker.totalFailures)
+    object.set("success_rate", tracker.successRate)
+    object.set("average_latency_ms", tracker.averageLatency.map { json_real($0.milliseconds) } ?? json_null())
+    let samples = json_array()
+    for sample in tracker.samples { json_array_append_new(samples, json_real(sample.latency.milliseconds)) }
+    object.set("latencies_ms", samples)
+    object.set("trend", tracker.trend.rawValue)
+    if let prediction = tracker.predictedTimeToNextTier(now: now) {
+        let predicted = JSONObject()
+        predicted.set("tier", prediction.tier.rawValue)
+        predicted.set("in_ms", prediction.after.milliseconds)
+        object.set("prediction", predicted.raw)
+    } else {
+        object.set("prediction", json_null())
+    }
+    object.set("last_error", tracker.lastError)
+    return object
+}
+
+func healthJSON(_ snapshot: PoolClient.Snapshot) -> UnsafeMutablePointer<json_t>? {
+    let object = JSONObject()
+    object.set("state", snapshot.state.rawValue)
+    object.set("healthy_connections", snapshot.healthy)
+    object.set("total_connections", snapshot.total)
+    let pool = healthJSON(snapshot.poolHealth, now: snapshot.now)
+    object.set("pool", pool.raw)
+    let list = json_array()
+    for entry in snapshot.connections {
+        let item = healthJSON(entry.health, now: snapshot.now)
+        item.set("connection_id", entry.id.value)
+        item.set("requests_served", entry.requests)
+        item.set("uptime_ms", entry.openedAt.map { (snapshot.now - $0).milliseconds } ?? 0)
+        if let raw = item.raw { json_array_append_new(list, raw) }
+    }
+    object.set("connections", list)
+    return object.raw
+}

@@ -1,0 +1,51 @@
+/// The library's status codes; raw values equal the C header's goxelpool_status and are never
+/// renumbered.
+public enum CallStatus: Int32, Sendable, CaseIterable {
+    case ok = 0, invalid = 1, timedOut = 2, closed = 3, connect = 4, io = 5, proto = 6, rpc = 7,
+         busy = 8, unavailable = 9, tooBig = 10, peer = 11, noMemory = 12
+
+    /// The name without prefix, as used in batch results and events ("OK", "EINVAL", ...).
+    /// StaticString: the C ABI hands these out as pointers that must live forever.
+    public var name: StaticString {
+        switch self {
+        case .ok: "OK"
+        case .invalid: "EINVAL"
+        case .timedOut: "ETIMEDOUT"
+        case .closed: "ECLOSED"
+        case .connect: "ECONNECT"
+        case .io: "EIO"
+        case .proto: "EPROTO"
+        case .rpc: "ERPC"
+        case .busy: "EBUSY"
+        case .unavailable: "EUNAVAILABLE"
+        case .tooBig: "ETOOBIG"
+        case .peer: "EPEER"
+        case .noMemory: "ENOMEM"
+        }
+    }
+
+    public var sentence: StaticString {
+        switch self {
+        case .ok: "success"
+        case .invalid: "invalid argument or configuration"
+        case .timedOut: "deadline exceeded"
+        case .closed: "client is closed"
+        case .connect: "could not connect to the daemon"
+        case .io: "connection broke"
+        case .proto: "invalid answer from the daemon (protocol error)"
+        case .rpc: "the daemon answered with an error"
+        case .busy: "too many waiting requests"
+        case .unavailable: "daemon unavailable (circuit open)"
+        case .tooBig: "message too large"
+        case .peer: "socket served by a process of another user"
+        case .noMemory: "out of memory"
+        }
+    }
+}
+
+/// A failed call: a status and a message for goxelpool_last_error.
+public struct CallFailure: Error, Sendable, Equatable {
+    public var status: CallStatus
+    public var message: String
+    public init(_ status: CallStatus, _ message: String) { self.status = status; self.message = message }
+}

@@ -1,0 +1,387 @@
+// Configuration model and parser: the `config` argument of goxelpool_client_new (see
+// include/goxelpool.h and README "Configuration"). Pure: no Foundation, no jansson, no I/O.
+// Nothing here traps on caller input: every value is type- and range-checked before use.
+
+// MARK: - JSON values
+
+/// One member of a JSON object, in document order.
+public struct ConfigMember: Sendable, Equatable {
+    public var key: String
+    public var value: ConfigValue
+
+    public init(_ key: String, _ value: ConfigValue) {
+        self.key = key
+        self.value = value
+    }
+}
+
+/// A JSON value as the configuration parser sees it (the I/O layer converts jansson's json_t
+/// into this). Objects keep their members in order, duplicates included: the parser rejects
+/// duplicate keys.
+public indirect enum ConfigValue: Sendable, Equatable {
+    case object([ConfigMember])
+    case array([ConfigValue])
+    case string(String)
+    case integer(Int64)
+    case real(Double)
+    case bool(Bool)
+    case null
+
+    /// The JSON type's name as used in error messages ("object", "integer", ...).
+    public var typeName: String {
+        switch self {
+        case .object: "object"
+        case .array: "array"
+        case .string: "string"
+        case .integer: "integer"
+        case .real: "real"
+        case .bool: "boolean"
+        case .null: "null"
+        }
+    }
+}
+
+extension ConfigValue: ExpressibleByDictionaryLiteral, ExpressibleByArrayLiteral,
+    ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByFloatLiteral,
+    ExpressibleByBooleanLiteral
+{
+    /// Keeps the literal's order and its duplicate keys (so they can be rejected).
+    public init(dictionaryLiteral elements: (String, ConfigValue)...) {
+        self = .object(elements.map { ConfigMember($0.0, $0.1) })
+    }
+    public init(arrayLiteral elements: ConfigValue...) { self = .array(elements) }
+    public init(stringLiteral value: String) { self = .string(value) }
+    public init(integerLiteral value: Int64) { self = .integer(value) }
+    public init(floatLiteral value: Double) { self = .real(value) }
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
+}
+
+// MARK: - Errors
+
+/// A configuration problem. `key` is the dotted path of the offending value ("timeout_ms",
+/// "pool.max_connections", "idempotent_methods[2]", or "config" for the document itself);
+/// `description` is "<key>: <message>", the text goxelpool_client_new reports.
+public struct ConfigurationError: Error, Equatable, CustomStringConvertible {
+    public let key: String
+    public let message: String
+
+    public init(key: String, message: String) {
+        self.key = key
+        self.message = message
+    }
+
+    public var description: String { "\(key): \(message)" }
+
+    /// For the I/O layer: the JSON document is nested deeper than it converts.
+    public static let nestedTooDeeply = ConfigurationError(key: "config", message: "nested too deeply")
+}
+
+// MARK: - Model
+
+/// The validated configuration of a client. `parse(_:)` guarantees every documented range and
+/// cross-field rule; the stored properties are `var` so callers can derive variants, which they
+/// must then keep within the same rules. Every `*Ms` value is within 0...Int32.max.
+public struct ClientConfiguration: Sendable, Equatable {
+    /// The pool's own policy type (PoolStateMachine.swift), so no mapping is needed.
+    public typealias LoadBalancing = GoxelPoolCore.LoadBalancing
+
+    /// Ordered by verbosity: a log line of level L is emitted when L <= the configured level
+    /// (and the configured level is not `.off`).
+    public enum LogLevel: String, Sendable, Equatable, CaseIterable, Comparable {
+        case off, error, warn, info, debug
+
+        private var rank: Int {
+            switch self {
+            case .off: 0
+            case .error: 1
+            case .warn: 2
+            case .info: 3
+            case .debug: 4
+            }
+        }
+
+        public static func < (lhs: LogLevel, rhs: LogLevel) -> Bool { lhs.rank < rhs.rank }
+    }
+
+    /// The `pool` section.
+    public struct PoolConfiguration: Sendable, Equatable {
+        public var minConnections = 2
+        public var maxConnections = 10
+        public var acquireTimeoutMs = 5000
+        /// 0: idle connections are never closed.
+        public var idleTimeoutMs = 60000
+        /// 0: connections live as long as they work.
+        public var maxLifetimeMs = 0
+        /// 0: unlimited. The default used to be 1000, but the real goxel-daemon accepts only 256
+        /// connections in its whole lifetime: rotating a connection every 1000 requests would
+        /// exhaust it within minutes under load. Only set this for a daemon that can take it.
+        public var maxRequestsPerConnection = 0
+        /// Calls that may wait for a free connection; 0: fail at once with EBUSY when none is free.
+        public var maxWaiters = 1024
+        public var loadBalancing = LoadBalancing.leastUsed
+        public var connectTimeoutMs = 1000
+        public var validateOnConnect = true
+
+        public init() {}
+    }
+
+    /// The `reconnect` section: backoff between connection attempts.
+    public struct ReconnectConfiguration: Sendable, Equatable {
+        public var initialBackoffMs = 1000
+        public var multiplier = 1.6
+        /// Fraction of the delay randomised, 0...1.
+        public var jitter = 0.2
+        public var maxBackoffMs = 120_000
+
+        public init() {}
+    }
+
+    /// The `health` section.
+    public struct HealthConfiguration: Sendable, Equatable {
+        /// 0: health checks are off; else at least 10.
+        public var intervalMs = 30000
+        public var timeoutMs = 5000
+        public var method = "ping"
+        public var failureThreshold = 3
+        public var successThreshold = 2
+        public var healthyLatencyMs = 1000
+        /// At least `healthyLatencyMs`.
+        public var degradedLatencyMs = 3000
+        public var trendAnalysis = true
+        public var trendSampleSize = 10
+
+        public init() {}
+    }
+
+    /// At most 107 bytes of UTF-8 (sockaddr_un.sun_path less its NUL), no NUL.
+    public var socketPath = "/tmp/goxel-daemon.sock"
+    public var pooling = true
+    public var timeoutMs = 5000
+    public var retryAttempts = 3
+    public var retryDelayMs = 1000
+    public var maxMessageSize = 1_048_576
+    public var verifyPeer = true
+    /// Methods that are safe to retry besides the built-in ones (see `isIdempotent(method:)`).
+    public var idempotentMethods: [String] = []
+    public var logLevel = LogLevel.warn
+    public var eventQueueSize = 1024
+    public var pool = PoolConfiguration()
+    public var reconnect = ReconnectConfiguration()
+    public var health = HealthConfiguration()
+
+    /// All defaults.
+    public init() {}
+
+    /// Whether a call of `method` may be retried after its connection broke: ping, version,
+    /// status, echo, list_methods, goxel.get_*, goxel.list_* and the configured idempotent_methods.
+    public func isIdempotent(method: String) -> Bool {
+        Self.builtinIdempotentMethods.contains(method)
+            || method.hasPrefix("goxel.get_") || method.hasPrefix("goxel.list_")
+            || idempotentMethods.contains(method)
+    }
+
+    private static let builtinIdempotentMethods: Set<String> = ["ping", "version", "status", "echo", "list_methods"]
+
+    /// The longest socket path that fits sockaddr_un.sun_path with its terminating NUL.
+    public static let maxSocketPathBytes = 107
+
+    /// Validates a configuration document: `.null` or an object (every key optional, unknown and
+    /// duplicate keys rejected). The first problem found is thrown.
+    public static func parse(_ value: ConfigValue) throws(ConfigurationError) -> ClientConfiguration {
+        var c = ClientConfiguration()
+        if case .null = value { return c }
+        var top = try ConfigObject(value, path: "config", prefix: "")
+
+        c.socketPath = try top.string("socket_path", c.socketPath, maxBytes: maxSocketPathBytes)
+        c.pooling = try top.bool("pooling", c.pooling)
+        c.timeoutMs = try top.int("timeout_ms", c.timeoutMs, 1...msMax)
+        c.retryAttempts = try top.int("retry_attempts", c.retryAttempts, 0...100)
+        c.retryDelayMs = try top.int("retry_delay_ms", c.retryDelayMs, 0...msMax)
+        c.maxMessageSize = try top.int("max_message_size", c.maxMessageSize, 1024...(1 << 30))
+        c.verifyPeer = try top.bool("verify_peer", c.verifyPeer)
+        c.idempotentMethods = try top.stringArray("idempotent_methods", c.idempotentMethods)
+        c.logLevel = try top.choice("log_level", c.logLevel)
+        c.eventQueueSize = try top.int("event_queue_size", c.eventQueueSize, 1...1_000_000)
+
+        var p = try top.section("pool")
+        c.pool.minConnections = try p.int("min_connections", c.pool.minConnections, 0...1024)
+        c.pool.maxConnections = try p.int("max_connections", c.pool.maxConnections, 1...1024)
+        c.pool.acquireTimeoutMs = try p.int("acquire_timeout_ms", c.pool.acquireTimeoutMs, 1...msMax)
+        c.pool.idleTimeoutMs = try p.int("idle_timeout_ms", c.pool.idleTimeoutMs, 0...msMax)
+        c.pool.maxLifetimeMs = try p.int("max_lifetime_ms", c.pool.maxLifetimeMs, 0...msMax)
+        c.pool.maxRequestsPerConnection = try p.int(
+            "max_requests_per_connection", c.pool.maxRequestsPerConnection, 0...countMax)
+        c.pool.maxWaiters = try p.int("max_waiters", c.pool.maxWaiters, 0...1_000_000)
+        c.pool.loadBalancing = try p.choice("load_balancing", c.pool.loadBalancing)
+        c.pool.connectTimeoutMs = try p.int("connect_timeout_ms", c.pool.connectTimeoutMs, 1...msMax)
+        c.pool.validateOnConnect = try p.bool("validate_on_connect", c.pool.validateOnConnect)
+        try p.finish()
+        try p.notGreater("min_connections", c.pool.minConnections, than: "max_connections", c.pool.maxConnections)
+
+        var r = try top.section("reconnect")
+        c.reconnect.initialBackoffMs = try r.int("initial_backoff_ms", c.reconnect.initialBackoffMs, 1...msMax)
+        c.reconnect.multiplier = try r.number("multiplier", c.reconnect.multiplier, 1.0...100.0)
+        c.reconnect.jitter = try r.number("jitter", c.reconnect.jitter, 0.0...1.0)
+        c.reconnect.maxBackoffMs = try r.int("max_backoff_ms", c.reconnect.maxBackoffMs, 1...msMax)
+        try r.finish()
+        try r.notGreater("initial_backoff_ms", c.reconnect.initialBackoffMs,
+                         than: "max_backoff_ms", c.reconnect.maxBackoffMs, reportSecond: true)
+
+        var h = try top.section("health")
+        c.health.intervalMs = try h.int("interval_ms", c.health.intervalMs, 0...msMax, except: 1...9)
+        c.health.timeoutMs = try h.int("timeout_ms", c.health.timeoutMs, 1...msMax)
+        c.health.method = try h.string("method", c.health.method)
+        c.health.failureThreshold = try h.int("failure_threshold", c.health.failureThreshold, 1...1000)
+        c.health.successThreshold = try h.int("success_threshold", c.health.successThreshold, 1...1000)
+        c.health.healthyLatencyMs = try h.int("healthy_latency_ms", c.health.healthyLatencyMs, 0...msMax)
+        c.health.degradedLatencyMs = try h.int("degraded_latency_ms", c.health.degradedLatencyMs, 0...msMax)
+        c.health.trendAnalysis = try h.bool("trend_analysis", c.health.trendAnalysis)
+        c.health.trendSampleSize = try h.int("trend_sample_size", c.health.trendSampleSize, 2...10000)
+        try h.finish()
+        try h.notGreater("healthy_latency_ms", c.health.healthyLatencyMs,
+                         than: "degraded_latency_ms", c.health.degradedLatencyMs, reportSecond: true)
+
+        try top.finish()
+        return c
+    }
+
+    /// Milliseconds are handed to C as `int`.
+    private static let msMax = Int(Int32.max)
+    private static let countMax = Int(Int32.max)
+}
+
+// MARK: - Parser helpers
+
+/// One JSON object being read: each reader takes a key, its default and its rule; `finish()`
+/// rejects the keys nobody read.
+private struct ConfigObject {
+    let prefix: String
+    let members: [ConfigMember]
+    var read: Set<String> = []
+
+    /// `path` names the object in errors; `prefix` is prepended to its keys ("" or "pool.").
+    init(_ value: ConfigValue, path: String, prefix: String) throws(ConfigurationError) {
+        guard case .object(let members) = value else {
+            throw ConfigurationError(key: path, message: "expected an object, got \(value.typeName)")
+        }
+        var seen: Set<String> = []
+        for member in members where !seen.insert(member.key).inserted {
+            throw ConfigurationError(key: prefix + member.key, message: "duplicate key")
+        }
+        self.prefix = prefix
+        self.members = members
+    }
+
+    func path(_ key: String) -> String { prefix + key }
+
+    func fail(_ key: String, _ message: String) -> ConfigurationError {
+        ConfigurationError(key: path(key), message: message)
+    }
+
+    /// The value of `key` (keys are unique), marking it read.
+    mutating func value(_ key: String) -> ConfigValue? {
+        read.insert(key)
+        return members.first { $0.key == key }?.value
+    }
+
+    func typeError(_ key: String, _ expected: String, _ got: ConfigValue) -> ConfigurationError {
+        fail(key, "expected \(expected), got \(got.typeName)")
+    }
+
+    /// An integer in `range` and not in `excluded`.
+    mutating func int(_ key: String, _ def: Int, _ range: ClosedRange<Int>,
+                      except excluded: ClosedRange<Int>? = nil) throws(ConfigurationError) -> Int {
+        guard let v = value(key) else { return def }
+        guard case .integer(let i) = v else { throw typeError(key, "an integer", v) }
+        if let n = Int(exactly: i), range.contains(n), !(excluded?.contains(n) ?? false) { return n }
+        var allowed = "between \(range.lowerBound) and \(range.upperBound)"
+        if let excluded, excluded.lowerBound > range.lowerBound {
+            allowed = "\(range.lowerBound) or between \(excluded.upperBound + 1) and \(range.upperBound)"
+        }
+        throw fail(key, "must be \(allowed), got \(i)")
+    }
+
+    /// A number (integer or real) in `range`.
+    mutating func number(_ key: String, _ def: Double, _ range: ClosedRange<Double>) throws(ConfigurationError) -> Double {
+        let d: Double
+        switch value(key) {
+        case nil: return def
+        case .integer(let i)?: d = Double(i)
+        case .real(let r)?: d = r
+        case let other?: throw typeError(key, "a number", other)
+        }
+        guard range.contains(d) else {
+            throw fail(key, "must be between \(range.lowerBound) and \(range.upperBound), got \(d)")
+        }
+        return d
+    }
+
+    mutating func bool(_ key: String, _ def: Bool) throws(ConfigurationError) -> Bool {
+        guard let v = value(key) else { return def }
+        guard case .bool(let b) = v else { throw typeError(key, "a boolean", v) }
+        return b
+    }
+
+    mutating func string(_ key: String, _ def: String, maxBytes: Int? = nil) throws(ConfigurationError) -> String {
+        guard let v = value(key) else { return def }
+        return try Self.checkedString(v, key: path(key), maxBytes: maxBytes)
+    }
+
+    /// An array of non-empty strings without NUL.
+    mutating func stringArray(_ key: String, _ def: [String]) throws(ConfigurationError) -> [String] {
+        guard let v = value(key) else { return def }
+        guard case .array(let items) = v else { throw typeError(key, "an array", v) }
+        var out: [String] = []
+        for (index, item) in items.enumerated() {
+            out.append(try Self.checkedString(item, key: "\(path(key))[\(index)]", maxBytes: nil))
+        }
+        return out
+    }
+
+    /// A string naming one case of `E`.
+    mutating func choice<E: RawRepresentable & CaseIterable>(_ key: String, _ def: E) throws(ConfigurationError) -> E
+    where E.RawValue == String {
+        let name = try string(key, def.rawValue)
+        guard let e = E(rawValue: name) else {
+            let names = E.allCases.map(\.rawValue).joined(separator: ", ")
+            throw fail(key, "must be one of \(names), got \"\(name)\"")
+        }
+        return e
+    }
+
+    /// A nested section: absent means all defaults, anything but an object is rejected.
+    mutating func section(_ key: String) throws(ConfigurationError) -> ConfigObject {
+        try ConfigObject(value(key) ?? .object([]), path: path(key), prefix: path(key) + ".")
+    }
+
+    /// Rejects the first key that no reader asked for.
+    func finish() throws(ConfigurationError) {
+        if let unknown = members.first(where: { !read.contains($0.key) }) {
+            throw fail(unknown.key, "unknown key")
+        }
+    }
+
+    /// Requires `first <= second`; the error names `second` when `reportSecond`, else `first`.
+    func notGreater(_ firstKey: String, _ first: Int, than secondKey: String, _ second: Int,
+                    reportSecond: Bool = false) throws(ConfigurationError) {
+        guard first > second else { return }
+        if reportSecond {
+            throw fail(secondKey, "\(second) is less than \(path(firstKey)) (\(first))")
+        }
+        throw fail(firstKey, "\(first) is greater than \(path(secondKey)) (\(second))")
+    }
+
+    /// A non-empty string without NUL, of at most `maxBytes` UTF-8 bytes.
+    static func checkedString(_ v: ConfigValue, key: String, maxBytes: Int?) throws(ConfigurationError) -> String {
+        guard case .string(let s) = v else {
+            throw ConfigurationError(key: key, message: "expected a string, got \(v.typeName)")
+        }
+        let problem: String? =
+            if s.isEmpty { "must not be empty" }
+            else if s.utf8.contains(0) { "must not contain NUL" }
+            else if let maxBytes, s.utf8.count > maxBytes { "longer than \(maxBytes) bytes" }
+            else { nil }
+        if let problem { throw ConfigurationError(key: key, message: problem) }
+        return s
+    }
+}

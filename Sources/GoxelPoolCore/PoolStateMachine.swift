@@ -1,0 +1,545 @@
+import DequeModule
+
+public struct ConnectionID: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public let value: Int
+    public init(_ value: Int) { self.value = value }
+    public static func < (a: Self, b: Self) -> Bool { a.value < b.value }
+    public var description: String { "#\(value)" }
+}
+
+public struct WaiterID: Hashable, Sendable {
+    public let value: UInt64
+    public init(_ value: UInt64) { self.value = value }
+}
+
+public enum CloseReason: String, Sendable, CaseIterable {
+    case idle, lifetime, rotation, error, health, shutdown
+}
+
+/// Why a caller did not get a connection.
+public enum PoolFailure: Sendable, Equatable {
+    case closed         // the pool is shut down
+    case busy           // the wait queue is full
+    case timedOut       // the deadline passed while waiting
+    case connectFailed  // the deadline passed and the daemon could not be reached meanwhile
+}
+
+/// The pool's overall health: ready (≥ 80 % of open connections healthy), degraded (≥ 50 %),
+/// unhealthy (below, or no connection at all), closed.
+public enum PoolState: String, Sendable, Equatable {
+    case ready, degraded, unhealthy, closed
+}
+
+public enum LoadBalancing: String, Sendable, Equatable, CaseIterable {
+    case leastUsed = "least_used", roundRobin = "round_robin", random
+}
+
+/// What happened, for listeners. The runner turns these into JSON events and alerts.
+public enum PoolEvent: Sendable, Equatable {
+    case connectionAdded(ConnectionID)
+    case connectionRemoved(ConnectionID, CloseReason)
+    case connectionOpenFailed(consecutiveFailures: Int, retryIn: Span)
+    case healthChanged(ConnectionID, from: HealthTier, to: HealthTier)
+    case poolStateChanged(from: PoolState, to: PoolState)
+}
+
+/// A side effect the runner performs after releasing its lock.
+public enum PoolAction: Sendable, Equatable {
+    /// Hand the connection to a waiting caller (wake it).
+    case lease(WaiterID, ConnectionID)
+    /// Tell a waiting caller it will not get a connection.
+    case failWaiter(WaiterID, PoolFailure)
+    /// Open a new connection with this id, then report connectionOpened or connectionOpenFailed.
+    case open(ConnectionID)
+    /// Close the connection's socket (it is no longer in the pool).
+    case close(ConnectionID, CloseReason)
+    /// Ping this idle connection (it is reserved for the check), then report healthCheckFinished.
+    case checkHealth(ConnectionID)
+    /// A deadline was set that may be earlier than the one the maintenance thread sleeps until.
+    case wakeMaintenance
+    case event(PoolEvent)
+}
+
+/// The result of asking for a connection.
+public enum LeaseDecision: Sendable, Equatable {
+    case leased(ConnectionID)
+    case queued
+    case failed(PoolFailure)
+}
+
+/// How a leased connection came back.
+public enum ReleaseOutcome: Sendable, Equatable {
+    /// The daemon answered (a result or a JSON-RPC error): the connection is in step.
+    case answered(latency: Span)
+    /// The connection was not used (e.g. the caller's deadline passed as it was handed over).
+    case unused
+    /// The connection can't be reused (I/O error, protocol error, timeout): it is closed.
+    case broken(reason: String)
+}
+
+/// The connection pool as a pure state machine: events go in with the current instant, actions
+/// come out. No locks, no I/O, no clock: the runner (GoxelPoolIO) owns those.
+///
+/// Rules (see README "Pool"): never more than `maxConnections` open or opening; `minConnections`
+/// kept; growth toward max while callers wait; idle connections above min closed after
+/// `idleTimeout`; FIFO waiters bounded by `maxWaiters`; rotation after `maxRequestsPerConnection`
+/// or `maxLifetime` once the current request is done; failed opens retried with backoff; health
+/// checks on idle connections only, never more than one per connection.
+public struct PoolStateMachine {
+    public struct Settings: Sendable, Equatable {
+        public var minConnections = 2
+        public var maxConnections = 10
+        public var maxWaiters = 1024
+        /// 0: idle connections are never closed.
+        public var idleTimeout = Span.milliseconds(60_000)
+        /// 0: unlimited.
+        public var maxLifetime = Span.zero
+        /// 0: unlimited.
+        public var maxRequestsPerConnection = 0
+        public var loadBalancing = LoadBalancing.leastUsed
+        public var backoff = Backoff.Policy.grpcDefault
+        /// 0: no health checks.
+        public var healthInterval = Span.milliseconds(30_000)
+        public var health = HealthTracker.Policy.seedDefault
+        public init() {}
+    }
+
+    enum ConnectionState: Equatable { case opening, idle, leased, checking }
+
+    struct Connection {
+        let id: ConnectionID
+        var state: ConnectionState
+        var openedAt: Instant?
+        var expiresAt: Instant?
+        var lastActivity: Instant
+        var nextHealthCheck: Instant?
+        var requestsServed = 0
+        /// Requests in the current and the previous balancing window, for least_used.
+        var windowRequests = 0
+        var previousWindowRequests = 0
+        var windowStart: Instant
+        var health: HealthTracker
+        /// Closed when it comes back: the pool shut down meanwhile.
+        var retireOnReturn = false
+    }
+
+    struct Waiter {
+        let id: WaiterID
+        let enqueuedAt: Instant
+    }
+
+    public let settings: Settings
+    private(set) var connections: [ConnectionID: Connection] = [:]
+    private var waiters = Deque<Waiter>()
+    private var backoff: Backoff
+    private var backoffUntil: Instant?
+    private var nextConnectionNumber = 1
+    private var roundRobinCursor = 0
+    private var random: SplitMix64
+    private var lostConnections = 0
+    public private(set) var isClosed = false
+    public private(set) var poolState: PoolState = .unhealthy
+    public internal(set) var statistics: PoolStatistics
+    public private(set) var poolHealth: HealthTracker
+
+    /// How long a balancing window lasts (least_used counts requests over the last one or two).
+    static let balancingWindow = Span.milliseconds(1000)
+
+    public init(settings: Settings, now: Instant, seed: UInt64 = 0x5EED) {
+        self.settings = settings
+        backoff = Backoff(policy: settings.backoff)
+        random = SplitMix64(seed: seed)
+        statistics = PoolStatistics(startedAt: now)
+        poolHealth = HealthTracker(policy: settings.health)
+    }
+
+    // MARK: - Queries
+
+    public var waitingCount: Int { waiters.count }
+    public var connectionCount: Int { connections.count }
+    public func count(_ state: ConnectionStateQuery) -> Int {
+        connections.values.reduce(0) { $0 + (state.matches($1.state) ? 1 : 0) }
+    }
+    public var consecutiveOpenFailures: Int { backoff.consecutiveFailures }
+    public func health(of id: ConnectionID) -> HealthTracker? { connections[id]?.health }
+    public var connectionIDs: [ConnectionID] { connections.keys.sorted() }
+    public func requestsServed(by id: ConnectionID) -> Int? { connections[id]?.requestsServed }
+    public func openedAt(_ id: ConnectionID) -> Instant? { connections[id]?.openedAt }
+    public var healthyCount: Int {
+        connections.values.reduce(0) { $0 + ($1.state != .opening && $1.health.tier == .healthy ? 1 : 0) }
+    }
+
+    /// The earliest instant at which `tick` has something to do (backoff end, idle or lifetime
+    /// expiry, a health check due), or nil.
+    public func nextDeadline() -> Instant? {
+        var next = backoffUntil
+        func consider(_ instant: Instant?) {
+            guard let instant else { return }
+            if let current = next, current <= instant { return }
+            next = instant
+        }
+        let aboveMin = connections.count > settings.minConnections
+        for connection in connections.values where connection.state == .idle {
+            consider(connection.expiresAt)
+            consider(connection.nextHealthCheck)
+            if aboveMin && settings.idleTimeout > .zero { consider(connection.lastActivity + settings.idleTimeout) }
+        }
+        return next
+    }
+
+    // MARK: - Events
+
+    /// Starts the pool: opens `minConnections`.
+    public mutating func start(now: Instant) -> [PoolAction] {
+        var actions: [PoolAction] = []
+        fill(now: now, into: &actions)
+        updatePoolState(into: &actions)
+        return actions
+    }
+
+    /// A caller wants a connection. `.leased` hands one over at once; `.queued` means the caller
+    /// waits for a `.lease` or `.failWaiter` action naming `waiter` (or its own deadline, then
+    /// `waiterTimedOut`).
+    public mutating func requestLease(_ waiter: WaiterID, now: Instant) -> (LeaseDecision, [PoolAction]) {
+        if isClosed { return (.failed(.closed), []) }
+        if let id = pickIdle(now: now) {
+            lease(id, now: now)
+            statistics.recordAcquireWait(.zero)
+            return (.leased(id), [])
+        }
+        guard waiters.count < settings.maxWaiters else {
+            statistics.rejectedBusy += 1
+            return (.failed(.busy), [])
+        }
+        waiters.append(Waiter(id: waiter, enqueuedAt: now))
+        statistics.maxWaitingSeen = max(statistics.maxWaitingSeen, waiters.count)
+        var actions: [PoolAction] = []
+        fill(now: now, into: &actions)
+        return (.queued, actions)
+    }
+
+    /// A queued caller's deadline passed. If it is still queued it is removed and failed; if it
+    /// was already handed a connection (the lease and the timeout raced), nothing happens here and
+    /// the caller must release that connection as `.unused`.
+    public mutating func waiterTimedOut(_ waiter: WaiterID, now: Instant) -> [PoolAction] {
+        guard let index = waiters.firstIndex(where: { $0.id == waiter }) else { return [] }
+        waiters.remove(at: index)
+        // Nothing open and opens failing: the daemon is unreachable, which says more than "timed out".
+        let unreachable = backoff.consecutiveFailures > 0 && !connections.values.contains { $0.state != .opening }
+        return [.failWaiter(waiter, unreachable ? .connectFailed : .timedOut)]
+    }
+
+    public mutating func connectionOpened(_ id: ConnectionID, now: Instant) -> [PoolAction] {
+        guard var connection = connections[id], connection.state == .opening else { return [] }
+        var actions: [PoolAction] = []
+        backoff.succeeded()
+        statistics.connectionsCreated += 1
+        if isClosed {
+            connections[id] = nil
+            statistics.recordClose(.shutdown)
+            actions.append(.close(id, .shutdown))
+            return actions
+        }
+        connection.openedAt = now
+        connection.lastActivity = now
+        connection.windowStart = now
+        if settings.maxLifetime > .zero {
+            // Up to 10 % earlier, so connections opened together do not all expire together.
+            let jitter = Double(settings.maxLifetime.nanoseconds) * 0.1 * random.nextUnit()
+            connection.expiresAt = now + Span(nanoseconds: settings.maxLifetime.nanoseconds - Int64(jitter))
+        }
+        connection.nextHealthCheck = healthCheckDue(after: now)
+        connection.state = .idle
+        connections[id] = connection
+        actions.append(.event(.connectionAdded(id)))
+        makeAvailable(id, now: now, into: &actions)
+        updatePoolState(into: &actions)
+        return actions
+    }
+
+    public mutating func connectionOpenFailed(_ id: ConnectionID, now: Instant, reason: String) -> [PoolAction] {
+        guard let connection = connections[id], connection.state == .opening else { return [] }
+        connections[id] = nil
+        statistics.connectionFailures += 1
+        statistics.lastConnectError = reason
+        var actions: [PoolAction] = []
+        if isClosed { return actions }
+        let delay = backoff.failed(random: &random)
+        backoffUntil = now + delay
+        actions.append(.event(.connectionOpenFailed(consecutiveFailures: backoff.consecutiveFailures, retryIn: delay)))
+        actions.append(.wakeMaintenance)
+        updatePoolState(into: &actions)
+        return actions
+    }
+
+    /// A leased connection comes back. The request that reached the rotation limit has succeeded;
+    /// the connection is closed now, after it, and replaced if needed.
+    public mutating func release(_ id: ConnectionID, now: Instant, outcome: ReleaseOutcome) -> [PoolAction] {
+        guard var connection = connections[id], connection.state == .leased else { return [] }
+        var actions: [PoolAction] = []
+        connection.lastActivity = now
+        connection.nextHealthCheck = healthCheckDue(after: now)
+        var closeReason: CloseReason?
+        switch outcome {
+        case .answered(let latency):
+            connection.requestsServed += 1
+            countInWindow(&connection, now: now)
+            statistics.recordRequest(latency)
+            poolHealth.record(success: true, latency: latency, at: now)
+            if let tier = recordHealth(&connection, success: true, latency: latency, now: now, error: nil, into: &actions),
+               tier == .unhealthy {
+                closeReason = .health
+            }
+        case .unused:
+            break
+        case .broken(let reason):
+            poolHealth.record(success: false, latency: .zero, at: now, error: reason)
+            recordHealth(&connection, success: false, latency: .zero, now: now, error: reason, into: &actions)
+            closeReason = .error
+        }
+        if closeReason == nil {
+            if isClosed || connection.retireOnReturn { closeReason = .shutdown }
+            else if settings.maxRequestsPerConnection > 0 && connection.requestsServed >= settings.maxRequestsPerConnection {
+                closeReason = .rotation
+            } else if let expiry = connection.expiresAt, expiry <= now {
+                closeReason = .lifetime
+            }
+        }
+        if let closeReason {
+            remove(connection.id, reason: closeReason, into: &actions)
+            fill(now: now, into: &actions)
+            updatePoolState(into: &actions)
+            return actions
+        }
+        connection.state = .idle
+        connections[id] = connection
+        makeAvailable(id, now: now, into: &actions)
+        return actions
+    }
+
+    /// The result of a `.checkHealth` action.
+    public mutating func healthCheckFinished(_ id: ConnectionID, now: Instant, success: Bool, latency: Span,
+                                             error: String?) -> [PoolAction] {
+        guard var connection = connections[id], connection.state == .checking else { return [] }
+        var actions: [PoolAction] = []
+        statistics.healthChecks += 1
+        statistics.lastHealthCheck = now
+        if !success { statistics.healthCheckFailures += 1 }
+        poolHealth.record(success: success, latency: latency, at: now, error: error)
+        let tier = recordHealth(&connection, success: success, latency: latency, now: now, error: error, into: &actions)
+        connection.lastActivity = now
+        connection.nextHealthCheck = healthCheckDue(after: now)
+        if !success || tier == .unhealthy || isClosed || connection.retireOnReturn {
+            // A failed check leaves the connection's state unknown (like a timed-out call): close it.
+            remove(id, reason: isClosed ? .shutdown : (success ? .health : .error), into: &actions)
+            fill(now: now, into: &actions)
+        } else {
+            connection.state = .idle
+            connections[id] = connection
+            makeAvailable(id, now: now, into: &actions)
+        }
+        updatePoolState(into: &actions)
+        return actions
+    }
+
+    /// Timers: backoff ended, idle or lifetime expiry, health checks due.
+    public mutating func tick(now: Instant) -> [PoolAction] {
+        if isClosed { return [] }
+        var actions: [PoolAction] = []
+        if let until = backoffUntil, until <= now { backoffUntil = nil }
+        for id in connections.keys.sorted() {
+            guard var connection = connections[id], connection.state == .idle else { continue }
+            if let expiry = connection.expiresAt, expiry <= now {
+                remove(id, reason: .lifetime, into: &actions)
+            } else if settings.idleTimeout > .zero, connections.count > settings.minConnections,
+                      now - connection.lastActivity >= settings.idleTimeout {
+                remove(id, reason: .idle, into: &actions)
+            } else if let due = connection.nextHealthCheck, due <= now {
+                connection.state = .checking
+                connection.nextHealthCheck = nil
+                connections[id] = connection
+                actions.append(.checkHealth(id))
+            }
+        }
+        fill(now: now, into: &actions)
+        updatePoolState(into: &actions)
+        return actions
+    }
+
+    /// Shutdown: waiters fail, idle connections close, busy ones close when they come back,
+    /// nothing new is opened.
+    public mutating func close(now: Instant) -> [PoolAction] {
+        guard !isClosed else { return [] }
+        isClosed = true
+        statistics.closedAt = now
+        var actions: [PoolAction] = []
+        while let waiter = waiters.popFirst() { actions.append(.failWaiter(waiter.id, .closed)) }
+        for id in connections.keys.sorted() {
+            guard var connection = connections[id] else { continue }
+            switch connection.state {
+            case .idle: remove(id, reason: .shutdown, into: &actions)
+            case .opening, .leased, .checking:
+                connection.retireOnReturn = true
+                connections[id] = connection
+            }
+        }
+        backoffUntil = nil
+        updatePoolState(into: &actions)
+        return actions
+    }
+
+    /// After a drain timeout the runner force-closes what is still out; the pool forgets them.
+    public mutating func abandonAll() -> [ConnectionID] {
+        let ids = connections.keys.sorted()
+        for id in ids { statistics.recordClose(.shutdown) }
+        connections.removeAll()
+        return ids
+    }
+
+    // MARK: - Rules
+
+    private mutating func lease(_ id: ConnectionID, now: Instant) {
+        connections[id]?.state = .leased
+    }
+
+    /// A connection became usable: the longest-waiting caller gets it.
+    private mutating func makeAvailable(_ id: ConnectionID, now: Instant, into actions: inout [PoolAction]) {
+        guard let waiter = waiters.popFirst() else { return }
+        lease(id, now: now)
+        statistics.recordAcquireWait(now - waiter.enqueuedAt)
+        actions.append(.lease(waiter.id, id))
+    }
+
+    /// Among idle connections: healthy ones first, degraded only when no healthy one is idle,
+    /// unhealthy never. Then by the balancing policy.
+    private mutating func pickIdle(now: Instant) -> ConnectionID? {
+        var best: Connection?
+        var bestIsHealthy = false
+        var candidates = 0
+        for connection in connections.values where connection.state == .idle && connection.health.tier != .unhealthy {
+            let healthy = connection.health.tier == .healthy
+            if bestIsHealthy && !healthy { continue }
+            guard let current = best, bestIsHealthy == healthy else {
+                best = connection; bestIsHealthy = healthy; candidates = 1; continue
+            }
+            candidates += 1
+            switch settings.loadBalancing {
+            case .leastUsed:
+                let a = recentRequests(connection, now: now), b = recentRequests(current, now: now)
+                // Ties go to the most recently used, so the others stay idle long enough to age out.
+                if a < b || (a == b && connection.lastActivity > current.lastActivity) { best = connection }
+            case .roundRobin:
+                // The next id after the cursor, wrapping around.
+                let cursor = roundRobinCursor
+                let key = { (c: Connection) in c.id.value > cursor ? c.id.value : c.id.value + Int.max / 2 }
+                if key(connection) < key(current) { best = connection }
+            case .random:
+                // Reservoir sampling: each candidate of the best tier kept with probability 1/n.
+                if random.nextUnit() * Double(candidates) < 1 { best = connection }
+            }
+        }
+        if let best { roundRobinCursor = best.id.value }
+        return best?.id
+    }
+
+    private func recentRequests(_ connection: Connection, now: Instant) -> Int {
+        let elapsed = now - connection.windowStart
+        if elapsed >= Span(nanoseconds: 2 * Self.balancingWindow.nanoseconds) { return 0 }
+        if elapsed >= Self.balancingWindow { return connection.windowRequests }
+        return connection.windowRequests + connection.previousWindowRequests
+    }
+
+    private func countInWindow(_ connection: inout Connection, now: Instant) {
+        let elapsed = now - connection.windowStart
+        if elapsed >= Self.balancingWindow {
+            connection.previousWindowRequests = elapsed >= Span(nanoseconds: 2 * Self.balancingWindow.nanoseconds) ? 0 : connection.windowRequests
+            connection.windowRequests = 0
+            connection.windowStart = now
+        }
+        connection.windowRequests += 1
+    }
+
+    /// Opens connections while fewer exist than needed: at least min, one per waiter, at most max.
+    /// While backing off nothing is opened; after a failure only one open runs at a time.
+    private mutating func fill(now: Instant, into actions: inout [PoolAction]) {
+        guard !isClosed else { return }
+        if let until = backoffUntil {
+            if until > now { return }
+            backoffUntil = nil
+        }
+        let busy = connections.values.reduce(0) { $0 + ($1.state == .idle ? 0 : 1) }
+        let idle = connections.count - busy
+        let wanted = min(settings.maxConnections, max(settings.minConnections, busy + idle + waiters.count))
+        var missing = wanted - connections.count
+        if backoff.consecutiveFailures > 0 {
+            let opening = connections.values.reduce(0) { $0 + ($1.state == .opening ? 1 : 0) }
+            missing = min(missing, 1 - opening)
+        }
+        guard missing > 0 else { return }
+        for _ in 0..<missing {
+            let id = ConnectionID(nextConnectionNumber)
+            nextConnectionNumber += 1
+            connections[id] = Connection(id: id, state: .opening, lastActivity: now, windowStart: now,
+                                         health: HealthTracker(policy: settings.health))
+            statistics.connectionAttempts += 1
+            if backoff.consecutiveFailures > 0 || lostConnections > 0 {
+                statistics.reconnectionAttempts += 1
+                lostConnections = max(0, lostConnections - 1)
+            }
+            actions.append(.open(id))
+        }
+    }
+
+    private mutating func remove(_ id: ConnectionID, reason: CloseReason, into actions: inout [PoolAction]) {
+        guard connections.removeValue(forKey: id) != nil else { return }
+        if reason == .error || reason == .health { lostConnections += 1 }
+        statistics.recordClose(reason)
+        actions.append(.close(id, reason))
+        actions.append(.event(.connectionRemoved(id, reason)))
+    }
+
+    @discardableResult
+    private func recordHealth(_ connection: inout Connection, success: Bool, latency: Span, now: Instant,
+                              error: String?, into actions: inout [PoolAction]) -> HealthTier? {
+        let before = connection.health.tier
+        guard let after = connection.health.record(success: success, latency: latency, at: now, error: error) else { return nil }
+        actions.append(.event(.healthChanged(connection.id, from: before, to: after)))
+        return after
+    }
+
+    private mutating func healthCheckDue(after now: Instant) -> Instant? {
+        guard settings.healthInterval > .zero else { return nil }
+        // Up to 10 % early, so many clients (and connections) do not ping in step.
+        let jitter = Double(settings.healthInterval.nanoseconds) * 0.1 * random.nextUnit()
+        return now + Span(nanoseconds: settings.healthInterval.nanoseconds - Int64(jitter))
+    }
+
+    private mutating func updatePoolState(into actions: inout [PoolAction]) {
+        let next: PoolState
+        if isClosed {
+            next = .closed
+        } else {
+            let open = connections.values.filter { $0.state != .opening }
+            let healthy = open.reduce(0) { $0 + ($1.health.tier == .healthy ? 1 : 0) }
+            if open.isEmpty { next = .unhealthy }
+            else if healthy * 10 >= open.count * 8 { next = .ready }
+            else if healthy * 2 >= open.count { next = .degraded }
+            else { next = .unhealthy }
+        }
+        guard next != poolState else { return }
+        let previous = poolState
+        poolState = next
+        actions.append(.event(.poolStateChanged(from: previous, to: next)))
+    }
+}
+
+/// Connection states as seen from outside (for counting).
+public enum ConnectionStateQuery: Sendable {
+    case opening, idle, busy, checking
+    func matches(_ state: PoolStateMachine.ConnectionState) -> Bool {
+        switch (self, state) {
+        case (.opening, .opening), (.idle, .idle), (.busy, .leased), (.checking, .checking): return true
+        default: return false
+        }
+    }
+}

@@ -1,0 +1,66 @@
+import Histogram
+
+/// Counters and latency histograms of a pool, updated by the state machine (requests, waits,
+/// connections) and by the runner (failures by status, bytes).
+public struct PoolStatistics {
+    public let startedAt: Instant
+    public var closedAt: Instant?
+    public var totalRequestsServed = 0
+    public var totalRequestTime = Span.zero
+    /// Request latency in microseconds (1 µs .. 1 h, 3 significant digits).
+    public private(set) var requestLatency = Histogram<UInt64>(highestTrackableValue: 3_600_000_000)
+    /// Time spent waiting for a connection, in microseconds.
+    public private(set) var acquireWait = Histogram<UInt64>(highestTrackableValue: 3_600_000_000)
+    public var failedRequests: [String: Int] = [:]
+    public var rejectedBusy = 0
+    public var maxWaitingSeen = 0
+    public var connectionAttempts = 0
+    public var connectionsCreated = 0
+    public var connectionFailures = 0
+    public var reconnectionAttempts = 0
+    public var lastConnectError: String?
+    public private(set) var connectionsClosed: [CloseReason: Int] = [:]
+    public var healthChecks = 0
+    public var healthCheckFailures = 0
+    public var lastHealthCheck: Instant?
+    public var bytesSent = 0
+    public var bytesReceived = 0
+    public var retries = 0
+    public var alertsGenerated: [String: Int] = [:]
+
+    public init(startedAt: Instant) { self.startedAt = startedAt }
+
+    mutating func recordRequest(_ latency: Span) {
+        totalRequestsServed += 1
+        totalRequestTime = Span(nanoseconds: totalRequestTime.nanoseconds.addingSaturating(latency.nanoseconds))
+        _ = requestLatency.record(Self.micros(latency))
+    }
+
+    mutating func recordAcquireWait(_ wait: Span) {
+        _ = acquireWait.record(Self.micros(wait))
+    }
+
+    mutating func recordClose(_ reason: CloseReason) {
+        connectionsClosed[reason, default: 0] += 1
+    }
+
+    public mutating func recordFailure(status: String) {
+        failedRequests[status, default: 0] += 1
+    }
+
+    /// Clamped into the histogram's range so an absurd value can't make `record` fail.
+    static func micros(_ span: Span) -> UInt64 {
+        UInt64(min(max(span.nanoseconds / 1000, 1), 3_600_000_000))
+    }
+
+    public var averageRequestTime: Span {
+        totalRequestsServed == 0 ? .zero : Span(nanoseconds: totalRequestTime.nanoseconds / Int64(totalRequestsServed))
+    }
+
+    public func uptime(now: Instant) -> Span { (closedAt ?? now) - startedAt }
+}
+
+public extension PoolStateMachine {
+    /// The runner records what only it sees (statuses, bytes) through this.
+    mutating func withStatistics<R>(_ body: (inout PoolStatistics) -> R) -> R { body(&statistics) }
+}

@@ -1,0 +1,219 @@
+import CJansson
+import Glibc
+import GoxelPoolCore
+
+/// The daemon refuses requests larger than this (it answers -32700 and falls out of step).
+public let daemonMaxRequestBytes = 65_535
+
+/// What one request/answer exchange on a connection produced.
+public enum Exchange {
+    /// `result` is a new reference owned by the receiver.
+    case result(OpaquePointer)
+    /// The daemon's error object, a new reference. `inStep` is false when the daemon answered
+    /// with `id: null` (it could not read our request, and the stream may be out of step).
+    case rpcError(OpaquePointer, inStep: Bool)
+    /// A notification's answer was read and dropped.
+    case notified
+    /// The exchange failed. `written` tells whether the request may have reached the daemon.
+    case failed(CallFailure, written: Bool)
+}
+
+/// One persistent connection to the daemon: one request in flight, whole requests in one write,
+/// answers read to `\n` with a bounded buffer, ids checked. Not thread-safe: the pool hands it to
+/// one thread at a time.
+public final class DaemonConnection {
+    public let id: ConnectionID
+    private let socket: UnixSocket
+    private var framer: LineFramer
+    private var writeBuffer: UnsafeMutableRawBufferPointer
+    private let maxRequestBytes: Int
+    private var nextRequestID: Int64 = 1
+    /// Bytes moved since the last `takeByteCounts`, for the statistics.
+    private var bytesSent = 0
+    private var bytesReceived = 0
+
+    func takeByteCounts() -> (sent: Int, received: Int) {
+        defer { bytesSent = 0; bytesReceived = 0 }
+        return (bytesSent, bytesReceived)
+    }
+
+    init(id: ConnectionID, socket: UnixSocket, maxMessageSize: Int) {
+        self.id = id
+        self.socket = socket
+        framer = LineFramer(maxLineLength: maxMessageSize)
+        maxRequestBytes = min(maxMessageSize, daemonMaxRequestBytes)
+        writeBuffer = .allocate(byteCount: 1024, alignment: 1)
+    }
+
+    deinit { writeBuffer.deallocate() }
+
+    /// Opens a connection: connect within `connectTimeout`, check who serves the socket, and
+    /// (when `validateMethod` is set) make one call so that a connection the daemon never reads,
+    /// or an exhausted daemon that closes it at once, is found before a caller gets it.
+    public static func open(id: ConnectionID, path: String, connectTimeout: Span, maxMessageSize: Int,
+                            verifyPeer: Bool, validateMethod: String?) throws(CallFailure) -> DaemonConnection {
+        let socket = try UnixSocket.connect(path: path, timeout: connectTimeout)
+        if verifyPeer {
+            guard let uid = socket.peerUID() else { throw CallFailure(.peer, "cannot read the peer credentials of \(path)") }
+            let me = getuid()
+            if uid != me && uid != 0 {
+                throw CallFailure(.peer, "\(path) is served by uid \(uid), not by this user (\(me)) or root: refusing to talk to it")
+            }
+        }
+        let connection = DaemonConnection(id: id, socket: socket, maxMessageSize: maxMessageSize)
+        if let validateMethod {
+            switch connection.exchange(method: validateMethod, params: nil, notification: false,
+                                       deadline: Clock.now() + connectTimeout) {
+            case .result(let value): json_decref(UnsafeMutablePointer(value))
+            case .rpcError(let value, _):
+                json_decref(UnsafeMutablePointer(value))
+                throw CallFailure(.connect, "validation call '\(validateMethod)' answered with an error")
+            case .notified: break
+            case .failed(let failure, _):
+                throw CallFailure(.connect, "new connection failed its first call: \(failure.message)")
+            }
+        }
+        return connection
+    }
+
+    /// Sends one request and reads its answer by `deadline`. After any `.failed` (and after an
+    /// `id: null` error) the connection must not be reused: its state is unknown.
+    public func exchange(method: String, params: OpaquePointer?, notification: Bool, deadline: Instant) -> Exchange {
+        let requestID = nextRequestID
+        nextRequestID &+= 1
+        let length: Int
+        switch encode(method: method, params: params, id: notification ? nil : requestID) {
+        case .success(let count): length = count
+        case .failure(let failure): return .failed(failure, written: false)
+        }
+        do {
+            try socket.sendAll(UnsafeRawBufferPointer(rebasing: writeBuffer[0..<length]), deadline: deadline)
+        } catch {
+            switch error {
+            case .timedOut(let written): return .failed(CallFailure(.timedOut, "deadline passed while sending"), written: written)
+            case .failed(let message, let written): return .failed(CallFailure(.io, message), written: written)
+            }
+        }
+        bytesSent &+= length
+        return readAnswer(expecting: notification ? nil : requestID, deadline: deadline)
+    }
+
+    private func readAnswer(expecting requestID: Int64?, deadline: Instant) -> Exchange {
+        while true {
+            switch framer.next() {
+            case .line(let range):
+                let line = framer.bytes(range)
+                bytesReceived &+= line.count + 1
+                return decode(line, expecting: requestID)
+            case .tooLong:
+                return .failed(CallFailure(.tooBig, "answer longer than max_message_size (\(framer.maxLineLength) bytes)"), written: true)
+            case .needMore:
+                let space = framer.writableSpace()
+                let count: Int
+                do {
+                    count = try socket.receive(into: space, deadline: deadline)
+                } catch {
+                    switch error {
+                    case .timedOut: return .failed(CallFailure(.timedOut, "no answer from the daemon before the deadline"), written: true)
+                    case .failed(let message, _): return .failed(CallFailure(.io, message), written: true)
+                    }
+                }
+                if count == 0 {
+                    let detail = framer.bufferedCount > 0 ? " in the middle of an answer (truncated)" : ""
+                    return .failed(CallFailure(.io, "the daemon closed the connection\(detail)"), written: true)
+                }
+                framer.didReceive(count)
+            }
+        }
+    }
+
+    /// Builds the request with jansson into the reusable write buffer, `\n` appended.
+    private func encode(method: String, params: OpaquePointer?, id: Int64?) -> Result<Int, CallFailure> {
+        guard let request = json_object() else { return .failure(CallFailure(.noMemory, "out of memory")) }
+        defer { json_decref(request) }
+        var ok = json_object_set_new(request, "jsonrpc", json_string("2.0")) == 0
+        ok = ok && method.withCString { json_object_set_new(request, "method", json_string($0)) } == 0
+        if let params { ok = ok && json_object_set(request, "params", UnsafeMutablePointer(params)) == 0 }
+        if let id { ok = ok && json_object_set_new(request, "id", json_integer(json_int_t(id))) == 0 }
+        guard ok else { return .failure(CallFailure(.invalid, "method is not valid UTF-8, or out of memory")) }
+        let flags = Int(JSON_COMPACT)
+        var needed = json_dumpb(request, writeBuffer.baseAddress?.assumingMemoryBound(to: CChar.self), writeBuffer.count - 1, flags)
+        guard needed > 0 else { return .failure(CallFailure(.invalid, "params cannot be encoded as JSON")) }
+        guard needed <= maxRequestBytes else {
+            return .failure(CallFailure(.tooBig, "request is \(needed) bytes; the daemon accepts at most \(maxRequestBytes)"))
+        }
+        if needed > writeBuffer.count - 1 {
+            writeBuffer.deallocate()
+            writeBuffer = .allocate(byteCount: needed + 1, alignment: 1)
+            needed = json_dumpb(request, writeBuffer.baseAddress?.assumingMemoryBound(to: CChar.self), writeBuffer.count - 1, flags)
+        }
+        writeBuffer[needed] = 0x0A
+        return .success(needed + 1)
+    }
+
+    /// Checks one answer line: valid JSON object, JSON-RPC 2.0, the id we sent, exactly one of
+    /// result and error.
+    private func decode(_ line: UnsafeRawBufferPointer, expecting requestID: Int64?) -> Exchange {
+        var error = json_error_t()
+        guard let base = line.baseAddress,
+              let root = json_loadb(base.assumingMemoryBound(to: CChar.self), line.count, 0, &error) else {
+            return .failed(CallFailure(.proto, "answer is not valid JSON: \(jsonErrorText(&error))"), written: true)
+        }
+        defer { json_decref(root) }
+        guard root.pointee.type == JSON_OBJECT else {
+            return .failed(CallFailure(.proto, "answer is not a JSON object"), written: true)
+        }
+        let version = json_object_get(root, "jsonrpc")
+        guard let version, version.pointee.type == JSON_STRING, let text = json_string_value(version),
+              strcmp(text, "2.0") == 0 else {
+            return .failed(CallFailure(.proto, "answer lacks \"jsonrpc\": \"2.0\""), written: true)
+        }
+        let idValue = json_object_get(root, "id")
+        let result = json_object_get(root, "result")
+        let rpcError = json_object_get(root, "error")
+        if result != nil && rpcError != nil {
+            return .failed(CallFailure(.proto, "answer has both result and error"), written: true)
+        }
+        let idIsNull = idValue == nil || idValue?.pointee.type == JSON_NULL
+        if idIsNull {
+            if requestID == nil { return .notified }
+            if let rpcError, isErrorObject(rpcError) {
+                json_incref(rpcError)
+                return .rpcError(OpaquePointer(rpcError), inStep: false)
+            }
+            return .failed(CallFailure(.proto, "answer has id null but no error object"), written: true)
+        }
+        guard let requestID else {
+            return .failed(CallFailure(.proto, "a notification was answered with an id"), written: true)
+        }
+        guard let idValue, idValue.pointee.type == JSON_INTEGER, json_integer_value(idValue) == requestID else {
+            return .failed(CallFailure(.proto, "answer carries the wrong id (expected \(requestID))"), written: true)
+        }
+        if let result {
+            json_incref(result)
+            return .result(OpaquePointer(result))
+        }
+        if let rpcError, isErrorObject(rpcError) {
+            json_incref(rpcError)
+            return .rpcError(OpaquePointer(rpcError), inStep: true)
+        }
+        return .failed(CallFailure(.proto, rpcError == nil ? "answer has neither result nor error" : "error is not an object with an integer code"), written: true)
+    }
+
+    private func isErrorObject(_ value: UnsafeMutablePointer<json_t>) -> Bool {
+        guard value.pointee.type == JSON_OBJECT, let code = json_object_get(value, "code") else { return false }
+        return code.pointee.type == JSON_INTEGER
+    }
+
+    /// Wakes a thread blocked on this connection (drain timeout at close).
+    public func interrupt() { socket.shutdownBoth() }
+
+    public func close() { socket.close() }
+}
+
+func jsonErrorText(_ error: inout json_error_t) -> String {
+    withUnsafeBytes(of: &error.text) { raw in
+        let bytes = raw.prefix { $0 != 0 }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

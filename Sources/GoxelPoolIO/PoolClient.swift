@@ -1,0 +1,551 @@
+import CJansson
+import Glibc
+import GoxelPoolCore
+
+/// The outcome of one call. Result and error values are new references owned by the receiver.
+public enum CallOutcome {
+    case result(OpaquePointer)
+    case rpcError(OpaquePointer)
+    case notified
+    case failure(CallFailure)
+}
+
+/// The client: runs the pool state machine. Every decision is the state machine's; this class
+/// takes the lock, asks it, releases the lock and then performs the actions (wake a waiter, open
+/// or close a socket, ping, post an event). Caller threads do their own I/O on the connection
+/// they lease, so a call costs one lock round trip plus the exchange itself.
+public final class PoolClient: @unchecked Sendable {
+    public let configuration: ClientConfiguration
+    private let lock = PthreadMutex()
+    private var machine: PoolStateMachine
+    private var connections: [ConnectionID: DaemonConnection] = [:]
+    private var waiters: [WaiterID: WaiterBox] = [:]
+    private var nextWaiter: UInt64 = 1
+    private var closing = false
+    private let drained = Condition()
+
+    private let maintenanceWakeup = Condition()
+    private var maintenanceThread: LibraryThread?
+    private var maintenanceStop = false
+    /// Opens and health checks: never blocked behind async calls.
+    private let jobs: WorkerGroup
+    /// Async calls and batch items.
+    private let asyncWorkers: WorkerGroup
+    public let events: EventDispatcher
+    private var reconnectStormReported = false
+    private let maxConnections: Int
+
+    final class WaiterBox {
+        let wakeup = Condition()
+        var result: Result<DaemonConnection, CallFailure>?
+    }
+
+    /// Side effects collected under the lock and performed after it.
+    enum Deferred {
+        case signal(Condition)
+        case open(ConnectionID)
+        case close(DaemonConnection)
+        case check(DaemonConnection)
+        case wakeMaintenance
+        case event(ClientEvent)
+    }
+
+    public init(configuration: ClientConfiguration) {
+        self.configuration = configuration
+        var settings = PoolStateMachine.Settings()
+        let pool = configuration.pool
+        settings.minConnections = configuration.pooling ? pool.minConnections : 1
+        settings.maxConnections = configuration.pooling ? pool.maxConnections : 1
+        settings.maxWaiters = pool.maxWaiters
+        settings.idleTimeout = configuration.pooling ? .milliseconds(pool.idleTimeoutMs) : .zero
+        settings.maxLifetime = .milliseconds(pool.maxLifetimeMs)
+        settings.maxRequestsPerConnection = pool.maxRequestsPerConnection
+        settings.loadBalancing = pool.loadBalancing
+        let reconnect = configuration.reconnect
+        settings.backoff = Backoff.Policy(initial: .milliseconds(reconnect.initialBackoffMs), multiplier: reconnect.multiplier,
+                                          jitter: reconnect.jitter, maximum: .milliseconds(reconnect.maxBackoffMs))
+        let health = configuration.health
+        settings.healthInterval = .milliseconds(health.intervalMs)
+        settings.health = HealthTracker.Policy(healthyLatency: .milliseconds(health.healthyLatencyMs),
+                                               degradedLatency: .milliseconds(health.degradedLatencyMs),
+                                               failureThreshold: health.failureThreshold, successThreshold: health.successThreshold,
+                                               trendAnalysis: health.trendAnalysis, sampleSize: health.trendSampleSize)
+        maxConnections = settings.maxConnections
+        let now = Clock.now()
+        machine = PoolStateMachine(settings: settings, now: now, seed: UInt64(bitPattern: now.nanoseconds) ^ UInt64(getpid()))
+        jobs = WorkerGroup(threads: min(settings.maxConnections, 4), capacity: 4 * settings.maxConnections + 16)
+        asyncWorkers = WorkerGroup(threads: settings.maxConnections, capacity: max(pool.maxWaiters, 1))
+        events = EventDispatcher(capacity: configuration.eventQueueSize)
+        maintenanceThread = LibraryThread { [unowned self] in self.maintenanceLoop() }
+        modify { $0.start(now: Clock.now()) }
+    }
+
+    // MARK: - Calls
+
+    /// A synchronous call on the calling thread. `timeout` nil: the configured timeout_ms.
+    public func call(method: String, params: OpaquePointer?, timeout: Span?, notification: Bool = false) -> CallOutcome {
+        let deadline = Clock.now() + (timeout ?? .milliseconds(configuration.timeoutMs))
+        let idempotent = !notification && configuration.isIdempotent(method: method)
+        var retries = 0
+        while true {
+            let connection: DaemonConnection
+            switch acquire(deadline: deadline) {
+            case .success(let leased): connection = leased
+            case .failure(let failure): return fail(failure)
+            }
+            let began = Clock.now()
+            let exchange = connection.exchange(method: method, params: params, notification: notification, deadline: deadline)
+            let latency = Clock.now() - began
+            switch exchange {
+            case .result(let value):
+                release(connection, .answered(latency: latency))
+                return .result(value)
+            case .rpcError(let value, let inStep):
+                release(connection, inStep ? .answered(latency: latency) : .broken(reason: "daemon answered with id null: out of step"))
+                recordFailure(.rpc)
+                return .rpcError(value)
+            case .notified:
+                release(connection, .answered(latency: latency))
+                return .notified
+            case .failed(let failure, let written):
+                release(connection, .broken(reason: failure.message))
+                // Safe to try again: the request never left, or the method has no side effects
+                // and the connection broke (never after a timeout: no time is left, and a late
+                // answer proves nothing).
+                let retryable = !notification && failure.status == .io && (!written || idempotent)
+                if retryable && retries < configuration.retryAttempts && Clock.now() < deadline {
+                    retries += 1
+                    modifyStatistics { $0.retries += 1 }
+                    // Fail over to another connection at once; wait between later attempts.
+                    if retries > 1 { sleep(until: min(deadline, Clock.now() + .milliseconds(configuration.retryDelayMs))) }
+                    continue
+                }
+                if failure.status == .io && written && !idempotent && !notification {
+                    return fail(CallFailure(.io, "\(failure.message); the request may have run, so it was not repeated (\(method) is not idempotent)"))
+                }
+                return fail(failure)
+            }
+        }
+    }
+
+    /// Queues a call on a library thread; `completion` runs there exactly once.
+    public func callAsync(method: String, params: OpaquePointer?, timeout: Span?,
+                          completion: @escaping (CallOutcome) -> Void) -> CallFailure? {
+        if isClosing { return CallFailure(.closed, "client is closed") }
+        let accepted = asyncWorkers.submit { [self] in
+            let outcome = call(method: method, params: params, timeout: timeout)
+            completion(outcome)
+        }
+        return accepted ? nil : (isClosing ? CallFailure(.closed, "client is closed")
+                                           : CallFailure(.busy, "\(configuration.pool.maxWaiters) async calls already queued"))
+    }
+
+    /// Runs the items concurrently over the pool; the calling thread takes part, so a batch
+    /// completes even when every library thread is busy.
+    public func batch(_ items: [(method: String, params: OpaquePointer?)], timeout: Span?) -> [CallOutcome] {
+        let deadline = Clock.now() + (timeout ?? .milliseconds(configuration.timeoutMs))
+        let state = BatchState(count: items.count)
+        let work: () -> Void = { [self] in
+            while let index = state.claim() {
+                let remaining = deadline - Clock.now()
+                let outcome: CallOutcome = remaining > .zero
+                    ? call(method: items[index].method, params: items[index].params, timeout: remaining)
+                    : .failure(CallFailure(.timedOut, "batch deadline passed before this request was sent"))
+                state.finish(index, outcome)
+            }
+        }
+        let helpers = min(items.count - 1, maxConnections - 1)
+        for _ in 0..<max(0, helpers) { _ = asyncWorkers.submit(work) }
+        work()
+        return state.waitAll()
+    }
+
+    // MARK: - Acquire and release
+
+    private func acquire(deadline: Instant) -> Result<DaemonConnection, CallFailure> {
+        let now = Clock.now()
+        let acquireDeadline = min(deadline, now + .milliseconds(configuration.pool.acquireTimeoutMs))
+        lock.lock()
+        let waiterID = WaiterID(nextWaiter)
+        nextWaiter &+= 1
+        let (decision, actions) = machine.requestLease(waiterID, now: now)
+        switch decision {
+        case .leased(let id):
+            let connection = connections[id]
+            let deferred = actions.isEmpty ? [] : apply(actions)
+            lock.unlock()
+            perform(deferred)
+            guard let connection else { return .failure(CallFailure(.proto, "internal error: leased connection \(id) missing")) }
+            return .success(connection)
+        case .failed(let failure):
+            lock.unlock()
+            return .failure(describe(failure))
+        case .queued:
+            let box = WaiterBox()
+            waiters[waiterID] = box
+            var deferred = apply(actions)
+            lock.unlock()
+            postRequestEvent("request_queued", [("waiting", .int(Int64(machine.waitingCount)))])
+            perform(deferred)
+            lock.lock()
+            deferred = []
+            while box.result == nil {
+                if !box.wakeup.wait(lock, until: acquireDeadline) && box.result == nil {
+                    deferred += apply(machine.waiterTimedOut(waiterID, now: Clock.now()))
+                    if box.result == nil { box.result = .failure(CallFailure(.timedOut, "no connection became free before the deadline")) }
+                }
+            }
+            waiters[waiterID] = nil
+            let result = box.result ?? .failure(CallFailure(.timedOut, "no connection"))
+            lock.unlock()
+            perform(deferred)
+            return result
+        }
+    }
+
+    private func release(_ connection: DaemonConnection, _ outcome: ReleaseOutcome) {
+        lock.lock()
+        let (sent, received) = connection.takeByteCounts()
+        machine.withStatistics { $0.bytesSent &+= sent; $0.bytesReceived &+= received }
+        let actions = machine.release(connection.id, now: Clock.now(), outcome: outcome)
+        var deferred = actions.isEmpty ? [] : apply(actions)
+        // Forgotten by the pool (a drain timed out and it was abandoned): close it here.
+        if connections[connection.id] != nil && machine.health(of: connection.id) == nil {
+            connections[connection.id] = nil
+            deferred.append(.close(connection))
+        }
+        let wantsServed = events.wants(.request)
+        lock.unlock()
+        perform(deferred)
+        if wantsServed, case .answered(let latency) = outcome {
+            postRequestEvent("request_served", [("connection_id", .int(Int64(connection.id.value))),
+                                                ("latency_ms", .double(latency.milliseconds))])
+        }
+    }
+
+    /// Under the lock: records waiter results and registry changes, returns the rest.
+    private func apply(_ actions: [PoolAction]) -> [Deferred] {
+        var deferred: [Deferred] = []
+        for action in actions {
+            switch action {
+            case .lease(let waiterID, let id):
+                guard let box = waiters[waiterID] else { continue }
+                if let connection = connections[id] {
+                    box.result = .success(connection)
+                } else {
+                    box.result = .failure(CallFailure(.proto, "internal error: connection \(id) missing"))
+                }
+                deferred.append(.signal(box.wakeup))
+            case .failWaiter(let waiterID, let failure):
+                guard let box = waiters[waiterID] else { continue }
+                box.result = .failure(describe(failure))
+                deferred.append(.signal(box.wakeup))
+            case .open(let id):
+                deferred.append(.open(id))
+            case .close(let id, _):
+                if let connection = connections.removeValue(forKey: id) { deferred.append(.close(connection)) }
+            case .checkHealth(let id):
+                if let connection = connections[id] { deferred.append(.check(connection)) }
+            case .wakeMaintenance:
+                deferred.append(.wakeMaintenance)
+            case .event(let event):
+                deferred.append(contentsOf: clientEvents(for: event).map(Deferred.event))
+            }
+        }
+        if closing && machine.connectionCount == 0 { drained.broadcast() }
+        return deferred
+    }
+
+    private func perform(_ deferred: [Deferred]) {
+        for item in deferred {
+            switch item {
+            case .signal(let condition): condition.signal()
+            case .open(let id):
+                if !jobs.submit({ [self] in open(id) }) {
+                    modify { $0.connectionOpenFailed(id, now: Clock.now(), reason: "could not schedule the open") }
+                }
+            case .close(let connection): connection.close()
+            case .check(let connection):
+                if !jobs.submit({ [self] in checkHealth(connection) }) {
+                    modify { $0.healthCheckFinished(connection.id, now: Clock.now(), success: true, latency: .zero, error: nil) }
+                }
+            case .wakeMaintenance: lock.withLock { maintenanceWakeup.signal() }
+            case .event(let event): events.post(event)
+            }
+        }
+    }
+
+    /// Runs a state machine event under the lock and performs its actions after.
+    private func modify(_ body: (inout PoolStateMachine) -> [PoolAction]) {
+        lock.lock()
+        let deferred = apply(body(&machine))
+        lock.unlock()
+        perform(deferred)
+    }
+
+    private func modifyStatistics(_ body: (inout PoolStatistics) -> Void) {
+        lock.withLock { machine.withStatistics(body) }
+    }
+
+    // MARK: - Background work
+
+    private func open(_ id: ConnectionID) {
+        if isClosing {
+            modify { $0.connectionOpenFailed(id, now: Clock.now(), reason: "client is closing") }
+            return
+        }
+        let validate = configuration.pool.validateOnConnect ? configuration.health.method : nil
+        do {
+            let connection = try DaemonConnection.open(
+                id: id, path: configuration.socketPath, connectTimeout: .milliseconds(configuration.pool.connectTimeoutMs),
+                maxMessageSize: configuration.maxMessageSize, verifyPeer: configuration.verifyPeer, validateMethod: validate)
+            lock.lock()
+            connections[id] = connection
+            let deferred = apply(machine.connectionOpened(id, now: Clock.now()))
+            lock.unlock()
+            perform(deferred)
+        } catch {
+            if error.status == .peer {
+                events.post(ClientEvent(kind: .alert, type: "peer_rejected",
+                                        fields: [("severity", .string("critical")), ("message", .string(error.message))]))
+            }
+            log(.warn, "connection \(id) failed to open: \(error.message)")
+            modify { $0.connectionOpenFailed(id, now: Clock.now(), reason: error.message) }
+        }
+    }
+
+    private func checkHealth(_ connection: DaemonConnection) {
+        let began = Clock.now()
+        let exchange = connection.exchange(method: configuration.health.method, params: nil, notification: false,
+                                           deadline: began + .milliseconds(configuration.health.timeoutMs))
+        let latency = Clock.now() - began
+        var success = false
+        var error: String?
+        switch exchange {
+        case .result(let value): json_decref(UnsafeMutablePointer(value)); success = true
+        case .rpcError(let value, _): json_decref(UnsafeMutablePointer(value)); error = "health check answered with an error"
+        case .notified: success = true
+        case .failed(let failure, _): error = failure.message
+        }
+        modify { $0.healthCheckFinished(connection.id, now: Clock.now(), success: success, latency: latency, error: error) }
+    }
+
+    private func maintenanceLoop() {
+        lock.lock()
+        while !maintenanceStop {
+            let now = Clock.now()
+            // Housekeeping at least once a second, so idle expiry set by releases (which do not
+            // wake this thread) is seen on time.
+            var until = now + .milliseconds(1000)
+            if let next = machine.nextDeadline(), next < until { until = next }
+            if until > now { maintenanceWakeup.wait(lock, until: until) }
+            if maintenanceStop { break }
+            let deferred = apply(machine.tick(now: Clock.now()))
+            lock.unlock()
+            perform(deferred)
+            lock.lock()
+        }
+        lock.unlock()
+    }
+
+    // MARK: - Shutdown
+
+    public var isClosing: Bool { lock.withLock { closing } }
+
+    /// True on one of this client's own threads (callbacks and listeners run there).
+    public func isLibraryThread() -> Bool {
+        asyncWorkers.isWorkerThread() || jobs.isWorkerThread() || events.isDispatcherThread()
+            || (maintenanceThread.map(LibraryThread.isCurrent) ?? false)
+    }
+
+    /// Stops new calls, fails waiters, drains in-flight calls up to `drain`, then closes every
+    /// socket and joins every thread. Must not be called from one of the client's threads.
+    public func close(drain: Span) {
+        lock.lock()
+        if closing { lock.unlock(); return }
+        closing = true
+        var deferred = apply(machine.close(now: Clock.now()))
+        lock.unlock()
+        perform(deferred)
+        // Queued async calls run now and fail fast with ECLOSED (their callbacks still run once).
+        asyncWorkers.stopAndJoin()
+        let drainDeadline = Clock.now() + drain
+        lock.lock()
+        while machine.connectionCount > 0 && Clock.now() < drainDeadline {
+            drained.wait(lock, until: drainDeadline)
+        }
+        // What is still out is interrupted: its caller's read fails at once and it comes back.
+        let abandoned = machine.abandonAll()
+        let interrupted = abandoned.compactMap { connections[$0] }
+        maintenanceStop = true
+        maintenanceWakeup.signal()
+        lock.unlock()
+        for connection in interrupted { connection.interrupt() }
+        maintenanceThread?.join()
+        jobs.stopAndJoin()
+        lock.lock()
+        // Interrupted connections come back within a moment; close whatever remains.
+        let waitUntil = Clock.now() + .milliseconds(1000)
+        while !connections.isEmpty && Clock.now() < waitUntil { drained.wait(lock, until: min(waitUntil, Clock.now() + .milliseconds(5))) }
+        deferred = connections.values.map(Deferred.close)
+        connections.removeAll()
+        lock.unlock()
+        perform(deferred)
+        events.stopAndJoin()
+    }
+
+    // MARK: - Statistics, health, events
+
+    public struct Snapshot {
+        public var statistics: PoolStatistics
+        public var state: PoolState
+        public var total, idle, busy, opening, checking, healthy, waiting: Int
+        public var poolHealth: HealthTracker
+        public var connections: [(id: ConnectionID, health: HealthTracker, requests: Int, openedAt: Instant?)]
+        public var eventsDelivered, eventsDropped: Int
+        public var now: Instant
+    }
+
+    public func snapshot() -> Snapshot {
+        let counters = events.counters()
+        return lock.withLock {
+            Snapshot(statistics: machine.statistics, state: machine.poolState,
+                     total: machine.connectionCount - machine.count(.opening), idle: machine.count(.idle),
+                     busy: machine.count(.busy), opening: machine.count(.opening), checking: machine.count(.checking),
+                     healthy: machine.healthyCount, waiting: machine.waitingCount, poolHealth: machine.poolHealth,
+                     connections: machine.connectionIDs.compactMap { id in
+                         machine.health(of: id).map { (id, $0, machine.requestsServed(by: id) ?? 0, machine.openedAt(id)) }
+                     },
+                     eventsDelivered: counters.delivered, eventsDropped: counters.dropped, now: Clock.now())
+        }
+    }
+
+    private func clientEvents(for event: PoolEvent) -> [ClientEvent] {
+        var out: [ClientEvent] = []
+        switch event {
+        case .connectionAdded(let id):
+            reconnectStormReported = false
+            out.append(ClientEvent(kind: .connection, type: "connection_added", fields: [("connection_id", .int(Int64(id.value)))]))
+        case .connectionRemoved(let id, let reason):
+            out.append(ClientEvent(kind: .connection, type: "connection_removed",
+                                   fields: [("connection_id", .int(Int64(id.value))), ("reason", .string(reason.rawValue))]))
+        case .connectionOpenFailed(let failures, let retryIn):
+            let message = machine.statistics.lastConnectError ?? "connect failed"
+            if failures >= 3 && !reconnectStormReported {
+                reconnectStormReported = true
+                out.append(alert("reconnect_storm", "critical", nil,
+                                 "\(failures) consecutive connection attempts failed: \(message)",
+                                 [("consecutive_failures", .int(Int64(failures))), ("retry_in_ms", .double(retryIn.milliseconds))]))
+            }
+        case .healthChanged(let id, let from, let to):
+            let health = machine.health(of: id)
+            let metrics: [(String, EventValue)] = [
+                ("previous", .string(from.rawValue)), ("current", .string(to.rawValue)),
+                ("consecutive_failures", .int(Int64(health?.consecutiveFailures ?? 0))),
+                ("average_latency_ms", health?.averageLatency.map { .double($0.milliseconds) } ?? .null),
+                ("last_error", health?.lastError.map { .string($0) } ?? .null),
+            ]
+            out.append(ClientEvent(kind: .health, type: "health_changed", fields: [("connection_id", .int(Int64(id.value)))] + metrics))
+            switch to {
+            case .unhealthy: out.append(alert("unhealthy", "critical", id, "connection \(id.value) is unhealthy", metrics))
+            case .degraded: out.append(alert("degraded", "warning", id, "connection \(id.value) is degraded", metrics))
+            case .healthy: out.append(alert("recovered", "info", id, "connection \(id.value) recovered", metrics))
+            }
+        case .poolStateChanged(let from, let to):
+            let metrics: [(String, EventValue)] = [
+                ("previous", .string(from.rawValue)), ("current", .string(to.rawValue)),
+                ("healthy_connections", .int(Int64(machine.healthyCount))),
+                ("total_connections", .int(Int64(machine.connectionCount - machine.count(.opening)))),
+            ]
+            out.append(ClientEvent(kind: .pool, type: "pool_state_changed", fields: metrics))
+            switch to {
+            case .degraded: out.append(alert("pool_degraded", "warning", nil, "pool is degraded", metrics))
+            case .unhealthy where from != .closed: out.append(alert("pool_unhealthy", "critical", nil, "pool is unhealthy", metrics))
+            case .ready where from == .degraded || from == .unhealthy:
+                out.append(alert("pool_recovered", "info", nil, "pool is ready", metrics))
+            default: break
+            }
+        }
+        return out
+    }
+
+    private func alert(_ type: String, _ severity: String, _ id: ConnectionID?, _ message: String,
+                       _ metrics: [(String, EventValue)]) -> ClientEvent {
+        machine.withStatistics { $0.alertsGenerated[type, default: 0] += 1 }
+        return ClientEvent(kind: .alert, type: type, fields: [
+            ("severity", .string(severity)), ("message", .string(message)),
+            ("connection_id", id.map { .int(Int64($0.value)) } ?? .string("pool")),
+        ] + metrics)
+    }
+
+    private func postRequestEvent(_ type: String, _ fields: [(String, EventValue)]) {
+        guard events.wants(.request) else { return }
+        events.post(ClientEvent(kind: .request, type: type, fields: fields))
+    }
+
+    public func log(_ level: ClientConfiguration.LogLevel, _ message: @autoclosure () -> String) {
+        guard level != .off, level <= configuration.logLevel, events.wants(.log) else { return }
+        events.post(ClientEvent(kind: .log, type: "log", fields: [("level", .string(level.rawValue)), ("message", .string(message()))]))
+    }
+
+    private func describe(_ failure: PoolFailure) -> CallFailure {
+        switch failure {
+        case .closed: CallFailure(.closed, "client is closed")
+        case .busy: CallFailure(.busy, "wait queue is full (pool.max_waiters = \(configuration.pool.maxWaiters))")
+        case .timedOut: CallFailure(.timedOut, "no connection became free before the deadline")
+        case .connectFailed:
+            CallFailure(.connect, "cannot connect to \(configuration.socketPath): \(machine.statistics.lastConnectError ?? "no connection")")
+        }
+    }
+
+    private func fail(_ failure: CallFailure) -> CallOutcome {
+        recordFailure(failure.status)
+        return .failure(failure)
+    }
+
+    private func recordFailure(_ status: CallStatus) {
+        modifyStatistics { $0.recordFailure(status: status.name.description) }
+    }
+
+    private func sleep(until deadline: Instant) {
+        let remaining = deadline - Clock.now()
+        guard remaining > .zero else { return }
+        var spec = timespec(tv_sec: Int(remaining.nanoseconds / 1_000_000_000), tv_nsec: Int(remaining.nanoseconds % 1_000_000_000))
+        var left = timespec()
+        while nanosleep(&spec, &left) != 0 && errno == EINTR { spec = left }
+    }
+}
+
+/// Collects the outcomes of a batch; items are claimed one at a time by whichever thread is free.
+final class BatchState: @unchecked Sendable {
+    private let lock = PthreadMutex()
+    private let done = Condition()
+    private var next = 0
+    private var finished = 0
+    private var outcomes: [CallOutcome?]
+
+    init(count: Int) { outcomes = Array(repeating: nil, count: count) }
+
+    func claim() -> Int? {
+        lock.withLock {
+            guard next < outcomes.count else { return nil }
+            next += 1
+            return next - 1
+        }
+    }
+
+    func finish(_ index: Int, _ outcome: CallOutcome) {
+        lock.withLock {
+            outcomes[index] = outcome
+            finished += 1
+            if finished == outcomes.count { done.broadcast() }
+        }
+    }
+
+    func waitAll() -> [CallOutcome] {
+        lock.withLock {
+            while finished < outcomes.count { done.wait(lock, until: nil) }
+            return outcomes.map { $0 ?? .failure(CallFailure(.closed, "not run")) }
+        }
+    }
+}

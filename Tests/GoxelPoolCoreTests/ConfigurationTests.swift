@@ -1,0 +1,346 @@
+import XCTest
+@testable import GoxelPoolCore
+
+final class ConfigurationTests: XCTestCase {
+    typealias Config = ClientConfiguration
+
+    // MARK: Defaults
+
+    func testDefaultsAreTheDocumentedValues() {
+        let c = Config()
+        XCTAssertEqual(c.socketPath, "/tmp/goxel-daemon.sock")
+        XCTAssertTrue(c.pooling)
+        XCTAssertEqual(c.timeoutMs, 5000)
+        XCTAssertEqual(c.retryAttempts, 3)
+        XCTAssertEqual(c.retryDelayMs, 1000)
+        XCTAssertEqual(c.maxMessageSize, 1_048_576)
+        XCTAssertTrue(c.verifyPeer)
+        XCTAssertEqual(c.idempotentMethods, [])
+        XCTAssertEqual(c.logLevel, .warn)
+        XCTAssertEqual(c.eventQueueSize, 1024)
+
+        XCTAssertEqual(c.pool.minConnections, 2)
+        XCTAssertEqual(c.pool.maxConnections, 10)
+        XCTAssertEqual(c.pool.acquireTimeoutMs, 5000)
+        XCTAssertEqual(c.pool.idleTimeoutMs, 60000)
+        XCTAssertEqual(c.pool.maxLifetimeMs, 0)
+        XCTAssertEqual(c.pool.maxRequestsPerConnection, 0)
+        XCTAssertEqual(c.pool.maxWaiters, 1024)
+        XCTAssertEqual(c.pool.loadBalancing, .leastUsed)
+        XCTAssertEqual(c.pool.connectTimeoutMs, 1000)
+        XCTAssertTrue(c.pool.validateOnConnect)
+
+        XCTAssertEqual(c.reconnect.initialBackoffMs, 1000)
+        XCTAssertEqual(c.reconnect.multiplier, 1.6)
+        XCTAssertEqual(c.reconnect.jitter, 0.2)
+        XCTAssertEqual(c.reconnect.maxBackoffMs, 120_000)
+
+        XCTAssertEqual(c.health.intervalMs, 30000)
+        XCTAssertEqual(c.health.timeoutMs, 5000)
+        XCTAssertEqual(c.health.method, "ping")
+        XCTAssertEqual(c.health.failureThreshold, 3)
+        XCTAssertEqual(c.health.successThreshold, 2)
+        XCTAssertEqual(c.health.healthyLatencyMs, 1000)
+        XCTAssertEqual(c.health.degradedLatencyMs, 3000)
+        XCTAssertTrue(c.health.trendAnalysis)
+        XCTAssertEqual(c.health.trendSampleSize, 10)
+    }
+
+    func testNullAndEmptyObjectsMeanDefaults() throws {
+        XCTAssertEqual(try Config.parse(.null), Config())
+        XCTAssertEqual(try Config.parse([:]), Config())
+        XCTAssertEqual(try Config.parse(["pool": [:], "reconnect": [:], "health": [:]]), Config())
+    }
+
+    func testEnumRawValues() {
+        XCTAssertEqual(Config.LoadBalancing.allCases.map(\.rawValue), ["least_used", "round_robin", "random"])
+        XCTAssertEqual(Config.LogLevel.allCases.map(\.rawValue), ["off", "error", "warn", "info", "debug"])
+        XCTAssertLessThan(Config.LogLevel.off, .error)
+        XCTAssertLessThan(Config.LogLevel.error, .warn)
+        XCTAssertLessThan(Config.LogLevel.warn, .info)
+        XCTAssertLessThan(Config.LogLevel.info, .debug)
+        XCTAssertEqual(Config.LogLevel.allCases.sorted(), Config.LogLevel.allCases)
+    }
+
+    // MARK: Valid configurations
+
+    func testFullConfigurationParsesToTheGivenValues() throws {
+        let json: ConfigValue = [
+            "socket_path": "/run/goxel/daemon.sock",
+            "pooling": false,
+            "timeout_ms": 2500,
+            "retry_attempts": 0,
+            "retry_delay_ms": 0,
+            "max_message_size": 4096,
+            "verify_peer": false,
+            "idempotent_methods": ["goxel.render", "export_model"],
+            "log_level": "debug",
+            "event_queue_size": 1_000_000,
+            "pool": [
+                "min_connections": 0,
+                "max_connections": 1024,
+                "acquire_timeout_ms": 250,
+                "idle_timeout_ms": 0,
+                "max_lifetime_ms": 3_600_000,
+                "max_requests_per_connection": 100,
+                "max_waiters": 0,
+                "load_balancing": "round_robin",
+                "connect_timeout_ms": 2147483647,
+                "validate_on_connect": false,
+            ],
+            "reconnect": [
+                "initial_backoff_ms": 50,
+                "multiplier": 2,
+                "jitter": 0.5,
+                "max_backoff_ms": 50,
+            ],
+            "health": [
+                "interval_ms": 10,
+                "timeout_ms": 100,
+                "method": "version",
+                "failure_threshold": 1000,
+                "success_threshold": 1,
+                "healthy_latency_ms": 0,
+                "degraded_latency_ms": 0,
+                "trend_analysis": false,
+                "trend_sample_size": 2,
+            ],
+        ]
+        var expected = Config()
+        expected.socketPath = "/run/goxel/daemon.sock"
+        expected.pooling = false
+        expected.timeoutMs = 2500
+        expected.retryAttempts = 0
+        expected.retryDelayMs = 0
+        expected.maxMessageSize = 4096
+        expected.verifyPeer = false
+        expected.idempotentMethods = ["goxel.render", "export_model"]
+        expected.logLevel = .debug
+        expected.eventQueueSize = 1_000_000
+        expected.pool.minConnections = 0
+        expected.pool.maxConnections = 1024
+        expected.pool.acquireTimeoutMs = 250
+        expected.pool.idleTimeoutMs = 0
+        expected.pool.maxLifetimeMs = 3_600_000
+        expected.pool.maxRequestsPerConnection = 100
+        expected.pool.maxWaiters = 0
+        expected.pool.loadBalancing = .roundRobin
+        expected.pool.connectTimeoutMs = Int(Int32.max)
+        expected.pool.validateOnConnect = false
+        expected.reconnect.initialBackoffMs = 50
+        expected.reconnect.multiplier = 2.0
+        expected.reconnect.jitter = 0.5
+        expected.reconnect.maxBackoffMs = 50
+        expected.health.intervalMs = 10
+        expected.health.timeoutMs = 100
+        expected.health.method = "version"
+        expected.health.failureThreshold = 1000
+        expected.health.successThreshold = 1
+        expected.health.healthyLatencyMs = 0
+        expected.health.degradedLatencyMs = 0
+        expected.health.trendAnalysis = false
+        expected.health.trendSampleSize = 2
+
+        let parsed = try Config.parse(json)
+        XCTAssertEqual(parsed, expected)
+        XCTAssertNotEqual(parsed, Config())
+    }
+
+    func testBoundaryValuesAreAccepted() throws {
+        let path107 = "/" + String(repeating: "s", count: 106)
+        XCTAssertEqual(try Config.parse(["socket_path": .string(path107)]).socketPath, path107)
+        XCTAssertEqual(try Config.parse(["timeout_ms": 2147483647]).timeoutMs, Int(Int32.max))
+        XCTAssertEqual(try Config.parse(["max_message_size": .integer(1 << 30)]).maxMessageSize, 1 << 30)
+        XCTAssertEqual(try Config.parse(["retry_attempts": 100]).retryAttempts, 100)
+        XCTAssertEqual(try Config.parse(["log_level": "off"]).logLevel, .off)
+        XCTAssertEqual(try Config.parse(["health": ["interval_ms": 0]]).health.intervalMs, 0)
+        XCTAssertEqual(try Config.parse(["pool": ["load_balancing": "random"]]).pool.loadBalancing, .random)
+        let equalPool = try Config.parse(["pool": ["min_connections": 7, "max_connections": 7]]).pool
+        XCTAssertEqual([equalPool.minConnections, equalPool.maxConnections], [7, 7])
+        let health = try Config.parse(["health": ["healthy_latency_ms": 3000]]).health
+        XCTAssertEqual([health.healthyLatencyMs, health.degradedLatencyMs], [3000, 3000])
+        let reconnect = try Config.parse(["reconnect": ["multiplier": 1, "jitter": 1, "max_backoff_ms": 1000]]).reconnect
+        XCTAssertEqual(reconnect.multiplier, 1.0)
+        XCTAssertEqual(reconnect.jitter, 1.0)
+        XCTAssertEqual(reconnect.maxBackoffMs, 1000)
+        XCTAssertEqual(try Config.parse(["reconnect": ["jitter": 0]]).reconnect.jitter, 0.0)
+        XCTAssertEqual(try Config.parse(["idempotent_methods": []]).idempotentMethods, [])
+    }
+
+    func testIsIdempotent() throws {
+        let c = try Config.parse(["idempotent_methods": ["goxel.render"]])
+        for method in ["ping", "version", "status", "echo", "list_methods", "goxel.get_voxel",
+                       "goxel.list_layers", "goxel.render"] {
+            XCTAssertTrue(c.isIdempotent(method: method), method)
+        }
+        for method in ["goxel.set_voxel", "goxel.get", "goxel.lister", "render", "Ping", "", "goxel.export"] {
+            XCTAssertFalse(c.isIdempotent(method: method), method)
+        }
+        XCTAssertFalse(Config().isIdempotent(method: "goxel.render"))
+    }
+
+    // MARK: Invalid configurations
+
+    struct Bad {
+        let config: ConfigValue
+        let key: String
+        /// The exact description, when the test pins it.
+        let description: String?
+        let line: UInt
+        init(_ config: ConfigValue, _ key: String, _ description: String? = nil, line: UInt = #line) {
+            self.config = config
+            self.key = key
+            self.description = description
+            self.line = line
+        }
+    }
+
+    static let tooLongPath = "/" + String(repeating: "x", count: 107)
+
+    static let invalid: [Bad] = [
+        // The document itself.
+        Bad([1, 2], "config", "config: expected an object, got array"),
+        Bad("config.json", "config", "config: expected an object, got string"),
+        Bad(5, "config"),
+        Bad(true, "config"),
+        // Top-level keys.
+        Bad(["socket_path": 5], "socket_path", "socket_path: expected a string, got integer"),
+        Bad(["socket_path": ""], "socket_path", "socket_path: must not be empty"),
+        Bad(["socket_path": .string(tooLongPath)], "socket_path", "socket_path: longer than 107 bytes"),
+        Bad(["socket_path": .string(String(repeating: "é", count: 54))], "socket_path", "socket_path: longer than 107 bytes"),
+        Bad(["socket_path": "/tmp/a\u{0}b"], "socket_path", "socket_path: must not contain NUL"),
+        Bad(["pooling": "yes"], "pooling", "pooling: expected a boolean, got string"),
+        Bad(["pooling": 1], "pooling"),
+        Bad(["timeout_ms": 0], "timeout_ms", "timeout_ms: must be between 1 and 2147483647, got 0"),
+        Bad(["timeout_ms": -5], "timeout_ms", "timeout_ms: must be between 1 and 2147483647, got -5"),
+        Bad(["timeout_ms": "5000"], "timeout_ms", "timeout_ms: expected an integer, got string"),
+        Bad(["timeout_ms": 5000.0], "timeout_ms", "timeout_ms: expected an integer, got real"),
+        Bad(["timeout_ms": .integer(.max)], "timeout_ms",
+            "timeout_ms: must be between 1 and 2147483647, got 9223372036854775807"),
+        Bad(["timeout_ms": .integer(.min)], "timeout_ms"),
+        Bad(["timeout_ms": 2147483648], "timeout_ms"),
+        Bad(["timeout_ms": .null], "timeout_ms", "timeout_ms: expected an integer, got null"),
+        Bad(["retry_attempts": 101], "retry_attempts", "retry_attempts: must be between 0 and 100, got 101"),
+        Bad(["retry_attempts": -1], "retry_attempts"),
+        Bad(["retry_delay_ms": -1], "retry_delay_ms"),
+        Bad(["retry_delay_ms": [1]], "retry_delay_ms", "retry_delay_ms: expected an integer, got array"),
+        Bad(["max_message_size": 1023], "max_message_size"),
+        Bad(["max_message_size": .integer((1 << 30) + 1)], "max_message_size"),
+        Bad(["verify_peer": "true"], "verify_peer"),
+        Bad(["idempotent_methods": "ping"], "idempotent_methods", "idempotent_methods: expected an array, got string"),
+        Bad(["idempotent_methods": ["a", "b", 3]], "idempotent_methods[2]",
+            "idempotent_methods[2]: expected a string, got integer"),
+        Bad(["idempotent_methods": ["a", ""]], "idempotent_methods[1]", "idempotent_methods[1]: must not be empty"),
+        Bad(["idempotent_methods": [.null]], "idempotent_methods[0]"),
+        Bad(["log_level": "verbose"], "log_level",
+            "log_level: must be one of off, error, warn, info, debug, got \"verbose\""),
+        Bad(["log_level": "WARN"], "log_level"),
+        Bad(["log_level": 3], "log_level", "log_level: expected a string, got integer"),
+        Bad(["event_queue_size": 0], "event_queue_size"),
+        Bad(["event_queue_size": 1_000_001], "event_queue_size"),
+        Bad(["foo": 1], "foo", "foo: unknown key"),
+        Bad(["timeoutMs": 1000], "timeoutMs", "timeoutMs: unknown key"),
+        Bad(["timeout_ms": 1000, "timeout_ms": 2000], "timeout_ms", "timeout_ms: duplicate key"),
+        // Sections.
+        Bad(["pool": .null], "pool", "pool: expected an object, got null"),
+        Bad(["pool": []], "pool", "pool: expected an object, got array"),
+        Bad(["reconnect": 1], "reconnect", "reconnect: expected an object, got integer"),
+        Bad(["health": "on"], "health", "health: expected an object, got string"),
+        Bad(["pool": [:], "pool": [:]], "pool", "pool: duplicate key"),
+        // pool
+        Bad(["pool": ["foo": 1]], "pool.foo", "pool.foo: unknown key"),
+        Bad(["pool": ["min_connections": 1025]], "pool.min_connections"),
+        Bad(["pool": ["min_connections": -1]], "pool.min_connections"),
+        Bad(["pool": ["min_connections": "2"]], "pool.min_connections",
+            "pool.min_connections: expected an integer, got string"),
+        Bad(["pool": ["max_connections": 0]], "pool.max_connections",
+            "pool.max_connections: must be between 1 and 1024, got 0"),
+        Bad(["pool": ["max_connections": 1025]], "pool.max_connections"),
+        Bad(["pool": ["max_connections": "ten"]], "pool.max_connections",
+            "pool.max_connections: expected an integer, got string"),
+        Bad(["pool": ["min_connections": 5, "max_connections": 2]], "pool.min_connections",
+            "pool.min_connections: 5 is greater than pool.max_connections (2)"),
+        Bad(["pool": ["min_connections": 11]], "pool.min_connections",
+            "pool.min_connections: 11 is greater than pool.max_connections (10)"),
+        Bad(["pool": ["acquire_timeout_ms": 0]], "pool.acquire_timeout_ms"),
+        Bad(["pool": ["idle_timeout_ms": -1]], "pool.idle_timeout_ms"),
+        Bad(["pool": ["max_lifetime_ms": .integer(.max)]], "pool.max_lifetime_ms"),
+        Bad(["pool": ["max_requests_per_connection": -1]], "pool.max_requests_per_connection"),
+        Bad(["pool": ["max_waiters": 1_000_001]], "pool.max_waiters"),
+        Bad(["pool": ["max_waiters": -1]], "pool.max_waiters"),
+        Bad(["pool": ["load_balancing": "fastest"]], "pool.load_balancing",
+            "pool.load_balancing: must be one of least_used, round_robin, random, got \"fastest\""),
+        Bad(["pool": ["load_balancing": "leastUsed"]], "pool.load_balancing"),
+        Bad(["pool": ["connect_timeout_ms": 0]], "pool.connect_timeout_ms"),
+        Bad(["pool": ["validate_on_connect": 0]], "pool.validate_on_connect",
+            "pool.validate_on_connect: expected a boolean, got integer"),
+        Bad(["pool": ["max_connections": 3, "max_connections": 4]], "pool.max_connections",
+            "pool.max_connections: duplicate key"),
+        // reconnect
+        Bad(["reconnect": ["initial_backoff_ms": 0]], "reconnect.initial_backoff_ms"),
+        Bad(["reconnect": ["multiplier": 0.5]], "reconnect.multiplier",
+            "reconnect.multiplier: must be between 1.0 and 100.0, got 0.5"),
+        Bad(["reconnect": ["multiplier": 101]], "reconnect.multiplier"),
+        Bad(["reconnect": ["multiplier": "1.5"]], "reconnect.multiplier",
+            "reconnect.multiplier: expected a number, got string"),
+        Bad(["reconnect": ["multiplier": .real(.nan)]], "reconnect.multiplier"),
+        Bad(["reconnect": ["jitter": 1.5]], "reconnect.jitter"),
+        Bad(["reconnect": ["jitter": -0.1]], "reconnect.jitter"),
+        Bad(["reconnect": ["jitter": .real(.infinity)]], "reconnect.jitter"),
+        Bad(["reconnect": ["max_backoff_ms": 500]], "reconnect.max_backoff_ms",
+            "reconnect.max_backoff_ms: 500 is less than reconnect.initial_backoff_ms (1000)"),
+        Bad(["reconnect": ["max_backoff_ms": 0]], "reconnect.max_backoff_ms"),
+        Bad(["reconnect": ["bar": true]], "reconnect.bar", "reconnect.bar: unknown key"),
+        // health
+        Bad(["health": ["interval_ms": 5]], "health.interval_ms",
+            "health.interval_ms: must be 0 or between 10 and 2147483647, got 5"),
+        Bad(["health": ["interval_ms": -1]], "health.interval_ms"),
+        Bad(["health": ["timeout_ms": 0]], "health.timeout_ms"),
+        Bad(["health": ["method": ""]], "health.method", "health.method: must not be empty"),
+        Bad(["health": ["method": 1]], "health.method", "health.method: expected a string, got integer"),
+        Bad(["health": ["failure_threshold": 0]], "health.failure_threshold"),
+        Bad(["health": ["success_threshold": 1001]], "health.success_threshold"),
+        Bad(["health": ["healthy_latency_ms": -1]], "health.healthy_latency_ms"),
+        Bad(["health": ["degraded_latency_ms": 500]], "health.degraded_latency_ms",
+            "health.degraded_latency_ms: 500 is less than health.healthy_latency_ms (1000)"),
+        Bad(["health": ["healthy_latency_ms": 4000]], "health.degraded_latency_ms"),
+        Bad(["health": ["trend_analysis": "yes"]], "health.trend_analysis"),
+        Bad(["health": ["trend_sample_size": 1]], "health.trend_sample_size"),
+        Bad(["health": ["trend_sample_size": 10001]], "health.trend_sample_size"),
+        Bad(["health": ["baz": 1, "interval_ms": 1000]], "health.baz", "health.baz: unknown key"),
+    ]
+
+    func testInvalidConfigurationsAreRejectedWithTheirKey() {
+        XCTAssertGreaterThanOrEqual(Self.invalid.count, 45)
+        for bad in Self.invalid {
+            do {
+                let parsed = try Config.parse(bad.config)
+                XCTFail("accepted \(bad.config) as \(parsed)", line: bad.line)
+            } catch {
+                XCTAssertEqual(error.key, bad.key, "\(error)", line: bad.line)
+                XCTAssertTrue(error.description.hasPrefix(bad.key + ": "), error.description, line: bad.line)
+                XCTAssertFalse(error.message.isEmpty, line: bad.line)
+                if let description = bad.description {
+                    XCTAssertEqual(error.description, description, line: bad.line)
+                }
+            }
+        }
+    }
+
+    func testErrorsAreReportedInTheOrderTheyAreFound() {
+        // A valid value after an invalid one does not hide it; the first problem is reported.
+        XCTAssertThrowsError(try Config.parse(["timeout_ms": "x", "pool": ["max_connections": 0]])) { error in
+            XCTAssertEqual((error as? ConfigurationError)?.key, "timeout_ms")
+        }
+        // Duplicate keys in a section are found even if the section is otherwise fine.
+        XCTAssertThrowsError(try Config.parse(["health": ["method": "ping", "method": "ping"]])) { error in
+            XCTAssertEqual((error as? ConfigurationError)?.key, "health.method")
+        }
+    }
+
+    func testErrorDescription() {
+        let error = ConfigurationError(key: "pool.max_connections", message: "expected an integer, got string")
+        XCTAssertEqual(error.description, "pool.max_connections: expected an integer, got string")
+        XCTAssertEqual("\(ConfigurationError.nestedTooDeeply)", "config: nested too deeply")
+    }
+}
