@@ -34,6 +34,8 @@ let package = Package(
         .target(name: "GoxelPool", dependencies: ["GoxelPoolIO", "GoxelPoolCore", "CGoxelPool", "CJansson"]),
         .executableTarget(name: "goxel-refd", dependencies: ["CJansson"]),
         .testTarget(name: "GoxelPoolCoreTests", dependencies: ["GoxelPoolCore"]),
-        .testTarget(name: "GoxelPoolIOTests", dependencies: ["GoxelPoolIO", "GoxelPoolCore", "CJansson"]),
+        // The reference daemon's test driver is compiled into the integration tests.
+        .testTarget(name: "GoxelPoolIOTests", dependencies: ["GoxelPoolIO", "GoxelPoolCore", "CJansson"],
+                    path: "Tests", sources: ["GoxelPoolIOTests", "RefDaemonSupport"]),
     ]
 )

@@ -33,6 +33,8 @@ public final class PoolClient: @unchecked Sendable {
     private let asyncWorkers: WorkerGroup
     public let events: EventDispatcher
     private var reconnectStormReported = false
+    /// The pool has been ready once: before that, reaching ready is starting, not recovering.
+    private var wasReady = false
     private let maxConnections: Int
 
     final class WaiterBox {
@@ -108,7 +110,9 @@ public final class PoolClient: @unchecked Sendable {
                 release(connection, .answered(latency: latency))
                 return .notified
             case .failed(let failure, let written):
-                release(connection, .broken(reason: failure.message))
+                // Refused before sending (too big, not encodable): the connection is untouched.
+                let untouched = !written && failure.status != .io && failure.status != .timedOut
+                release(connection, untouched ? .unused : .broken(reason: failure.message))
                 // Safe to try again: the request never left, or the method has no side effects
                 // and the connection broke (never after a timeout: no time is left, and a late
                 // answer proves nothing).
@@ -461,10 +465,11 @@ public final class PoolClient: @unchecked Sendable {
             switch to {
             case .degraded: out.append(alert("pool_degraded", "warning", nil, "pool is degraded", metrics))
             case .unhealthy where from != .closed: out.append(alert("pool_unhealthy", "critical", nil, "pool is unhealthy", metrics))
-            case .ready where from == .degraded || from == .unhealthy:
-                out.append(alert("pool_recovered", "info", nil, "pool is ready", metrics))
+            case .ready where wasReady && (from == .degraded || from == .unhealthy):
+                out.append(alert("pool_recovered", "info", nil, "pool is ready again", metrics))
             default: break
             }
+            if to == .ready { wasReady = true }
         }
         return out
     }
