@@ -182,14 +182,16 @@ public final class PoolClient: @unchecked Sendable {
             guard let connection else { return .failure(CallFailure(.proto, "internal error: leased connection \(id) missing")) }
             return .success(connection)
         case .failed(let failure):
+            let described = describe(failure)
             lock.unlock()
-            return .failure(describe(failure))
+            return .failure(described)
         case .queued:
             let box = WaiterBox()
             waiters[waiterID] = box
             var deferred = apply(actions)
+            let waiting = machine.waitingCount
             lock.unlock()
-            postRequestEvent("request_queued", [("waiting", .int(Int64(machine.waitingCount)))])
+            postRequestEvent("request_queued", [("waiting", .int(Int64(waiting)))])
             perform(deferred)
             lock.lock()
             deferred = []
@@ -493,6 +495,7 @@ public final class PoolClient: @unchecked Sendable {
         events.post(ClientEvent(kind: .log, type: "log", fields: [("level", .string(level.rawValue)), ("message", .string(message()))]))
     }
 
+    /// Under the lock (it reads the state machine).
     private func describe(_ failure: PoolFailure) -> CallFailure {
         switch failure {
         case .closed: CallFailure(.closed, "client is closed")
