@@ -149,6 +149,23 @@ public struct ClientConfiguration: Sendable, Equatable {
         public var degradedLatencyMs = 3000
         public var trendAnalysis = true
         public var trendSampleSize = 10
+        /// latency_spike alert: a latency at least this many times the recent average.
+        public var latencySpikeFactor = 3.0
+
+        public init() {}
+    }
+
+    /// The `circuit_breaker` section (see CircuitBreaker).
+    public struct CircuitBreakerConfiguration: Sendable, Equatable {
+        public var enabled = true
+        /// Opens after this many connection attempts failed in a row.
+        public var consecutiveConnectFailures = 5
+        /// Opens when this share of the last `windowSize` calls failed (with at least `minimumCalls`).
+        public var failureRate = 0.5
+        public var windowSize = 20
+        public var minimumCalls = 10
+        /// How long calls fail fast before a probe is let through.
+        public var cooldownMs = 5000
 
         public init() {}
     }
@@ -168,6 +185,7 @@ public struct ClientConfiguration: Sendable, Equatable {
     public var pool = PoolConfiguration()
     public var reconnect = ReconnectConfiguration()
     public var health = HealthConfiguration()
+    public var circuitBreaker = CircuitBreakerConfiguration()
 
     /// All defaults.
     public init() {}
@@ -237,9 +255,21 @@ public struct ClientConfiguration: Sendable, Equatable {
         c.health.degradedLatencyMs = try h.int("degraded_latency_ms", c.health.degradedLatencyMs, 0...msMax)
         c.health.trendAnalysis = try h.bool("trend_analysis", c.health.trendAnalysis)
         c.health.trendSampleSize = try h.int("trend_sample_size", c.health.trendSampleSize, 2...10000)
+        c.health.latencySpikeFactor = try h.number("latency_spike_factor", c.health.latencySpikeFactor, 1.0...1000.0)
         try h.finish()
         try h.notGreater("healthy_latency_ms", c.health.healthyLatencyMs,
                          than: "degraded_latency_ms", c.health.degradedLatencyMs, reportSecond: true)
+
+        var b = try top.section("circuit_breaker")
+        c.circuitBreaker.enabled = try b.bool("enabled", c.circuitBreaker.enabled)
+        c.circuitBreaker.consecutiveConnectFailures = try b.int(
+            "consecutive_connect_failures", c.circuitBreaker.consecutiveConnectFailures, 1...1000)
+        c.circuitBreaker.failureRate = try b.number("failure_rate", c.circuitBreaker.failureRate, 0.01...1.0)
+        c.circuitBreaker.windowSize = try b.int("window_size", c.circuitBreaker.windowSize, 1...10000)
+        c.circuitBreaker.minimumCalls = try b.int("minimum_calls", c.circuitBreaker.minimumCalls, 1...10000)
+        c.circuitBreaker.cooldownMs = try b.int("cooldown_ms", c.circuitBreaker.cooldownMs, 1...msMax)
+        try b.finish()
+        try b.notGreater("minimum_calls", c.circuitBreaker.minimumCalls, than: "window_size", c.circuitBreaker.windowSize)
 
         try top.finish()
         return c

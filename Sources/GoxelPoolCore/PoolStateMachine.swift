@@ -22,6 +22,7 @@ public enum PoolFailure: Sendable, Equatable {
     case busy           // the wait queue is full
     case timedOut       // the deadline passed while waiting
     case connectFailed  // the deadline passed and the daemon could not be reached meanwhile
+    case unavailable    // the circuit breaker is open
 }
 
 /// The pool's overall health: ready (≥ 80 % of open connections healthy), degraded (≥ 50 %),
@@ -41,6 +42,13 @@ public enum PoolEvent: Sendable, Equatable {
     case connectionOpenFailed(consecutiveFailures: Int, retryIn: Span)
     case healthChanged(ConnectionID, from: HealthTier, to: HealthTier)
     case poolStateChanged(from: PoolState, to: PoolState)
+    case circuitChanged(from: CircuitBreaker.State, to: CircuitBreaker.State)
+    /// A call or check took `factor` times the recent average or more (and at least 10 ms more).
+    case latencySpike(ConnectionID, latency: Span, average: Span)
+    /// The pool's latency trend turned to degrading; when it will cross the next tier, if it does.
+    case trendDegrading(slopeMsPerSecond: Double, prediction: HealthTier?, after: Span?)
+    /// More than `queueSaturation` of max_waiters are waiting.
+    case queueSaturated(waiting: Int, limit: Int)
 }
 
 /// A side effect the runner performs after releasing its lock.
@@ -101,6 +109,11 @@ public struct PoolStateMachine {
         /// 0: no health checks.
         public var healthInterval = Span.milliseconds(30_000)
         public var health = HealthTracker.Policy.seedDefault
+        public var circuitBreaker = CircuitBreaker.Policy()
+        /// latency_spike: a latency at least this many times the recent average.
+        public var latencySpikeFactor = 3.0
+        /// queue_saturated: waiters above this share of maxWaiters (re-armed below half of it).
+        public var queueSaturation = 0.8
         public init() {}
     }
 
@@ -141,6 +154,10 @@ public struct PoolStateMachine {
     public private(set) var poolState: PoolState = .unhealthy
     public internal(set) var statistics: PoolStatistics
     public private(set) var poolHealth: HealthTracker
+    public private(set) var breaker: CircuitBreaker
+    private var lastPoolTrend = Trend.stable
+    private var lastSpikeAt: Instant?
+    private var queueSaturatedReported = false
 
     /// How long a balancing window lasts (least_used counts requests over the last one or two).
     static let balancingWindow = Span.milliseconds(1000)
@@ -151,6 +168,7 @@ public struct PoolStateMachine {
         random = SplitMix64(seed: seed)
         statistics = PoolStatistics(startedAt: now)
         poolHealth = HealthTracker(policy: settings.health)
+        breaker = CircuitBreaker(policy: settings.circuitBreaker)
     }
 
     // MARK: - Queries
@@ -202,18 +220,28 @@ public struct PoolStateMachine {
     /// `waiterTimedOut`).
     public mutating func requestLease(_ waiter: WaiterID, now: Instant) -> (LeaseDecision, [PoolAction]) {
         if isClosed { return (.failed(.closed), []) }
+        guard breaker.allowCall(now: now) else {
+            statistics.rejectedUnavailable += 1
+            return (.failed(.unavailable), [])
+        }
         if let id = pickIdle(now: now) {
             lease(id, now: now)
             statistics.recordAcquireWait(.zero)
             return (.leased(id), [])
         }
         guard waiters.count < settings.maxWaiters else {
+            breaker.probeAbandoned()
             statistics.rejectedBusy += 1
             return (.failed(.busy), [])
         }
         waiters.append(Waiter(id: waiter, enqueuedAt: now))
         statistics.maxWaitingSeen = max(statistics.maxWaitingSeen, waiters.count)
         var actions: [PoolAction] = []
+        let threshold = Int((settings.queueSaturation * Double(settings.maxWaiters)).rounded(.up))
+        if !queueSaturatedReported && waiters.count >= max(1, threshold) {
+            queueSaturatedReported = true
+            actions.append(.event(.queueSaturated(waiting: waiters.count, limit: settings.maxWaiters)))
+        }
         fill(now: now, into: &actions)
         return (.queued, actions)
     }
@@ -226,7 +254,14 @@ public struct PoolStateMachine {
         waiters.remove(at: index)
         // Nothing open and opens failing: the daemon is unreachable, which says more than "timed out".
         let unreachable = backoff.consecutiveFailures > 0 && !connections.values.contains { $0.state != .opening }
-        return [.failWaiter(waiter, unreachable ? .connectFailed : .timedOut)]
+        var actions: [PoolAction] = [.failWaiter(waiter, unreachable ? .connectFailed : .timedOut)]
+        if unreachable {
+            updateBreaker(into: &actions) { $0.recordCall(success: false, now: now) }
+        } else {
+            breaker.probeAbandoned()
+        }
+        rearmQueueSaturation()
+        return actions
     }
 
     public mutating func connectionOpened(_ id: ConnectionID, now: Instant) -> [PoolAction] {
@@ -252,6 +287,7 @@ public struct PoolStateMachine {
         connection.state = .idle
         connections[id] = connection
         actions.append(.event(.connectionAdded(id)))
+        updateBreaker(into: &actions) { $0.recordConnect(success: true, consecutiveFailures: 0, now: now) }
         makeAvailable(id, now: now, into: &actions)
         updatePoolState(into: &actions)
         return actions
@@ -268,6 +304,8 @@ public struct PoolStateMachine {
         backoffUntil = now + delay
         actions.append(.event(.connectionOpenFailed(consecutiveFailures: backoff.consecutiveFailures, retryIn: delay)))
         actions.append(.wakeMaintenance)
+        let failures = backoff.consecutiveFailures
+        updateBreaker(into: &actions) { $0.recordConnect(success: false, consecutiveFailures: failures, now: now) }
         updatePoolState(into: &actions)
         return actions
     }
@@ -285,15 +323,18 @@ public struct PoolStateMachine {
             connection.requestsServed += 1
             countInWindow(&connection, now: now)
             statistics.recordRequest(latency)
+            detectSpike(id, latency: latency, now: now, into: &actions)
             poolHealth.record(success: true, latency: latency, at: now)
+            updateBreaker(into: &actions) { $0.recordCall(success: true, now: now) }
             if let tier = recordHealth(&connection, success: true, latency: latency, now: now, error: nil, into: &actions),
                tier == .unhealthy {
                 closeReason = .health
             }
         case .unused:
-            break
+            breaker.probeAbandoned()
         case .broken(let reason):
             poolHealth.record(success: false, latency: .zero, at: now, error: reason)
+            updateBreaker(into: &actions) { $0.recordCall(success: false, now: now) }
             recordHealth(&connection, success: false, latency: .zero, now: now, error: reason, into: &actions)
             closeReason = .error
         }
@@ -325,6 +366,7 @@ public struct PoolStateMachine {
         statistics.healthChecks += 1
         statistics.lastHealthCheck = now
         if !success { statistics.healthCheckFailures += 1 }
+        if success { detectSpike(id, latency: latency, now: now, into: &actions) }
         poolHealth.record(success: success, latency: latency, at: now, error: error)
         let tier = recordHealth(&connection, success: success, latency: latency, now: now, error: error, into: &actions)
         connection.lastActivity = now
@@ -363,6 +405,8 @@ public struct PoolStateMachine {
         }
         fill(now: now, into: &actions)
         updatePoolState(into: &actions)
+        detectTrend(now: now, into: &actions)
+        rearmQueueSaturation()
         return actions
     }
 
@@ -512,6 +556,43 @@ public struct PoolStateMachine {
         // Up to 10 % early, so many clients (and connections) do not ping in step.
         let jitter = Double(settings.healthInterval.nanoseconds) * 0.1 * random.nextUnit()
         return now + Span(nanoseconds: settings.healthInterval.nanoseconds - Int64(jitter))
+    }
+
+    /// Feeds the breaker; on a change posts the event and, when it opened, fails the waiters.
+    private mutating func updateBreaker(into actions: inout [PoolAction],
+                                        _ body: (inout CircuitBreaker) -> CircuitBreaker.State?) {
+        let from = breaker.state
+        guard let to = body(&breaker) else { return }
+        actions.append(.event(.circuitChanged(from: from, to: to)))
+        guard to == .open else { return }
+        // Fail fast: nobody waits on a daemon known to be down.
+        while let waiter = waiters.popFirst() { actions.append(.failWaiter(waiter.id, .unavailable)) }
+    }
+
+    private mutating func detectSpike(_ id: ConnectionID, latency: Span, now: Instant, into actions: inout [PoolAction]) {
+        guard poolHealth.samples.count >= 3, let average = poolHealth.averageLatency else { return }
+        let far = Double(latency.nanoseconds) >= settings.latencySpikeFactor * Double(average.nanoseconds)
+        guard far, latency.nanoseconds - average.nanoseconds >= Span.milliseconds(10).nanoseconds else { return }
+        // At most one a second: a slow daemon is one story, not thousands of alerts.
+        if let last = lastSpikeAt, now - last < .milliseconds(1000) { return }
+        lastSpikeAt = now
+        actions.append(.event(.latencySpike(id, latency: latency, average: average)))
+    }
+
+    private mutating func detectTrend(now: Instant, into actions: inout [PoolAction]) {
+        guard settings.health.trendAnalysis else { return }
+        let trend = poolHealth.trend
+        defer { lastPoolTrend = trend }
+        guard trend == .degrading, lastPoolTrend != .degrading else { return }
+        let prediction = poolHealth.predictedTimeToNextTier(now: now)
+        actions.append(.event(.trendDegrading(slopeMsPerSecond: (poolHealth.slope ?? 0) / 1e6,
+                                              prediction: prediction?.tier, after: prediction?.after)))
+    }
+
+    private mutating func rearmQueueSaturation() {
+        if queueSaturatedReported && Double(waiters.count) < 0.5 * settings.queueSaturation * Double(settings.maxWaiters) {
+            queueSaturatedReported = false
+        }
     }
 
     private mutating func updatePoolState(into actions: inout [PoolAction]) {

@@ -13,6 +13,7 @@ public struct PoolStatistics {
     public private(set) var acquireWait = Histogram<UInt64>(highestTrackableValue: 3_600_000_000)
     public var failedRequests: [String: Int] = [:]
     public var rejectedBusy = 0
+    public var rejectedUnavailable = 0
     public var maxWaitingSeen = 0
     public var connectionAttempts = 0
     public var connectionsCreated = 0

@@ -72,6 +72,14 @@ public final class PoolClient: @unchecked Sendable {
                                                degradedLatency: .milliseconds(health.degradedLatencyMs),
                                                failureThreshold: health.failureThreshold, successThreshold: health.successThreshold,
                                                trendAnalysis: health.trendAnalysis, sampleSize: health.trendSampleSize)
+        settings.latencySpikeFactor = health.latencySpikeFactor
+        let breaker = configuration.circuitBreaker
+        settings.circuitBreaker.enabled = breaker.enabled
+        settings.circuitBreaker.consecutiveConnectFailures = breaker.consecutiveConnectFailures
+        settings.circuitBreaker.failureRate = breaker.failureRate
+        settings.circuitBreaker.windowSize = breaker.windowSize
+        settings.circuitBreaker.minimumCalls = breaker.minimumCalls
+        settings.circuitBreaker.cooldown = .milliseconds(breaker.cooldownMs)
         maxConnections = settings.maxConnections
         let now = Clock.now()
         machine = PoolStateMachine(settings: settings, now: now, seed: UInt64(bitPattern: now.nanoseconds) ^ UInt64(getpid()))
@@ -407,6 +415,7 @@ public final class PoolClient: @unchecked Sendable {
         public var state: PoolState
         public var total, idle, busy, opening, checking, healthy, waiting: Int
         public var poolHealth: HealthTracker
+        public var circuit: CircuitBreaker
         public var connections: [(id: ConnectionID, health: HealthTracker, requests: Int, openedAt: Instant?)]
         public var eventsDelivered, eventsDropped: Int
         public var now: Instant
@@ -419,6 +428,7 @@ public final class PoolClient: @unchecked Sendable {
                      total: machine.connectionCount - machine.count(.opening), idle: machine.count(.idle),
                      busy: machine.count(.busy), opening: machine.count(.opening), checking: machine.count(.checking),
                      healthy: machine.healthyCount, waiting: machine.waitingCount, poolHealth: machine.poolHealth,
+                     circuit: machine.breaker,
                      connections: machine.connectionIDs.compactMap { id in
                          machine.health(of: id).map { (id, $0, machine.requestsServed(by: id) ?? 0, machine.openedAt(id)) }
                      },
@@ -472,6 +482,31 @@ public final class PoolClient: @unchecked Sendable {
             default: break
             }
             if to == .ready { wasReady = true }
+        case .circuitChanged(let from, let to):
+            let metrics: [(String, EventValue)] = [("previous", .string(from.rawValue)), ("current", .string(to.rawValue))]
+            switch to {
+            case .open:
+                out.append(alert("circuit_open", "critical", nil,
+                                 "circuit open: calls fail fast with EUNAVAILABLE for \(configuration.circuitBreaker.cooldownMs) ms",
+                                 metrics + [("last_error", machine.statistics.lastConnectError.map { .string($0) } ?? .null)]))
+            case .closed: out.append(alert("circuit_closed", "info", nil, "circuit closed: calls go through again", metrics))
+            case .halfOpen: break
+            }
+        case .latencySpike(let id, let latency, let average):
+            out.append(alert("latency_spike", "warning", id,
+                             "connection \(id.value): \(latency.milliseconds) ms against a recent average of \(average.milliseconds) ms",
+                             [("latency_ms", .double(latency.milliseconds)), ("average_latency_ms", .double(average.milliseconds))]))
+        case .trendDegrading(let slope, let tier, let after):
+            let predicted = tier.map { " (\($0.rawValue) in \(Int(after?.milliseconds ?? 0)) ms at this rate)" } ?? ""
+            out.append(alert("trend_degrading", "warning", nil, "pool latency is degrading\(predicted)", [
+                ("slope_ms_per_s", .double(slope)),
+                ("predicted_tier", tier.map { .string($0.rawValue) } ?? .null),
+                ("predicted_in_ms", after.map { .double($0.milliseconds) } ?? .null),
+                ("average_latency_ms", machine.poolHealth.averageLatency.map { .double($0.milliseconds) } ?? .null),
+            ]))
+        case .queueSaturated(let waiting, let limit):
+            out.append(alert("queue_saturated", "warning", nil, "\(waiting) calls are waiting for a connection (max_waiters \(limit))",
+                             [("waiting", .int(Int64(waiting))), ("max_waiters", .int(Int64(limit)))]))
         }
         return out
     }
@@ -503,6 +538,8 @@ public final class PoolClient: @unchecked Sendable {
         case .timedOut: CallFailure(.timedOut, "no connection became free before the deadline")
         case .connectFailed:
             CallFailure(.connect, "cannot connect to \(configuration.socketPath): \(machine.statistics.lastConnectError ?? "no connection")")
+        case .unavailable:
+            CallFailure(.unavailable, "circuit open: the daemon at \(configuration.socketPath) is failing (\(machine.statistics.lastConnectError ?? "recent calls failed")); retry later")
         }
     }
 

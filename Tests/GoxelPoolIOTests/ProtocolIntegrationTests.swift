@@ -91,7 +91,7 @@ final class ProtocolIntegrationTests: XCTestCase {
             (#"{"truncate_rate": 1}"#, "goxel.add_voxel", .io),
             (#"{"reset_rate": 1}"#, "goxel.add_voxel", .io),
         ]
-        let client = try PoolClient.forTest(daemon.socketPath, #""max_message_size": 65536, "pool": {"validate_on_connect": false}"#)
+        let client = try PoolClient.forTest(daemon.socketPath, #""max_message_size": 65536, "pool": {"validate_on_connect": false}, "circuit_breaker": {"enabled": false}"#)
         defer { client.close(drain: .zero) }
         for (fault, method, expected) in cases {
             try daemon.setFaults(fault)

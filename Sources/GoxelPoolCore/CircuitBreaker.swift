@@ -1,0 +1,104 @@
+/// Fails calls fast while the daemon is known to be down, instead of letting them pile up on it.
+///
+/// Closed: calls pass; it opens when `consecutiveConnectFailures` connection attempts fail in a
+/// row, or when at least `minimumCalls` of the last `windowSize` calls completed and the share of
+/// failures among them reaches `failureRate`. Open: calls fail at once until `cooldown` has passed.
+/// Half-open: one call is let through as a probe (a connection that opens counts as one too):
+/// success closes the circuit, failure opens it for another cool-down.
+public struct CircuitBreaker: Sendable {
+    public struct Policy: Sendable, Equatable {
+        public var enabled = true
+        public var consecutiveConnectFailures = 5
+        public var failureRate = 0.5
+        public var windowSize = 20
+        public var minimumCalls = 10
+        public var cooldown = Span.milliseconds(5000)
+        public init() {}
+    }
+
+    public enum State: String, Sendable, Equatable {
+        case closed, open
+        case halfOpen = "half_open"
+    }
+
+    public let policy: Policy
+    public private(set) var state = State.closed
+    public private(set) var openUntil: Instant?
+    private var probeInFlight = false
+    /// The last `windowSize` call outcomes (true: success), oldest first.
+    private var outcomes: [Bool] = []
+    public private(set) var timesOpened = 0
+
+    public init(policy: Policy) { self.policy = policy }
+
+    /// May a call go ahead now? Moves open → half-open once the cool-down is over.
+    public mutating func allowCall(now: Instant) -> Bool {
+        guard policy.enabled else { return true }
+        switch state {
+        case .closed:
+            return true
+        case .open:
+            guard let until = openUntil, until <= now else { return false }
+            state = .halfOpen
+            probeInFlight = true
+            return true
+        case .halfOpen:
+            if probeInFlight { return false }
+            probeInFlight = true
+            return true
+        }
+    }
+
+    /// The probe never ran (the caller gave up before it got a connection): let another through.
+    public mutating func probeAbandoned() {
+        if state == .halfOpen { probeInFlight = false }
+    }
+
+    /// A call completed (`success`: the daemon answered, even with a JSON-RPC error). Returns the
+    /// new state when it changed.
+    public mutating func recordCall(success: Bool, now: Instant) -> State? {
+        guard policy.enabled else { return nil }
+        switch state {
+        case .closed:
+            outcomes.append(success)
+            if outcomes.count > policy.windowSize { outcomes.removeFirst(outcomes.count - policy.windowSize) }
+            let failures = outcomes.reduce(0) { $0 + ($1 ? 0 : 1) }
+            if outcomes.count >= policy.minimumCalls && Double(failures) >= policy.failureRate * Double(outcomes.count) {
+                return open(now: now)
+            }
+            return nil
+        case .open:
+            return nil
+        case .halfOpen:
+            return success ? close() : open(now: now)
+        }
+    }
+
+    /// A connection attempt finished.
+    public mutating func recordConnect(success: Bool, consecutiveFailures: Int, now: Instant) -> State? {
+        guard policy.enabled else { return nil }
+        if success { return state == .closed ? nil : close() }
+        switch state {
+        case .closed: return consecutiveFailures >= policy.consecutiveConnectFailures ? open(now: now) : nil
+        case .halfOpen: return open(now: now)
+        case .open: return nil
+        }
+    }
+
+    private mutating func open(now: Instant) -> State {
+        state = .open
+        openUntil = now + policy.cooldown
+        probeInFlight = false
+        outcomes.removeAll()
+        timesOpened += 1
+        return .open
+    }
+
+    private mutating func close() -> State {
+        state = .closed
+        openUntil = nil
+        probeInFlight = false
+        outcomes.removeAll()
+        return .closed
+    }
+}

@@ -1,0 +1,44 @@
+# Helpers shared by Tests/packaging/run.sh and Tests/packaging/demo.sh (sourced, not run).
+
+# start_refd BINARY SOCKET [ARGS...]: starts goxel-refd in its own process group and waits (10 s
+# at most) for its "goxel-refd listening on SOCKET" line. Sets REFD_PID and REFD_LOG.
+start_refd() {
+    local bin=$1 sock=$2 i
+    shift 2
+    REFD_LOG=$(mktemp "${TMPDIR:-/tmp}/goxel-refd.XXXXXX")
+    # setsid: the daemon and, under --supervise, its child share a process group that
+    # stop_refd can signal as a whole.
+    setsid "$bin" --socket "$sock" "$@" >"$REFD_LOG" 2>&1 </dev/null &
+    REFD_PID=$!
+    for i in $(seq 1 100); do
+        if grep -qF "goxel-refd listening on $sock" "$REFD_LOG"; then
+            return 0
+        fi
+        if ! kill -0 "$REFD_PID" 2>/dev/null; then
+            echo "goxel-refd exited before it was ready; its output:"
+            sed 's/^/  refd| /' "$REFD_LOG"
+            wait "$REFD_PID" 2>/dev/null || true
+            REFD_PID=
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "goxel-refd did not print 'goxel-refd listening on $sock' within 10 s; its output:"
+    sed 's/^/  refd| /' "$REFD_LOG"
+    stop_refd
+    return 1
+}
+
+# stop_refd: stops the goxel-refd started by start_refd (its process group), if any.
+stop_refd() {
+    local i
+    [ -n "${REFD_PID:-}" ] || return 0
+    kill -TERM -- "-$REFD_PID" 2>/dev/null || kill -TERM "$REFD_PID" 2>/dev/null || true
+    for i in $(seq 1 50); do
+        kill -0 "$REFD_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL -- "-$REFD_PID" 2>/dev/null || kill -KILL "$REFD_PID" 2>/dev/null || true
+    wait "$REFD_PID" 2>/dev/null || true
+    REFD_PID=
+}
