@@ -84,7 +84,9 @@ typedef struct goxelpool_client goxelpool_client;
  *     reconnect { initial_backoff_ms 1000, multiplier 1.6, jitter 0.2, max_backoff_ms 120000 },
  *     health { interval_ms 30000, timeout_ms 5000, method "ping", failure_threshold 3,
  *              success_threshold 2, healthy_latency_ms 1000, degraded_latency_ms 3000,
- *              trend_analysis true, trend_sample_size 10 }.
+ *              trend_analysis true, trend_sample_size 10, latency_spike_factor 3.0 },
+ *     circuit_breaker { enabled true, consecutive_connect_failures 5, failure_rate 0.5,
+ *              window_size 20, minimum_calls 10, cooldown_ms 5000 }.
  * out: receives the client (set to NULL on failure). Must not be NULL.
  * errbuf: may be NULL; else receives a NUL-terminated message on failure (truncated to
  *   errbuf_len - 1 bytes).
