@@ -32,7 +32,8 @@ public struct Backoff: Sendable, Equatable {
         let base = min(nextBase, cap)
         nextBase = min(base * policy.multiplier, cap)
         let factor = 1 + policy.jitter * (random.nextUnit() * 2 - 1)
-        let delay = max(0, min(base * factor, cap * (1 + policy.jitter)))
+        // Never above the cap, jitter included.
+        let delay = max(0, min(base * factor, cap))
         return Span(nanoseconds: Int64(delay))
     }
 

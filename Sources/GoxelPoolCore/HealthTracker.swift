@@ -37,6 +37,8 @@ public struct HealthTracker: Sendable {
     public private(set) var tier: HealthTier = .healthy
     public private(set) var consecutiveFailures = 0
     public private(set) var consecutiveSuccesses = 0
+    /// Consecutive answers within the healthy latency: what it takes to be healthy again.
+    public private(set) var consecutiveHealthy = 0
     public private(set) var totalObservations = 0
     public private(set) var totalFailures = 0
     public private(set) var lastError: String?
@@ -72,6 +74,7 @@ public struct HealthTracker: Sendable {
             consecutiveSuccesses += 1
             consecutiveFailures = 0
         }
+        consecutiveHealthy = observed == .healthy ? consecutiveHealthy + 1 : 0
         let previous = tier
         switch observed {
         case .unhealthy:
@@ -82,7 +85,7 @@ public struct HealthTracker: Sendable {
             if tier == .healthy { tier = .degraded }
             else if tier == .unhealthy && consecutiveSuccesses >= policy.successThreshold { tier = .degraded }
         case .healthy:
-            if tier != .healthy && consecutiveSuccesses >= policy.successThreshold { tier = .healthy }
+            if tier != .healthy && consecutiveHealthy >= policy.successThreshold { tier = .healthy }
         }
         return tier == previous ? nil : tier
     }

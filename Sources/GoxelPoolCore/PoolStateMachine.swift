@@ -124,7 +124,8 @@ public struct PoolStateMachine {
         var state: ConnectionState
         var openedAt: Instant?
         var expiresAt: Instant?
-        var lastActivity: Instant
+        /// Opened or last released after a call: idle expiry and balancing ties count from here.
+        var lastUsed: Instant
         var nextHealthCheck: Instant?
         var requestsServed = 0
         /// Requests in the current and the previous balancing window, for least_used.
@@ -200,7 +201,7 @@ public struct PoolStateMachine {
         for connection in connections.values where connection.state == .idle {
             consider(connection.expiresAt)
             consider(connection.nextHealthCheck)
-            if aboveMin && settings.idleTimeout > .zero { consider(connection.lastActivity + settings.idleTimeout) }
+            if aboveMin && settings.idleTimeout > .zero { consider(connection.lastUsed + settings.idleTimeout) }
         }
         return next
     }
@@ -220,23 +221,29 @@ public struct PoolStateMachine {
     /// `waiterTimedOut`).
     public mutating func requestLease(_ waiter: WaiterID, now: Instant) -> (LeaseDecision, [PoolAction]) {
         if isClosed { return (.failed(.closed), []) }
+        let breakerBefore = breaker.state
         guard breaker.allowCall(now: now) else {
             statistics.rejectedUnavailable += 1
             return (.failed(.unavailable), [])
         }
+        // The cool-down is over: this call is the half-open probe.
+        var actions: [PoolAction] = breaker.state == breakerBefore ? []
+            : [.event(.circuitChanged(from: breakerBefore, to: breaker.state))]
         if let id = pickIdle(now: now) {
             lease(id, now: now)
             statistics.recordAcquireWait(.zero)
-            return (.leased(id), [])
+            return (.leased(id), actions)
         }
         guard waiters.count < settings.maxWaiters else {
             breaker.probeAbandoned()
             statistics.rejectedBusy += 1
-            return (.failed(.busy), [])
+            // Still grow toward max (with max_waiters 0 this is the only way the pool grows).
+            let opening = connections.values.contains { $0.state == .opening }
+            if !opening && connections.count < settings.maxConnections && backoffUntil == nil { openConnections(1, now: now, into: &actions) }
+            return (.failed(.busy), actions)
         }
         waiters.append(Waiter(id: waiter, enqueuedAt: now))
         statistics.maxWaitingSeen = max(statistics.maxWaitingSeen, waiters.count)
-        var actions: [PoolAction] = []
         let threshold = Int((settings.queueSaturation * Double(settings.maxWaiters)).rounded(.up))
         if !queueSaturatedReported && waiters.count >= max(1, threshold) {
             queueSaturatedReported = true
@@ -276,7 +283,7 @@ public struct PoolStateMachine {
             return actions
         }
         connection.openedAt = now
-        connection.lastActivity = now
+        connection.lastUsed = now
         connection.windowStart = now
         if settings.maxLifetime > .zero {
             // Up to 10 % earlier, so connections opened together do not all expire together.
@@ -289,6 +296,8 @@ public struct PoolStateMachine {
         actions.append(.event(.connectionAdded(id)))
         updateBreaker(into: &actions) { $0.recordConnect(success: true, consecutiveFailures: 0, now: now) }
         makeAvailable(id, now: now, into: &actions)
+        // Recovering from failures opened one at a time: grow to what is needed now.
+        fill(now: now, into: &actions)
         updatePoolState(into: &actions)
         return actions
     }
@@ -300,6 +309,8 @@ public struct PoolStateMachine {
         statistics.lastConnectError = reason
         var actions: [PoolAction] = []
         if isClosed { return actions }
+        // Opens that fail together (at start, min > 1) are one round: one backoff step.
+        if let until = backoffUntil, until > now { return actions }
         let delay = backoff.failed(random: &random)
         backoffUntil = now + delay
         actions.append(.event(.connectionOpenFailed(consecutiveFailures: backoff.consecutiveFailures, retryIn: delay)))
@@ -315,7 +326,7 @@ public struct PoolStateMachine {
     public mutating func release(_ id: ConnectionID, now: Instant, outcome: ReleaseOutcome) -> [PoolAction] {
         guard var connection = connections[id], connection.state == .leased else { return [] }
         var actions: [PoolAction] = []
-        connection.lastActivity = now
+        connection.lastUsed = now
         connection.nextHealthCheck = healthCheckDue(after: now)
         var closeReason: CloseReason?
         switch outcome {
@@ -355,6 +366,9 @@ public struct PoolStateMachine {
         connection.state = .idle
         connections[id] = connection
         makeAvailable(id, now: now, into: &actions)
+        if actions.contains(where: { if case .event(.healthChanged) = $0 { true } else { false } }) {
+            updatePoolState(into: &actions)
+        }
         return actions
     }
 
@@ -369,7 +383,7 @@ public struct PoolStateMachine {
         if success { detectSpike(id, latency: latency, now: now, into: &actions) }
         poolHealth.record(success: success, latency: latency, at: now, error: error)
         let tier = recordHealth(&connection, success: success, latency: latency, now: now, error: error, into: &actions)
-        connection.lastActivity = now
+        // lastUsed is not touched: a ping is not use, or idle connections would never age out.
         connection.nextHealthCheck = healthCheckDue(after: now)
         if !success || tier == .unhealthy || isClosed || connection.retireOnReturn {
             // A failed check leaves the connection's state unknown (like a timed-out call): close it.
@@ -394,7 +408,7 @@ public struct PoolStateMachine {
             if let expiry = connection.expiresAt, expiry <= now {
                 remove(id, reason: .lifetime, into: &actions)
             } else if settings.idleTimeout > .zero, connections.count > settings.minConnections,
-                      now - connection.lastActivity >= settings.idleTimeout {
+                      now - connection.lastUsed >= settings.idleTimeout {
                 remove(id, reason: .idle, into: &actions)
             } else if let due = connection.nextHealthCheck, due <= now {
                 connection.state = .checking
@@ -460,7 +474,9 @@ public struct PoolStateMachine {
         var best: Connection?
         var bestIsHealthy = false
         var candidates = 0
-        for connection in connections.values where connection.state == .idle && connection.health.tier != .unhealthy {
+        // In id order: the dictionary's order varies between processes, and picks must not.
+        for id in connections.keys.sorted() {
+            guard let connection = connections[id], connection.state == .idle, connection.health.tier != .unhealthy else { continue }
             let healthy = connection.health.tier == .healthy
             if bestIsHealthy && !healthy { continue }
             guard let current = best, bestIsHealthy == healthy else {
@@ -471,7 +487,7 @@ public struct PoolStateMachine {
             case .leastUsed:
                 let a = recentRequests(connection, now: now), b = recentRequests(current, now: now)
                 // Ties go to the most recently used, so the others stay idle long enough to age out.
-                if a < b || (a == b && connection.lastActivity > current.lastActivity) { best = connection }
+                if a < b || (a == b && connection.lastUsed > current.lastUsed) { best = connection }
             case .roundRobin:
                 // The next id after the cursor, wrapping around.
                 let cursor = roundRobinCursor
@@ -511,19 +527,24 @@ public struct PoolStateMachine {
             if until > now { return }
             backoffUntil = nil
         }
-        let busy = connections.values.reduce(0) { $0 + ($1.state == .idle ? 0 : 1) }
-        let idle = connections.count - busy
-        let wanted = min(settings.maxConnections, max(settings.minConnections, busy + idle + waiters.count))
+        // Open (idle, leased, checking) connections plus one per waiter; connections still
+        // opening are the supply for those waiters, not more demand.
+        let opening = connections.values.reduce(0) { $0 + ($1.state == .opening ? 1 : 0) }
+        let wanted = min(settings.maxConnections, max(settings.minConnections, connections.count - opening + waiters.count))
         var missing = wanted - connections.count
-        if backoff.consecutiveFailures > 0 {
-            let opening = connections.values.reduce(0) { $0 + ($1.state == .opening ? 1 : 0) }
-            missing = min(missing, 1 - opening)
+        if backoff.consecutiveFailures > 0 { missing = min(missing, 1 - opening) }
+        guard missing > 0 else {
+            if opening == 0 { lostConnections = 0 }
+            return
         }
-        guard missing > 0 else { return }
-        for _ in 0..<missing {
+        openConnections(missing, now: now, into: &actions)
+    }
+
+    private mutating func openConnections(_ count: Int, now: Instant, into actions: inout [PoolAction]) {
+        for _ in 0..<count {
             let id = ConnectionID(nextConnectionNumber)
             nextConnectionNumber += 1
-            connections[id] = Connection(id: id, state: .opening, lastActivity: now, windowStart: now,
+            connections[id] = Connection(id: id, state: .opening, lastUsed: now, windowStart: now,
                                          health: HealthTracker(policy: settings.health))
             statistics.connectionAttempts += 1
             if backoff.consecutiveFailures > 0 || lostConnections > 0 {

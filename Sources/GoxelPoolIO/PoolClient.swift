@@ -490,7 +490,7 @@ public final class PoolClient: @unchecked Sendable {
                                  "circuit open: calls fail fast with EUNAVAILABLE for \(configuration.circuitBreaker.cooldownMs) ms",
                                  metrics + [("last_error", machine.statistics.lastConnectError.map { .string($0) } ?? .null)]))
             case .closed: out.append(alert("circuit_closed", "info", nil, "circuit closed: calls go through again", metrics))
-            case .halfOpen: break
+            case .halfOpen: out.append(ClientEvent(kind: .pool, type: "circuit_half_open", fields: metrics))
             }
         case .latencySpike(let id, let latency, let average):
             out.append(alert("latency_spike", "warning", id,

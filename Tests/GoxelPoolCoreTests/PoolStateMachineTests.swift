@@ -1,0 +1,406 @@
+import XCTest
+@testable import GoxelPoolCore
+
+// MARK: - Shared harness (BackoffTests and HealthTrackerTests use it too)
+
+/// Tests of known bugs (reported, not fixed yet) are skipped; GOXELPOOL_RUN_KNOWN_BUGS=1 runs them.
+
+/// The manual clock: every instant in these tests is a number of milliseconds since the start.
+func at(_ ms: Int64) -> Instant { .milliseconds(ms) }
+func cid(_ n: Int) -> ConnectionID { ConnectionID(n) }
+func wid(_ n: UInt64) -> WaiterID { WaiterID(n) }
+
+/// The connection numbers of the `.open` actions in a batch.
+func opens(_ actions: [PoolAction]) -> [Int] {
+    actions.compactMap { if case .open(let id) = $0 { id.value } else { nil } }
+}
+
+/// The connection numbers of the `.checkHealth` actions in a batch.
+func checks(_ actions: [PoolAction]) -> [Int] {
+    actions.compactMap { if case .checkHealth(let id) = $0 { id.value } else { nil } }
+}
+
+/// The `.close` actions of a batch.
+func closes(_ actions: [PoolAction]) -> [CloseReason] {
+    actions.compactMap { if case .close(_, let reason) = $0 { reason } else { nil } }
+}
+
+extension PoolStateMachine.Settings {
+    /// Repeatable settings: no health checks, no idle expiry, backoff without jitter; `tweak` adds
+    /// what a test is about.
+    static func test(min: Int = 2, max: Int = 10, _ tweak: (inout Self) -> Void = { _ in }) -> Self {
+        var settings = Self()
+        settings.minConnections = min
+        settings.maxConnections = max
+        settings.idleTimeout = .zero
+        settings.healthInterval = .zero
+        settings.backoff = .init(initial: .milliseconds(1000), multiplier: 1.6, jitter: 0,
+                                 maximum: .milliseconds(120_000))
+        tweak(&settings)
+        return settings
+    }
+}
+
+extension PoolStateMachine {
+    /// A started pool whose `min` connections opened, the i-th at `openedAt[i]` ms (default 0).
+    static func ready(_ settings: Settings = .test(), openedAt: [Int64] = [], seed: UInt64 = 0x5EED) -> Self {
+        var machine = Self(settings: settings, now: at(0), seed: seed)
+        for (index, id) in opens(machine.start(now: at(0))).enumerated() {
+            _ = machine.connectionOpened(cid(id), now: at(index < openedAt.count ? openedAt[index] : 0))
+        }
+        return machine
+    }
+
+    /// requestLease that must hand a connection over at once, with no side effect.
+    mutating func take(_ waiter: UInt64 = 0, at ms: Int64, file: StaticString = #filePath,
+                       line: UInt = #line) -> ConnectionID {
+        let (decision, actions) = requestLease(wid(waiter), now: at(ms))
+        XCTAssertEqual(actions, [], file: file, line: line)
+        guard case .leased(let id) = decision else {
+            XCTFail("expected an immediate lease, got \(decision)", file: file, line: line)
+            return cid(-1)
+        }
+        return id
+    }
+
+    /// requestLease that must queue; returns the actions.
+    mutating func queue(_ waiter: UInt64, at ms: Int64, file: StaticString = #filePath,
+                        line: UInt = #line) -> [PoolAction] {
+        let (decision, actions) = requestLease(wid(waiter), now: at(ms))
+        XCTAssertEqual(decision, .queued, file: file, line: line)
+        return actions
+    }
+
+    /// Releases a connection whose request was answered after `latency` ms.
+    mutating func answer(_ id: ConnectionID, at ms: Int64, latency: Int = 10) -> [PoolAction] {
+        release(id, now: at(ms), outcome: .answered(latency: .milliseconds(latency)))
+    }
+
+    /// Reports a health check: answered after `latency` ms, or failed (nil).
+    mutating func checked(_ id: ConnectionID, at ms: Int64, latency: Int? = 5) -> [PoolAction] {
+        healthCheckFinished(id, now: at(ms), success: latency != nil, latency: .milliseconds(latency ?? 0),
+                            error: latency == nil ? "timeout" : nil)
+    }
+
+    /// `take` then `answer` at the same instant; returns the connection used.
+    mutating func roundTrip(at ms: Int64, latency: Int = 10) -> ConnectionID {
+        let id = take(at: ms)
+        _ = answer(id, at: ms, latency: latency)
+        return id
+    }
+}
+
+// MARK: - Pool state machine
+
+final class PoolStateMachineTests: XCTestCase {
+    typealias Machine = PoolStateMachine
+
+    // MARK: Start and growth
+
+    func testStartOpensExactlyMinConnectionsAndReportsThemAdded() {
+        var m = Machine(settings: .test(min: 2, max: 5), now: at(0))
+        XCTAssertEqual(m.start(now: at(0)), [.open(cid(1)), .open(cid(2))])
+        XCTAssertEqual(m.count(.opening), 2)
+        XCTAssertEqual(m.poolState, .unhealthy)
+        XCTAssertEqual(m.connectionOpened(cid(1), now: at(5)),
+                       [.event(.connectionAdded(cid(1))), .event(.poolStateChanged(from: .unhealthy, to: .ready))])
+        XCTAssertEqual(m.connectionOpened(cid(2), now: at(6)), [.event(.connectionAdded(cid(2)))])
+        XCTAssertEqual(m.connectionOpened(cid(2), now: at(7)), [], "a second report for the same id is ignored")
+        XCTAssertEqual(m.connectionOpened(cid(9), now: at(7)), [], "an unknown id is ignored")
+        XCTAssertEqual(m.count(.idle), 2)
+        XCTAssertEqual(m.poolState, .ready)
+        XCTAssertEqual(m.openedAt(cid(1)), at(5))
+        XCTAssertEqual(m.statistics.connectionAttempts, 2)
+        XCTAssertEqual(m.statistics.connectionsCreated, 2)
+        XCTAssertEqual(m.statistics.reconnectionAttempts, 0)
+    }
+
+    func testIdleConnectionIsLeasedImmediately() {
+        var m = Machine.ready()
+        let id = m.take(1, at: 10)
+        XCTAssertTrue([cid(1), cid(2)].contains(id))
+        XCTAssertEqual(m.count(.busy), 1)
+        XCTAssertEqual(m.count(.idle), 1)
+    }
+
+    func testNoIdleConnectionQueuesAndOpensOnlyWhileBelowMax() {
+        var m = Machine.ready(.test(min: 1, max: 2))
+        XCTAssertEqual(m.take(1, at: 0), cid(1))
+        XCTAssertEqual(m.queue(2, at: 1), [.open(cid(2))])
+        XCTAssertEqual(m.queue(3, at: 2), [], "max reached: the opening connection counts")
+        XCTAssertEqual(m.waitingCount, 2)
+        XCTAssertEqual(m.connectionCount, 2)
+    }
+
+    func testBurstOfThousandRequestsNeverOpensMoreThanMax() {
+        var m = Machine(settings: .test(min: 0, max: 2), now: at(0))
+        XCTAssertEqual(m.start(now: at(0)), [])
+        var opened: [Int] = []
+        for n in 1...1000 { opened += opens(m.queue(UInt64(n), at: 0)) }
+        XCTAssertEqual(opened, [1, 2])
+        XCTAssertEqual(m.count(.opening), 2)
+        XCTAssertEqual(m.statistics.maxWaitingSeen, 1000)
+        // Each open serves the longest waiter; releases then serve the rest in order, never opening more.
+        XCTAssertEqual(m.connectionOpened(cid(2), now: at(1)),
+                       [.event(.connectionAdded(cid(2))), .lease(wid(1), cid(2)),
+                        .event(.poolStateChanged(from: .unhealthy, to: .ready))])
+        XCTAssertEqual(m.connectionOpened(cid(1), now: at(1)), [.event(.connectionAdded(cid(1))), .lease(wid(2), cid(1))])
+        for n in 3...1000 {
+            let id = cid(n % 2 + 1)
+            XCTAssertEqual(m.answer(id, at: 2), [.lease(wid(UInt64(n)), id)])
+        }
+        XCTAssertEqual(m.connectionCount, 2)
+        XCTAssertEqual(m.statistics.connectionAttempts, 2)
+    }
+
+    func testFullWaitQueueFailsBusy() {
+        var m = Machine.ready(.test(min: 1, max: 1) { $0.maxWaiters = 2 })
+        _ = m.take(1, at: 0)
+        XCTAssertEqual(m.queue(2, at: 0), [])
+        XCTAssertEqual(m.queue(3, at: 0), [.event(.queueSaturated(waiting: 2, limit: 2))])
+        XCTAssertEqual(m.requestLease(wid(4), now: at(0)).0, .failed(.busy))
+        XCTAssertEqual(m.waitingCount, 2)
+        XCTAssertEqual(m.statistics.rejectedBusy, 1)
+
+        var noQueue = Machine.ready(.test(min: 1, max: 1) { $0.maxWaiters = 0 })
+        _ = noQueue.take(1, at: 0)
+        XCTAssertEqual(noQueue.requestLease(wid(2), now: at(0)).0, .failed(.busy))
+    }
+
+    func testNoWaitQueueStillLetsThePoolGrowFromZero() throws {
+        var m = Machine.ready(.test(min: 0, max: 2) { $0.maxWaiters = 0 })
+        let (_, actions) = m.requestLease(wid(1), now: at(0))
+        XCTAssertEqual(opens(actions), [1], "a caller that finds nothing must at least start an open")
+    }
+
+    func testRequestAfterCloseFailsClosed() {
+        var m = Machine.ready()
+        _ = m.close(now: at(1))
+        let (decision, actions) = m.requestLease(wid(1), now: at(2))
+        XCTAssertEqual(decision, .failed(.closed))
+        XCTAssertEqual(actions, [])
+    }
+
+    func testGrowthOpensOneConnectionPerWaiterNotMore() throws {
+        var m = Machine.ready(.test(min: 1, max: 10))
+        _ = m.take(1, at: 0)
+        XCTAssertEqual(m.queue(2, at: 0), [.open(cid(2))])
+        XCTAssertEqual(m.queue(3, at: 0), [.open(cid(3))], "two waiters need two new connections")
+        XCTAssertEqual(m.connectionCount, 3)
+    }
+
+    // MARK: FIFO
+
+    func testWaitersAreServedInArrivalOrderOnRelease() {
+        var m = Machine.ready(.test(min: 1, max: 1))
+        let id = m.take(1, at: 0)
+        for n in 2...4 { XCTAssertEqual(m.queue(UInt64(n), at: Int64(n)), []) }
+        for n in 2...4 { XCTAssertEqual(m.answer(id, at: 10 + Int64(n)), [.lease(wid(UInt64(n)), id)]) }
+        XCTAssertEqual(m.answer(id, at: 20), [])
+        XCTAssertEqual(m.count(.idle), 1)
+    }
+
+    func testWaitersAreServedInArrivalOrderAsConnectionsOpen() {
+        var m = Machine(settings: .test(min: 0, max: 3), now: at(0))
+        _ = m.start(now: at(0))
+        XCTAssertEqual((1...3).flatMap { opens(m.queue(UInt64($0), at: 0)) }, [1, 2, 3])
+        for (n, id) in [3, 1, 2].enumerated() {
+            XCTAssertTrue(m.connectionOpened(cid(id), now: at(5)).contains(.lease(wid(UInt64(n + 1)), cid(id))))
+        }
+        XCTAssertEqual(m.waitingCount, 0)
+        XCTAssertEqual(m.count(.busy), 3)
+    }
+
+    // MARK: Races
+
+    func testLeaseThenTimeoutAtTheSameInstantKeepsTheLease() {
+        var m = Machine.ready(.test(min: 1, max: 1))
+        let id = m.take(1, at: 0)
+        _ = m.queue(2, at: 0)
+        XCTAssertEqual(m.answer(id, at: 100), [.lease(wid(2), id)])
+        XCTAssertEqual(m.waiterTimedOut(wid(2), now: at(100)), [])
+        XCTAssertEqual(m.count(.busy), 1, "the waiter owns the connection and must release it")
+        XCTAssertEqual(m.release(id, now: at(100), outcome: .unused), [])
+        XCTAssertEqual(m.count(.idle), 1)
+    }
+
+    func testTimeoutThenReleaseAtTheSameInstantLeavesTheConnectionIdle() {
+        var m = Machine.ready(.test(min: 1, max: 1))
+        let id = m.take(1, at: 0)
+        _ = m.queue(2, at: 0)
+        XCTAssertEqual(m.waiterTimedOut(wid(2), now: at(100)), [.failWaiter(wid(2), .timedOut)])
+        XCTAssertEqual(m.waiterTimedOut(wid(2), now: at(100)), [], "a second timeout is a no-op")
+        XCTAssertEqual(m.answer(id, at: 100), [])
+        XCTAssertEqual(m.count(.idle), 1)
+        XCTAssertEqual(m.waitingCount, 0)
+    }
+
+    func testConnectionOpenedAfterItsOnlyWaiterTimedOutGoesIdle() {
+        var m = Machine.ready(.test(min: 1, max: 2))
+        _ = m.take(1, at: 0)
+        XCTAssertEqual(m.queue(2, at: 0), [.open(cid(2))])
+        XCTAssertEqual(m.waiterTimedOut(wid(2), now: at(50)), [.failWaiter(wid(2), .timedOut)])
+        XCTAssertEqual(m.connectionOpened(cid(2), now: at(60)), [.event(.connectionAdded(cid(2)))])
+        XCTAssertEqual(m.count(.idle), 1)
+        XCTAssertEqual(m.take(3, at: 70), cid(2))
+    }
+
+    func testConnectionOpenedAfterCloseIsClosedAtOnce() {
+        var m = Machine(settings: .test(), now: at(0))
+        XCTAssertEqual(m.start(now: at(0)), [.open(cid(1)), .open(cid(2))])
+        XCTAssertEqual(m.close(now: at(1)), [.event(.poolStateChanged(from: .unhealthy, to: .closed))])
+        XCTAssertEqual(m.connectionOpened(cid(1), now: at(2)), [.close(cid(1), .shutdown)])
+        XCTAssertEqual(m.connectionOpenFailed(cid(2), now: at(2), reason: "refused"), [], "no backoff after close")
+        XCTAssertEqual(m.connectionCount, 0)
+        XCTAssertEqual(m.tick(now: at(10_000)), [])
+        XCTAssertEqual(m.statistics.connectionsClosed[.shutdown], 1)
+    }
+
+    // MARK: Rotation, lifetime, idle scale-down
+
+    func testRotationClosesAfterTheLimitReachingRequestNotAtHandOut() {
+        var m = Machine.ready(.test(min: 1, max: 1) { $0.maxRequestsPerConnection = 3 })
+        for n in 1...2 { XCTAssertEqual(m.roundTrip(at: Int64(n)), cid(1)) }
+        let id = m.take(at: 3) // the 3rd lease: handed out normally, no close
+        XCTAssertEqual(m.queue(9, at: 3), [])
+        XCTAssertEqual(m.answer(id, at: 4), [.close(cid(1), .rotation), .event(.connectionRemoved(cid(1), .rotation)),
+                                              .open(cid(2)), .event(.poolStateChanged(from: .ready, to: .unhealthy))])
+        XCTAssertEqual(m.statistics.totalRequestsServed, 3, "the request that hit the limit succeeded")
+        XCTAssertEqual(m.statistics.connectionsClosed[.rotation], 1)
+        XCTAssertEqual(m.statistics.reconnectionAttempts, 0, "a planned rotation is no reconnection")
+        XCTAssertTrue(m.connectionOpened(cid(2), now: at(5)).contains(.lease(wid(9), cid(2))))
+    }
+
+    func testRotationAboveMinOpensNoReplacement() {
+        var m = Machine.ready(.test(min: 1, max: 2) { $0.maxRequestsPerConnection = 1 })
+        let first = m.take(1, at: 0)
+        _ = m.queue(2, at: 0)
+        XCTAssertTrue(m.connectionOpened(cid(2), now: at(1)).contains(.lease(wid(2), cid(2))))
+        XCTAssertEqual(m.answer(first, at: 2), [.close(first, .rotation), .event(.connectionRemoved(first, .rotation))])
+        XCTAssertEqual(m.connectionIDs, [cid(2)])
+    }
+
+    func testLifetimeExpiryClosesAnIdleConnectionInTick() {
+        var m = Machine.ready(.test(min: 1, max: 1) { $0.maxLifetime = .milliseconds(10_000) })
+        let expiry = m.connections[cid(1)]?.expiresAt ?? at(0)
+        XCTAssertGreaterThan(expiry, at(9000), "at most 10 % early")
+        XCTAssertLessThanOrEqual(expiry, at(10_000))
+        XCTAssertEqual(m.nextDeadline(), expiry)
+        XCTAssertEqual(m.tick(now: at(9000)), [])
+        XCTAssertEqual(m.tick(now: at(10_000)), [.close(cid(1), .lifetime), .event(.connectionRemoved(cid(1), .lifetime)),
+                                                .open(cid(2)), .event(.poolStateChanged(from: .ready, to: .unhealthy))])
+    }
+
+    func testLifetimeExpiryClosesALeasedConnectionAtItsRelease() {
+        var m = Machine.ready(.test(min: 1, max: 1) { $0.maxLifetime = .milliseconds(10_000) })
+        let id = m.take(at: 0)
+        XCTAssertEqual(m.tick(now: at(20_000)), [], "never closed while leased")
+        XCTAssertEqual(m.answer(id, at: 20_000), [.close(id, .lifetime), .event(.connectionRemoved(id, .lifetime)),
+                                                   .open(cid(2)), .event(.poolStateChanged(from: .ready, to: .unhealthy))])
+        XCTAssertEqual(m.statistics.totalRequestsServed, 1)
+    }
+
+    func testLifetimeJitterSpreadsExpiriesOfConnectionsOpenedTogether() {
+        let m = Machine.ready(.test(min: 10, max: 10) { $0.maxLifetime = .milliseconds(10_000) })
+        let expiries = m.connections.values.compactMap(\.expiresAt)
+        XCTAssertEqual(expiries.count, 10)
+        XCTAssertTrue(expiries.allSatisfy { $0 > at(9000) && $0 <= at(10_000) })
+        XCTAssertGreaterThan(Set(expiries).count, 1)
+    }
+
+    func testIdleConnectionAboveMinIsClosedAfterIdleTimeout() {
+        var m = Machine.ready(.test(min: 1, max: 2) { $0.idleTimeout = .milliseconds(1000) })
+        let first = m.take(1, at: 0)
+        _ = m.queue(2, at: 0)
+        _ = m.connectionOpened(cid(2), now: at(0))
+        XCTAssertEqual(m.answer(first, at: 100), [])
+        XCTAssertEqual(m.answer(cid(2), at: 200), [])
+        XCTAssertEqual(m.nextDeadline(), at(1100))
+        XCTAssertEqual(m.tick(now: at(1099)), [])
+        XCTAssertEqual(m.tick(now: at(1100)), [.close(first, .idle), .event(.connectionRemoved(first, .idle))])
+        XCTAssertEqual(m.tick(now: at(100_000)), [], "at min the last connection is kept")
+        XCTAssertEqual(m.connectionIDs, [cid(2)])
+        XCTAssertNil(m.nextDeadline())
+        XCTAssertEqual(m.statistics.connectionsClosed[.idle], 1)
+    }
+
+    func testIdleConnectionsAtMinAreKept() {
+        var m = Machine.ready(.test(min: 2, max: 4) { $0.idleTimeout = .milliseconds(1000) })
+        XCTAssertEqual(m.tick(now: at(1_000_000)), [])
+        XCTAssertEqual(m.count(.idle), 2)
+    }
+
+    // MARK: Load balancing
+
+    func testLeastUsedPicksTheConnectionWithFewestRecentRequests() {
+        var m = Machine.ready(.test(min: 3, max: 3), openedAt: [0, 1, 2])
+        // All unused: ties go to the most recently active.
+        let firstRound = (0..<3).map { _ in m.take(at: 10) }
+        XCTAssertEqual(firstRound, [cid(3), cid(2), cid(1)])
+        for (n, id) in firstRound.reversed().enumerated() { _ = m.answer(id, at: 20 + Int64(n)) } // 1 request each
+        // #3 is the most recent but, once it has served 2, the ones with 1 win.
+        XCTAssertEqual((0..<3).map { m.roundTrip(at: 30 + Int64($0)) }, [cid(3), cid(2), cid(1)])
+    }
+
+    func testRoundRobinCyclesThroughIdleConnections() {
+        var m = Machine.ready(.test(min: 3, max: 3) { $0.loadBalancing = .roundRobin })
+        XCTAssertEqual((0..<7).map { m.roundTrip(at: Int64($0)) }.map(\.value), [1, 2, 3, 1, 2, 3, 1])
+        let held = m.take(at: 10) // #2, then the cycle skips it
+        XCTAssertEqual(held, cid(2))
+        XCTAssertEqual((0..<4).map { m.roundTrip(at: 11 + Int64($0)) }.map(\.value), [3, 1, 3, 1])
+    }
+
+    func testRandomPicksAmongIdleConnectionsOnly() {
+        var m = Machine.ready(.test(min: 3, max: 3) { $0.loadBalancing = .random }, seed: 42)
+        let held = m.take(at: 0)
+        var picks: [ConnectionID: Int] = [:]
+        for n in 1...300 { picks[m.roundTrip(at: Int64(n)), default: 0] += 1 }
+        XCTAssertNil(picks[held])
+        XCTAssertEqual(picks.count, 2)
+        XCTAssertTrue(picks.values.allSatisfy { $0 > 100 }, "roughly even: \(picks)")
+    }
+
+    func testDegradedConnectionIsUsedOnlyWhenNoHealthyOneIsIdle() {
+        var m = Machine.ready(.test(min: 2, max: 2), openedAt: [0, 1])
+        let slow = m.take(at: 10), fast = m.take(at: 10)
+        XCTAssertEqual([slow, fast], [cid(2), cid(1)])
+        for n in 0..<3 { XCTAssertEqual(m.answer(fast, at: 11 + Int64(n)), []); XCTAssertEqual(m.take(at: 11 + Int64(n)), fast) }
+        XCTAssertEqual(m.answer(fast, at: 20), [])
+        // `slow` comes back degraded, the most recent and the least used: the healthy one still wins.
+        let slowAnswer = m.answer(slow, at: 21, latency: 1500)
+        XCTAssertTrue(slowAnswer.contains(.event(.latencySpike(slow, latency: .milliseconds(1500), average: .milliseconds(10)))))
+        XCTAssertTrue(slowAnswer.contains(.event(.healthChanged(slow, from: .healthy, to: .degraded))))
+        XCTAssertEqual(m.take(at: 22), fast)
+        XCTAssertEqual(m.take(at: 23), slow, "degraded, but the only idle one")
+        XCTAssertEqual(m.queue(5, at: 24), [])
+    }
+
+    // MARK: close()
+
+    func testCloseFailsWaitersAndRetiresWhatIsOut() {
+        var m = Machine.ready(.test(min: 1, max: 2))
+        let leased = m.take(1, at: 0)
+        XCTAssertEqual(m.queue(2, at: 0), [.open(cid(2))])
+        XCTAssertEqual(m.close(now: at(5)), [.failWaiter(wid(2), .closed), .event(.poolStateChanged(from: .ready, to: .closed))])
+        XCTAssertEqual(m.close(now: at(6)), [])
+        XCTAssertEqual(m.connectionOpened(cid(2), now: at(7)), [.close(cid(2), .shutdown)])
+        XCTAssertEqual(m.answer(leased, at: 8), [.close(leased, .shutdown), .event(.connectionRemoved(leased, .shutdown))])
+        XCTAssertEqual(m.tick(now: at(1_000_000)), [])
+        XCTAssertNil(m.nextDeadline())
+        XCTAssertEqual(m.statistics.closedAt, at(5))
+        XCTAssertEqual(m.poolState, .closed)
+    }
+
+    func testCloseShutsIdleConnectionsAtOnceAndLeasedOnesAtRelease() {
+        var m = Machine.ready(.test(min: 2, max: 2))
+        let leased = m.take(at: 0)
+        let idle = m.connectionIDs.first { $0 != leased }!
+        XCTAssertEqual(m.close(now: at(1)), [.close(idle, .shutdown), .event(.connectionRemoved(idle, .shutdown)),
+                                             .event(.poolStateChanged(from: .ready, to: .closed))])
+        XCTAssertEqual(m.tick(now: at(1000)), [], "tick does nothing after close")
+        XCTAssertEqual(m.release(leased, now: at(2), outcome: .unused),
+                       [.close(leased, .shutdown), .event(.connectionRemoved(leased, .shutdown))])
+        XCTAssertEqual(m.release(leased, now: at(3), outcome: .unused), [])
+        XCTAssertEqual(m.connectionCount, 0)
+    }
+}
