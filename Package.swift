@@ -34,8 +34,11 @@ let package = Package(
         .target(name: "GoxelPool", dependencies: ["GoxelPoolIO", "GoxelPoolCore", "CGoxelPool", "CJansson"]),
         .executableTarget(name: "goxel-refd", dependencies: ["CJansson"]),
         .testTarget(name: "GoxelPoolCoreTests", dependencies: ["GoxelPoolCore"]),
-        // The reference daemon's test driver is compiled into the integration tests.
-        .testTarget(name: "GoxelPoolIOTests", dependencies: ["GoxelPoolIO", "GoxelPoolCore", "CJansson"],
-                    path: "Tests", sources: ["GoxelPoolIOTests", "RefDaemonSupport"]),
+        // Against a real goxel-refd process: the I/O layer (framing, client, pool) and the C ABI
+        // called as a C program would (statuses, ownership, listeners, alerts). One target, so
+        // the reference daemon's test driver is compiled once.
+        .testTarget(name: "GoxelPoolIntegrationTests",
+                    dependencies: ["GoxelPool", "GoxelPoolIO", "GoxelPoolCore", "CGoxelPool", "CJansson"],
+                    path: "Tests", sources: ["GoxelPoolIOTests", "GoxelPoolABITests", "RefDaemonSupport"]),
     ]
 )
