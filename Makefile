@@ -130,9 +130,18 @@ test: all
 	$(SWIFT) build --build-tests
 	@rc=0; $(SWIFT) test || rc=$$?; \
 	if [ $$rc -ne 0 ]; then echo "make test: swift test failed (exit $$rc)"; fi; \
+	$(MAKE) --no-print-directory test-extra || { echo "make test: test-extra failed"; rc=1; }; \
 	SWIFT_TEST_RC=$$rc BUILD=$(BUILD) Tests/packaging/run.sh || rc=1; \
 	exit $$rc
 
 clean:
 	rm -rf $(BUILD)
 	$(SWIFT) package --scratch-path $(SCRATCH) clean
+
+# Benchmarks (make bench) and the reliability suite (make asan, valgrind, tsan, fuzz, soak) live in
+# mk/*.mk; each adds its targets and, where CI should run something, a prerequisite of
+# `test-extra`, which `make test` runs between swift test and the packaging checks.
+.PHONY: test-extra
+test-extra:
+	@:
+-include mk/*.mk
