@@ -139,9 +139,9 @@ clean:
 	$(SWIFT) package --scratch-path $(SCRATCH) clean
 
 # Benchmarks (make bench) and the reliability suite (make asan, valgrind, tsan, fuzz, soak) live in
-# mk/*.mk; each adds its targets and, where CI should run something, a prerequisite of
+# Tests/*/*.mk (Tests/bench, Tests/reliability); each adds its targets and, where CI should run something, a prerequisite of
 # `test-extra`, which `make test` runs between swift test and the packaging checks.
 .PHONY: test-extra
 test-extra:
 	@:
--include mk/*.mk
+-include Tests/*/*.mk

@@ -3,8 +3,6 @@ import XCTest
 
 // MARK: - Shared harness (BackoffTests and HealthTrackerTests use it too)
 
-/// Tests of known bugs (reported, not fixed yet) are skipped; GOXELPOOL_RUN_KNOWN_BUGS=1 runs them.
-
 /// The manual clock: every instant in these tests is a number of milliseconds since the start.
 func at(_ ms: Int64) -> Instant { .milliseconds(ms) }
 func cid(_ n: Int) -> ConnectionID { ConnectionID(n) }
