@@ -144,4 +144,4 @@ clean:
 .PHONY: test-extra
 test-extra:
 	@:
--include Tests/*/*.mk
+-include Tests/*/*.mk bindings/*/*.mk
