@@ -305,10 +305,11 @@ public struct PoolStateMachine {
     public mutating func connectionOpenFailed(_ id: ConnectionID, now: Instant, reason: String) -> [PoolAction] {
         guard let connection = connections[id], connection.state == .opening else { return [] }
         connections[id] = nil
+        // Cancelled by shutdown: not a failure of the daemon.
+        if isClosed { return [] }
         statistics.connectionFailures += 1
         statistics.lastConnectError = reason
         var actions: [PoolAction] = []
-        if isClosed { return actions }
         // Opens that fail together (at start, min > 1) are one round: one backoff step.
         if let until = backoffUntil, until > now { return actions }
         let delay = backoff.failed(random: &random)

@@ -104,7 +104,7 @@ public final class DaemonConnection {
             case .line(let range):
                 let line = framer.bytes(range)
                 bytesReceived &+= line.count + 1
-                return decode(line, expecting: requestID)
+                return Self.decodeAnswer(line, expecting: requestID)
             case .tooLong:
                 return .failed(CallFailure(.tooBig, "answer longer than max_message_size (\(framer.maxLineLength) bytes)"), written: true)
             case .needMore:
@@ -152,8 +152,8 @@ public final class DaemonConnection {
     }
 
     /// Checks one answer line: valid JSON object, JSON-RPC 2.0, the id we sent, exactly one of
-    /// result and error.
-    private func decode(_ line: UnsafeRawBufferPointer, expecting requestID: Int64?) -> Exchange {
+    /// result and error. Static and internal so the fuzz target (Tests/fuzz) can reach it.
+    static func decodeAnswer(_ line: UnsafeRawBufferPointer, expecting requestID: Int64?) -> Exchange {
         var error = json_error_t()
         guard let base = line.baseAddress,
               let root = json_loadb(base.assumingMemoryBound(to: CChar.self), line.count, 0, &error) else {
@@ -200,7 +200,7 @@ public final class DaemonConnection {
         return .failed(CallFailure(.proto, rpcError == nil ? "answer has neither result nor error" : "error is not an object with an integer code"), written: true)
     }
 
-    private func isErrorObject(_ value: UnsafeMutablePointer<json_t>) -> Bool {
+    private static func isErrorObject(_ value: UnsafeMutablePointer<json_t>) -> Bool {
         guard value.pointee.type == JSON_OBJECT, let code = json_object_get(value, "code") else { return false }
         return code.pointee.type == JSON_INTEGER
     }

@@ -84,7 +84,8 @@ public final class PoolClient: @unchecked Sendable {
         let now = Clock.now()
         machine = PoolStateMachine(settings: settings, now: now, seed: UInt64(bitPattern: now.nanoseconds) ^ UInt64(getpid()))
         jobs = WorkerGroup(threads: min(settings.maxConnections, 4), capacity: 4 * settings.maxConnections + 16)
-        asyncWorkers = WorkerGroup(threads: settings.maxConnections, capacity: max(pool.maxWaiters, 1))
+        // One async worker per connection (a worker blocks on its call), at most 64 threads.
+        asyncWorkers = WorkerGroup(threads: min(settings.maxConnections, 64), capacity: max(pool.maxWaiters, 1))
         events = EventDispatcher(capacity: configuration.eventQueueSize)
         maintenanceThread = LibraryThread { [unowned self] in self.maintenanceLoop() }
         modify { $0.start(now: Clock.now()) }
