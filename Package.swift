@@ -17,6 +17,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-numerics", from: "1.1.1"),
     ],
     targets: [
         .systemLibrary(name: "CJansson", path: "Sources/CJansson", pkgConfig: "jansson",
@@ -26,6 +27,7 @@ let package = Package(
         .target(name: "GoxelPoolCore", dependencies: [
             .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "Histogram", package: "hdrhistogram-swift"),
+            .product(name: "RealModule", package: "swift-numerics"),
         ]),
         .target(name: "GoxelPoolIO", dependencies: [
             "GoxelPoolCore", "CJansson",

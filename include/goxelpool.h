@@ -168,6 +168,32 @@ goxelpool_status goxelpool_call_batch(goxelpool_client *client, const json_t *re
                                       int timeout_ms, json_t **results);
 
 /* ---------------------------------------------------------------------------------------------
+ * Several daemons behind one client
+ *
+ * A client connects to the endpoints of its configuration ("endpoints": ["unix:/path",
+ * "tcp:host:port", "tcp:[::1]:port"], or just "socket_path"). Each endpoint has its own pool
+ * (pool.min_connections / max_connections apply per endpoint, within max_total_connections),
+ * health, backoff and circuit breaker. Each call goes to one endpoint, chosen by
+ * power-of-two-choices on outstanding calls weighted by a peak-EWMA latency; a call that never
+ * reached its daemon (no connection, circuit open) or an idempotent one whose connection broke is
+ * retried on another endpoint within its deadline. Failing endpoints are ejected for a growing
+ * time ("outlier_detection"), never the last available one; when fewer than half are available,
+ * all are used (panic mode).
+ * ------------------------------------------------------------------------------------------- */
+
+/* Adds a daemon at run time. endpoint: borrowed, "unix:/path" or "tcp:host:port" (a bare path is
+ * a Unix socket). Returns OK, EINVAL (NULL or malformed, already present), EBUSY (no share of
+ * max_total_connections left), ECLOSED. */
+goxelpool_status goxelpool_add_endpoint(goxelpool_client *client, const char *endpoint);
+
+/* Removes a daemon: no new call goes there; calls in flight on it finish for up to
+ * drain_timeout_ms (< 0: the configured timeout_ms), then its connections are closed. Returns
+ * when done. Must not be called from a callback of this client (EINVAL).
+ * Returns OK, EINVAL (NULL, malformed, not present, called from a callback). */
+goxelpool_status goxelpool_remove_endpoint(goxelpool_client *client, const char *endpoint,
+                                           int drain_timeout_ms);
+
+/* ---------------------------------------------------------------------------------------------
  * Statistics, health and events
  * ------------------------------------------------------------------------------------------- */
 

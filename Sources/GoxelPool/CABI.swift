@@ -10,11 +10,11 @@ import GoxelPoolIO
 
 /// What a goxelpool_client pointer points at.
 final class ClientHandle: @unchecked Sendable {
-    let client: PoolClient
+    let client: MultiPoolClient
     private let lock = PthreadMutex()
     private var suppressed = false
 
-    init(client: PoolClient) { self.client = client }
+    init(client: MultiPoolClient) { self.client = client }
 
     /// Async callbacks check this: after goxelpool_client_free from a callback none runs again.
     var callbacksSuppressed: Bool { lock.withLock { suppressed } }
@@ -53,7 +53,40 @@ private func methodName(_ method: UnsafePointer<CChar>?) -> Result<String, CallF
 private func checkParams(_ params: UnsafePointer<json_t>?) -> CallFailure? {
     guard let params else { return nil }
     let type = params.pointee.type
-    return type == JSON_ARRAY || type == JSON_OBJECT ? nil : CallFailure(.invalid, "params must be NULL, a JSON array or a JSON object")
+    guard type == JSON_ARRAY || type == JSON_OBJECT else { return CallFailure(.invalid, "params must be NULL, a JSON array or a JSON object") }
+    return checkParamsShape(UnsafeMutablePointer(mutating: params))
+}
+
+/// jansson's dump, copy and free recurse once per nesting level: params nested ~1700 deep
+/// overflowed a library thread's 512 KiB stack (SIGSEGV in json_dumpb on an async worker). The
+/// daemon's parser refuses more than 2048 levels anyway. Walked iteratively; also bounded in
+/// values, since a request of more than 65535 values exceeds the daemon's 65535 bytes (and a
+/// DAG of shared values would otherwise make the walk, and jansson's dump, exponential).
+let maxParamsDepth = 1000
+private let maxParamsValues = 65_535
+
+private func checkParamsShape(_ root: UnsafeMutablePointer<json_t>) -> CallFailure? {
+    var pending: [(UnsafeMutablePointer<json_t>, Int)] = [(root, 1)]
+    var visited = 0
+    while let (value, depth) = pending.popLast() {
+        visited += 1
+        if visited > maxParamsValues {
+            return CallFailure(.tooBig, "params hold more than \(maxParamsValues) values; the daemon accepts at most \(daemonMaxRequestBytes) bytes")
+        }
+        let type = value.pointee.type
+        guard type == JSON_ARRAY || type == JSON_OBJECT else { continue }
+        if depth > maxParamsDepth { return CallFailure(.invalid, "params are nested deeper than \(maxParamsDepth) levels") }
+        if type == JSON_ARRAY {
+            for index in 0..<json_array_size(value) { if let item = json_array_get(value, index) { pending.append((item, depth + 1)) } }
+        } else {
+            var iterator = json_object_iter(value)
+            while let current = iterator {
+                if let item = json_object_iter_value(current) { pending.append((item, depth + 1)) }
+                iterator = json_object_iter_next(value, current)
+            }
+        }
+    }
+    return nil
 }
 
 private func paramsPointer(_ params: UnsafePointer<json_t>?) -> OpaquePointer? { params.map { OpaquePointer($0) } }
@@ -99,7 +132,7 @@ public func goxelpool_client_new(_ config: UnsafePointer<json_t>?, _ out: Unsafe
     } catch {
         return reject(CallFailure(.invalid, error.description))
     }
-    let handle = ClientHandle(client: PoolClient(configuration: configuration))
+    let handle = ClientHandle(client: MultiPoolClient(configuration: configuration, endpoints: configuration.effectiveEndpoints))
     out.pointee = OpaquePointer(Unmanaged.passRetained(handle).toOpaque())
     if let errbuf, errbufLength > 0 { errbuf.pointee = 0 }
     return GOXELPOOL_OK
@@ -317,6 +350,46 @@ private func errorMessage(_ error: UnsafeMutablePointer<json_t>) -> String {
     let code = json_object_get(error, "code").map { json_integer_value($0) } ?? 0
     let message = json_object_get(error, "message").flatMap { json_string_value($0) }.map { String(cString: $0) } ?? ""
     return "daemon error \(code): \(message)"
+}
+
+// MARK: - Endpoints
+
+private func parseEndpoint(_ text: UnsafePointer<CChar>?) -> Result<Endpoint, CallFailure> {
+    guard let text else { return .failure(CallFailure(.invalid, "endpoint is NULL")) }
+    guard let string = String(validatingCString: text) else { return .failure(CallFailure(.invalid, "endpoint is not valid UTF-8")) }
+    switch Endpoint.parse(string) {
+    case .success(let endpoint): return .success(endpoint)
+    case .failure(let error): return .failure(CallFailure(.invalid, "endpoint \(error.message)"))
+    }
+}
+
+@c @implementation
+public func goxelpool_add_endpoint(_ client: OpaquePointer?, _ endpoint: UnsafePointer<CChar>?) -> goxelpool_status {
+    LastError.clear()
+    guard let handle = ClientHandle.from(client) else { return invalid("client is NULL") }
+    switch parseEndpoint(endpoint) {
+    case .success(let parsed):
+        if let failure = handle.client.addEndpoint(parsed) { return failed(failure) }
+        return GOXELPOOL_OK
+    case .failure(let failure): return failed(failure)
+    }
+}
+
+@c @implementation
+public func goxelpool_remove_endpoint(_ client: OpaquePointer?, _ endpoint: UnsafePointer<CChar>?,
+                                      _ drainTimeoutMs: Int32) -> goxelpool_status {
+    LastError.clear()
+    guard let handle = ClientHandle.from(client) else { return invalid("client is NULL") }
+    guard !handle.client.isLibraryThread() else {
+        return invalid("goxelpool_remove_endpoint called from a callback of the same client (it would wait for itself)")
+    }
+    switch parseEndpoint(endpoint) {
+    case .success(let parsed):
+        let drain = drainTimeoutMs < 0 ? Span.milliseconds(handle.client.configuration.timeoutMs) : .milliseconds(Int(drainTimeoutMs))
+        if let failure = handle.client.removeEndpoint(parsed, drain: drain) { return failed(failure) }
+        return GOXELPOOL_OK
+    case .failure(let failure): return failed(failure)
+    }
 }
 
 // MARK: - Statistics, health, listeners

@@ -25,7 +25,7 @@ struct JSONObject {
 
 func millis(_ micros: UInt64) -> Double { Double(micros) / 1000 }
 
-func statisticsJSON(_ snapshot: PoolClient.Snapshot) -> UnsafeMutablePointer<json_t>? {
+func poolStatisticsJSON(_ snapshot: PoolClient.Snapshot) -> JSONObject {
     let stats = snapshot.statistics
     let object = JSONObject()
     object.set("pool_state", snapshot.state.rawValue)
@@ -73,7 +73,7 @@ func statisticsJSON(_ snapshot: PoolClient.Snapshot) -> UnsafeMutablePointer<jso
     object.set("events_delivered", snapshot.eventsDelivered)
     object.set("events_dropped", snapshot.eventsDropped)
     object.set("last_connect_error", stats.lastConnectError)
-    return object.raw
+    return object
 }
 
 func healthJSON(_ tracker: HealthTracker, now: Instant) -> JSONObject {
@@ -101,8 +101,10 @@ func healthJSON(_ tracker: HealthTracker, now: Instant) -> JSONObject {
     return object
 }
 
-func healthJSON(_ snapshot: PoolClient.Snapshot) -> UnsafeMutablePointer<json_t>? {
+/// One endpoint's pool: state, circuit breaker, pool-level health and its connections.
+func poolHealthJSON(_ snapshot: PoolClient.Snapshot, into connections: UnsafeMutablePointer<json_t>?, endpoint: String) -> JSONObject {
     let object = JSONObject()
+    object.set("endpoint", endpoint)
     object.set("state", snapshot.state.rawValue)
     object.set("healthy_connections", snapshot.healthy)
     object.set("total_connections", snapshot.total)
@@ -111,16 +113,95 @@ func healthJSON(_ snapshot: PoolClient.Snapshot) -> UnsafeMutablePointer<json_t>
     circuit.set("times_opened", snapshot.circuit.timesOpened)
     circuit.set("open_until", snapshot.circuit.openUntil.map { json_integer(json_int_t(Clock.wallMilliseconds(of: $0))) } ?? json_null())
     object.set("circuit_breaker", circuit.raw)
-    let pool = healthJSON(snapshot.poolHealth, now: snapshot.now)
-    object.set("pool", pool.raw)
-    let list = json_array()
+    object.set("pool", healthJSON(snapshot.poolHealth, now: snapshot.now).raw)
     for entry in snapshot.connections {
         let item = healthJSON(entry.health, now: snapshot.now)
         item.set("connection_id", entry.id.value)
+        item.set("endpoint", endpoint)
         item.set("requests_served", entry.requests)
         item.set("uptime_ms", entry.openedAt.map { (snapshot.now - $0).milliseconds } ?? 0)
+        if let raw = item.raw { json_array_append_new(connections, raw) }
+    }
+    return object
+}
+
+/// The client's totals over its endpoints (one endpoint: exactly that pool's figures).
+func aggregate(_ multi: MultiPoolClient.Snapshot) -> PoolClient.Snapshot? {
+    guard var total = multi.endpoints.first?.pool else { return nil }
+    for other in multi.endpoints.dropFirst().map(\.pool) {
+        total.statistics.merge(other.statistics)
+        total.total += other.total; total.idle += other.idle; total.busy += other.busy
+        total.opening += other.opening; total.checking += other.checking
+        total.healthy += other.healthy; total.waiting += other.waiting
+    }
+    if multi.endpoints.count > 1 {
+        let states = multi.endpoints.map(\.pool.state)
+        if states.allSatisfy({ $0 == .closed }) { total.state = .closed }
+        else if total.total == 0 { total.state = .unhealthy }
+        else if total.healthy * 10 >= total.total * 8 { total.state = .ready }
+        else if total.healthy * 2 >= total.total { total.state = .degraded }
+        else { total.state = .unhealthy }
+    }
+    total.eventsDelivered = multi.eventsDelivered
+    total.eventsDropped = multi.eventsDropped
+    return total
+}
+
+/// "closed", "open", "half_open" when all endpoints agree, else "mixed".
+func circuitSummary(_ multi: MultiPoolClient.Snapshot) -> String {
+    let states = Set(multi.endpoints.map(\.pool.circuit.state.rawValue))
+    return states.count == 1 ? (states.first ?? "closed") : "mixed"
+}
+
+func statisticsJSON(_ multi: MultiPoolClient.Snapshot) -> UnsafeMutablePointer<json_t>? {
+    guard let total = aggregate(multi) else { return json_object() }
+    let object = poolStatisticsJSON(total)
+    object.set("circuit_state", circuitSummary(multi))
+    object.set("panic_mode", multi.inPanic)
+    let list = json_array()
+    for endpoint in multi.endpoints {
+        let item = poolStatisticsJSON(endpoint.pool)
+        item.set("endpoint", endpoint.endpoint.description)
+        item.set("max_connections", endpoint.maxConnections)
+        if let member = endpoint.balancer {
+            item.set("outstanding_calls", member.outstanding)
+            item.set("peak_ewma_latency_ms", member.peakEWMA / 1e6)
+            item.set("routed_calls", member.calls)
+            item.set("routed_failures", member.failures)
+            item.set("success_rate", member.successRate)
+            item.set("ejected", member.ejectedUntil != nil)
+            item.set("ejections", member.ejections)
+            item.set("draining", member.draining)
+        }
         if let raw = item.raw { json_array_append_new(list, raw) }
     }
-    object.set("connections", list)
+    object.set("endpoints", list)
+    return object.raw
+}
+
+func healthJSON(_ multi: MultiPoolClient.Snapshot) -> UnsafeMutablePointer<json_t>? {
+    let object = JSONObject()
+    let total = aggregate(multi)
+    object.set("state", total?.state.rawValue ?? "closed")
+    object.set("healthy_connections", total?.healthy ?? 0)
+    object.set("total_connections", total?.total ?? 0)
+    object.set("circuit_state", circuitSummary(multi))
+    let connections = json_array()
+    let endpoints = json_array()
+    for endpoint in multi.endpoints {
+        let item = poolHealthJSON(endpoint.pool, into: connections, endpoint: endpoint.endpoint.description)
+        item.set("ejected", endpoint.balancer?.ejectedUntil != nil)
+        if let raw = item.raw { json_array_append_new(endpoints, raw) }
+    }
+    // With one endpoint its pool-level figures are the client's.
+    if multi.endpoints.count == 1, let only = multi.endpoints.first {
+        let single = poolHealthJSON(only.pool, into: nil, endpoint: only.endpoint.description)
+        for key in ["circuit_breaker", "pool"] {
+            if let raw = single.raw, let value = json_object_get(raw, key) { object.set(key, json_incref(value)) }
+        }
+        json_decref(single.raw)
+    }
+    object.set("connections", connections)
+    object.set("endpoints", endpoints)
     return object.raw
 }

@@ -155,6 +155,19 @@ public struct ClientConfiguration: Sendable, Equatable {
         public init() {}
     }
 
+    /// The `outlier_detection` section: when an endpoint of several is ejected (EndpointBalancer).
+    public struct OutlierDetectionConfiguration: Sendable, Equatable {
+        public var consecutiveFailures = 5
+        public var successRate = 0.5
+        public var window = 20
+        public var minimumCalls = 10
+        public var baseEjectionMs = 1000
+        public var maxEjectionMs = 30_000
+        public var panicThreshold = 0.5
+
+        public init() {}
+    }
+
     /// The `circuit_breaker` section (see CircuitBreaker).
     public struct CircuitBreakerConfiguration: Sendable, Equatable {
         public var enabled = true
@@ -186,6 +199,14 @@ public struct ClientConfiguration: Sendable, Equatable {
     public var reconnect = ReconnectConfiguration()
     public var health = HealthConfiguration()
     public var circuitBreaker = CircuitBreakerConfiguration()
+    /// Several daemons behind one pool (`unix:/path`, `tcp:host:port`); empty: just socket_path.
+    public var endpoints: [Endpoint] = []
+    /// Cap on connections across all endpoints; 0: none (each endpoint has pool.max_connections).
+    public var maxTotalConnections = 0
+    public var outlierDetection = OutlierDetectionConfiguration()
+
+    /// The endpoints to connect to: `endpoints`, or else `socket_path`.
+    public var effectiveEndpoints: [Endpoint] { endpoints.isEmpty ? [.unix(path: socketPath)] : endpoints }
 
     /// All defaults.
     public init() {}
@@ -220,6 +241,28 @@ public struct ClientConfiguration: Sendable, Equatable {
         c.idempotentMethods = try top.stringArray("idempotent_methods", c.idempotentMethods)
         c.logLevel = try top.choice("log_level", c.logLevel)
         c.eventQueueSize = try top.int("event_queue_size", c.eventQueueSize, 1...1_000_000)
+        let endpointTexts = try top.stringArray("endpoints", [])
+        for (index, text) in endpointTexts.enumerated() {
+            switch Endpoint.parse(text) {
+            case .success(let endpoint):
+                if c.endpoints.contains(endpoint) {
+                    throw ConfigurationError(key: "endpoints[\(index)]", message: "'\(text)' is listed twice")
+                }
+                c.endpoints.append(endpoint)
+            case .failure(let error): throw ConfigurationError(key: "endpoints[\(index)]", message: error.message)
+            }
+        }
+        if top.has("endpoints") && c.endpoints.isEmpty {
+            throw ConfigurationError(key: "endpoints", message: "must list at least one endpoint")
+        }
+        if top.has("endpoints") && top.has("socket_path") {
+            throw ConfigurationError(key: "endpoints", message: "give either socket_path or endpoints, not both")
+        }
+        c.maxTotalConnections = try top.int("max_total_connections", c.maxTotalConnections, 0...1_000_000)
+        if c.maxTotalConnections > 0 && c.maxTotalConnections < c.effectiveEndpoints.count {
+            throw ConfigurationError(key: "max_total_connections",
+                                     message: "\(c.maxTotalConnections) is fewer than one connection per endpoint (\(c.effectiveEndpoints.count))")
+        }
 
         var p = try top.section("pool")
         c.pool.minConnections = try p.int("min_connections", c.pool.minConnections, 0...1024)
@@ -271,6 +314,19 @@ public struct ClientConfiguration: Sendable, Equatable {
         try b.finish()
         try b.notGreater("minimum_calls", c.circuitBreaker.minimumCalls, than: "window_size", c.circuitBreaker.windowSize)
 
+        var o = try top.section("outlier_detection")
+        c.outlierDetection.consecutiveFailures = try o.int("consecutive_failures", c.outlierDetection.consecutiveFailures, 1...1000)
+        c.outlierDetection.successRate = try o.number("success_rate", c.outlierDetection.successRate, 0.0...1.0)
+        c.outlierDetection.window = try o.int("window", c.outlierDetection.window, 1...10000)
+        c.outlierDetection.minimumCalls = try o.int("minimum_calls", c.outlierDetection.minimumCalls, 1...10000)
+        c.outlierDetection.baseEjectionMs = try o.int("base_ejection_ms", c.outlierDetection.baseEjectionMs, 1...msMax)
+        c.outlierDetection.maxEjectionMs = try o.int("max_ejection_ms", c.outlierDetection.maxEjectionMs, 1...msMax)
+        c.outlierDetection.panicThreshold = try o.number("panic_threshold", c.outlierDetection.panicThreshold, 0.0...1.0)
+        try o.finish()
+        try o.notGreater("minimum_calls", c.outlierDetection.minimumCalls, than: "window", c.outlierDetection.window)
+        try o.notGreater("base_ejection_ms", c.outlierDetection.baseEjectionMs,
+                         than: "max_ejection_ms", c.outlierDetection.maxEjectionMs, reportSecond: true)
+
         try top.finish()
         return c
     }
@@ -296,7 +352,7 @@ private struct ConfigObject {
         }
         var seen: Set<String> = []
         for member in members where !seen.insert(member.key).inserted {
-            throw ConfigurationError(key: prefix + member.key, message: "duplicate key")
+            throw ConfigurationError(key: prefix + Self.shown(member.key), message: "duplicate key")
         }
         self.prefix = prefix
         self.members = members
@@ -313,6 +369,9 @@ private struct ConfigObject {
         read.insert(key)
         return members.first { $0.key == key }?.value
     }
+
+    /// Whether the document sets `key` at all.
+    func has(_ key: String) -> Bool { members.contains { $0.key == key } }
 
     func typeError(_ key: String, _ expected: String, _ got: ConfigValue) -> ConfigurationError {
         fail(key, "expected \(expected), got \(got.typeName)")
@@ -387,8 +446,28 @@ private struct ConfigObject {
     /// Rejects the first key that no reader asked for.
     func finish() throws(ConfigurationError) {
         if let unknown = members.first(where: { !read.contains($0.key) }) {
-            throw fail(unknown.key, "unknown key")
+            throw fail(Self.shown(unknown.key), "unknown key")
         }
+    }
+
+    /// A document's own key as errors name it: as is, or quoted with control characters escaped
+    /// when it is empty or holds any (found by fuzzing: `{"":1}` gave ": unknown key", and a NUL
+    /// in a key cut the message short at the C boundary).
+    static func shown(_ key: String) -> String {
+        func isControl(_ s: Unicode.Scalar) -> Bool { s.value < 0x20 || s.value == 0x7F }
+        guard key.isEmpty || key.unicodeScalars.contains(where: isControl) else { return key }
+        var out = "\""
+        for s in key.unicodeScalars {
+            if isControl(s) {
+                let hex = String(s.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            } else if s == "\"" || s == "\\" {
+                out += "\\" + String(s)
+            } else {
+                out.unicodeScalars.append(s)
+            }
+        }
+        return out + "\""
     }
 
     /// Requires `first <= second`; the error names `second` when `reportSecond`, else `first`.

@@ -59,6 +59,31 @@ public struct PoolStatistics {
     }
 
     public func uptime(now: Instant) -> Span { (closedAt ?? now) - startedAt }
+
+    /// Adds another pool's figures (the totals of a client with several endpoints).
+    public mutating func merge(_ other: PoolStatistics) {
+        totalRequestsServed += other.totalRequestsServed
+        totalRequestTime = Span(nanoseconds: totalRequestTime.nanoseconds.addingSaturating(other.totalRequestTime.nanoseconds))
+        requestLatency.add(other.requestLatency)
+        acquireWait.add(other.acquireWait)
+        failedRequests.merge(other.failedRequests, uniquingKeysWith: +)
+        rejectedBusy += other.rejectedBusy
+        rejectedUnavailable += other.rejectedUnavailable
+        maxWaitingSeen = max(maxWaitingSeen, other.maxWaitingSeen)
+        connectionAttempts += other.connectionAttempts
+        connectionsCreated += other.connectionsCreated
+        connectionFailures += other.connectionFailures
+        reconnectionAttempts += other.reconnectionAttempts
+        lastConnectError = other.lastConnectError ?? lastConnectError
+        connectionsClosed.merge(other.connectionsClosed, uniquingKeysWith: +)
+        healthChecks += other.healthChecks
+        healthCheckFailures += other.healthCheckFailures
+        if let theirs = other.lastHealthCheck, lastHealthCheck.map({ $0 < theirs }) ?? true { lastHealthCheck = theirs }
+        bytesSent &+= other.bytesSent
+        bytesReceived &+= other.bytesReceived
+        retries += other.retries
+        alertsGenerated.merge(other.alertsGenerated, uniquingKeysWith: +)
+    }
 }
 
 public extension PoolStateMachine {

@@ -23,7 +23,7 @@ public enum Exchange {
 /// one thread at a time.
 public final class DaemonConnection {
     public let id: ConnectionID
-    private let socket: UnixSocket
+    private let socket: StreamSocket
     private var framer: LineFramer
     private var writeBuffer: UnsafeMutableRawBufferPointer
     private let maxRequestBytes: Int
@@ -37,7 +37,7 @@ public final class DaemonConnection {
         return (bytesSent, bytesReceived)
     }
 
-    init(id: ConnectionID, socket: UnixSocket, maxMessageSize: Int) {
+    init(id: ConnectionID, socket: StreamSocket, maxMessageSize: Int) {
         self.id = id
         self.socket = socket
         framer = LineFramer(maxLineLength: maxMessageSize)
@@ -50,10 +50,11 @@ public final class DaemonConnection {
     /// Opens a connection: connect within `connectTimeout`, check who serves the socket, and
     /// (when `validateMethod` is set) make one call so that a connection the daemon never reads,
     /// or an exhausted daemon that closes it at once, is found before a caller gets it.
-    public static func open(id: ConnectionID, path: String, connectTimeout: Span, maxMessageSize: Int,
+    public static func open(id: ConnectionID, endpoint: Endpoint, connectTimeout: Span, maxMessageSize: Int,
                             verifyPeer: Bool, validateMethod: String?) throws(CallFailure) -> DaemonConnection {
-        let socket = try UnixSocket.connect(path: path, timeout: connectTimeout)
-        if verifyPeer {
+        let socket = try StreamSocket.connect(endpoint, timeout: connectTimeout)
+        // Peer credentials exist for Unix sockets only (TCP is loopback or trusted network).
+        if verifyPeer, case .unix(let path) = endpoint {
             guard let uid = socket.peerUID() else { throw CallFailure(.peer, "cannot read the peer credentials of \(path)") }
             let me = getuid()
             if uid != me && uid != 0 {

@@ -57,6 +57,10 @@ public func configValue(from json: UnsafePointer<json_t>?, depth: Int = 0) -> Co
 extension ClientConfiguration {
     /// Parses goxelpool_client_new's `config` argument (borrowed; NULL means all defaults).
     public static func parse(json: UnsafePointer<json_t>?) throws(ConfigurationError) -> ClientConfiguration {
+        // A NULL pointer means all defaults; a JSON null value is not an object (the header).
+        if let json, json.pointee.type == JSON_NULL {
+            throw ConfigurationError(key: "config", message: "expected an object or a NULL pointer, got JSON null")
+        }
         guard let value = configValue(from: json) else { throw ConfigurationError.nestedTooDeeply }
         return try parse(value)
     }

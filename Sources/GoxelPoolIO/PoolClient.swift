@@ -16,6 +16,12 @@ public enum CallOutcome {
 /// they lease, so a call costs one lock round trip plus the exchange itself.
 public final class PoolClient: @unchecked Sendable {
     public let configuration: ClientConfiguration
+    /// The daemon this pool connects to.
+    public let endpoint: Endpoint
+    /// Added to every event when several pools share one event stream (`endpoints`).
+    private let eventLabel: String?
+    /// False when the event thread belongs to a client of several pools.
+    private let ownsEvents: Bool
     private let lock = PthreadMutex()
     private var machine: PoolStateMachine
     private var connections: [ConnectionID: DaemonConnection] = [:]
@@ -27,15 +33,15 @@ public final class PoolClient: @unchecked Sendable {
     private let maintenanceWakeup = Condition()
     private var maintenanceThread: LibraryThread?
     private var maintenanceStop = false
-    /// Opens and health checks: never blocked behind async calls.
+    /// Opens and health checks (async calls run on MultiPoolClient's workers, so one waiting
+    /// for a connection can never block the open that would serve it).
     private let jobs: WorkerGroup
-    /// Async calls and batch items.
-    private let asyncWorkers: WorkerGroup
     public let events: EventDispatcher
     private var reconnectStormReported = false
     /// The pool has been ready once: before that, reaching ready is starting, not recovering.
     private var wasReady = false
-    private let maxConnections: Int
+    /// The last connection attempt failed the peer-credential check: callers get EPEER, not ECONNECT.
+    private var lastOpenRejectedPeer = false
 
     final class WaiterBox {
         let wakeup = Condition()
@@ -52,8 +58,13 @@ public final class PoolClient: @unchecked Sendable {
         case event(ClientEvent)
     }
 
-    public init(configuration: ClientConfiguration) {
+    /// A pool for `endpoint` (default: the configuration's socket_path). `events`: a shared
+    /// event stream (the pool then labels its events with the endpoint and does not stop it).
+    public init(configuration: ClientConfiguration, endpoint: Endpoint? = nil, events shared: EventDispatcher? = nil) {
         self.configuration = configuration
+        self.endpoint = endpoint ?? .unix(path: configuration.socketPath)
+        eventLabel = shared == nil ? nil : self.endpoint.description
+        ownsEvents = shared == nil
         var settings = PoolStateMachine.Settings()
         let pool = configuration.pool
         settings.minConnections = configuration.pooling ? pool.minConnections : 1
@@ -80,13 +91,10 @@ public final class PoolClient: @unchecked Sendable {
         settings.circuitBreaker.windowSize = breaker.windowSize
         settings.circuitBreaker.minimumCalls = breaker.minimumCalls
         settings.circuitBreaker.cooldown = .milliseconds(breaker.cooldownMs)
-        maxConnections = settings.maxConnections
         let now = Clock.now()
         machine = PoolStateMachine(settings: settings, now: now, seed: UInt64(bitPattern: now.nanoseconds) ^ UInt64(getpid()))
         jobs = WorkerGroup(threads: min(settings.maxConnections, 4), capacity: 4 * settings.maxConnections + 16)
-        // One async worker per connection (a worker blocks on its call), at most 64 threads.
-        asyncWorkers = WorkerGroup(threads: min(settings.maxConnections, 64), capacity: max(pool.maxWaiters, 1))
-        events = EventDispatcher(capacity: configuration.eventQueueSize)
+        events = shared ?? EventDispatcher(capacity: configuration.eventQueueSize)
         maintenanceThread = LibraryThread { [unowned self] in self.maintenanceLoop() }
         modify { $0.start(now: Clock.now()) }
     }
@@ -139,38 +147,6 @@ public final class PoolClient: @unchecked Sendable {
                 return fail(failure)
             }
         }
-    }
-
-    /// Queues a call on a library thread; `completion` runs there exactly once.
-    public func callAsync(method: String, params: OpaquePointer?, timeout: Span?,
-                          completion: @escaping (CallOutcome) -> Void) -> CallFailure? {
-        if isClosing { return CallFailure(.closed, "client is closed") }
-        let accepted = asyncWorkers.submit { [self] in
-            let outcome = call(method: method, params: params, timeout: timeout)
-            completion(outcome)
-        }
-        return accepted ? nil : (isClosing ? CallFailure(.closed, "client is closed")
-                                           : CallFailure(.busy, "\(configuration.pool.maxWaiters) async calls already queued"))
-    }
-
-    /// Runs the items concurrently over the pool; the calling thread takes part, so a batch
-    /// completes even when every library thread is busy.
-    public func batch(_ items: [(method: String, params: OpaquePointer?)], timeout: Span?) -> [CallOutcome] {
-        let deadline = Clock.now() + (timeout ?? .milliseconds(configuration.timeoutMs))
-        let state = BatchState(count: items.count)
-        let work: () -> Void = { [self] in
-            while let index = state.claim() {
-                let remaining = deadline - Clock.now()
-                let outcome: CallOutcome = remaining > .zero
-                    ? call(method: items[index].method, params: items[index].params, timeout: remaining)
-                    : .failure(CallFailure(.timedOut, "batch deadline passed before this request was sent"))
-                state.finish(index, outcome)
-            }
-        }
-        let helpers = min(items.count - 1, maxConnections - 1)
-        for _ in 0..<max(0, helpers) { _ = asyncWorkers.submit(work) }
-        work()
-        return state.waitAll()
     }
 
     // MARK: - Acquire and release
@@ -285,7 +261,7 @@ public final class PoolClient: @unchecked Sendable {
                     modify { $0.healthCheckFinished(connection.id, now: Clock.now(), success: true, latency: .zero, error: nil) }
                 }
             case .wakeMaintenance: lock.withLock { maintenanceWakeup.signal() }
-            case .event(let event): events.post(event)
+            case .event(let event): post(event)
             }
         }
     }
@@ -312,19 +288,25 @@ public final class PoolClient: @unchecked Sendable {
         let validate = configuration.pool.validateOnConnect ? configuration.health.method : nil
         do {
             let connection = try DaemonConnection.open(
-                id: id, path: configuration.socketPath, connectTimeout: .milliseconds(configuration.pool.connectTimeoutMs),
+                id: id, endpoint: endpoint, connectTimeout: .milliseconds(configuration.pool.connectTimeoutMs),
                 maxMessageSize: configuration.maxMessageSize, verifyPeer: configuration.verifyPeer, validateMethod: validate)
             lock.lock()
             connections[id] = connection
+            lastOpenRejectedPeer = false
             let deferred = apply(machine.connectionOpened(id, now: Clock.now()))
             lock.unlock()
             perform(deferred)
         } catch {
             if error.status == .peer {
-                events.post(ClientEvent(kind: .alert, type: "peer_rejected",
-                                        fields: [("severity", .string("critical")), ("message", .string(error.message))]))
+                post(ClientEvent(kind: .alert, type: "peer_rejected",
+                                        fields: [("severity", .string("critical")), ("message", .string(error.message)),
+                                                  ("connection_id", .int(Int64(id.value)))]))
             }
             log(.warn, "connection \(id) failed to open: \(error.message)")
+            lock.withLock {
+                lastOpenRejectedPeer = error.status == .peer
+                if error.status == .peer { machine.withStatistics { $0.alertsGenerated["peer_rejected", default: 0] += 1 } }
+            }
             modify { $0.connectionOpenFailed(id, now: Clock.now(), reason: error.message) }
         }
     }
@@ -369,7 +351,7 @@ public final class PoolClient: @unchecked Sendable {
 
     /// True on one of this client's own threads (callbacks and listeners run there).
     public func isLibraryThread() -> Bool {
-        asyncWorkers.isWorkerThread() || jobs.isWorkerThread() || events.isDispatcherThread()
+        jobs.isWorkerThread() || events.isDispatcherThread()
             || (maintenanceThread.map(LibraryThread.isCurrent) ?? false)
     }
 
@@ -382,8 +364,6 @@ public final class PoolClient: @unchecked Sendable {
         var deferred = apply(machine.close(now: Clock.now()))
         lock.unlock()
         perform(deferred)
-        // Queued async calls run now and fail fast with ECLOSED (their callbacks still run once).
-        asyncWorkers.stopAndJoin()
         let drainDeadline = Clock.now() + drain
         lock.lock()
         while machine.connectionCount > 0 && Clock.now() < drainDeadline {
@@ -406,7 +386,7 @@ public final class PoolClient: @unchecked Sendable {
         connections.removeAll()
         lock.unlock()
         perform(deferred)
-        events.stopAndJoin()
+        if ownsEvents { events.stopAndJoin() }
     }
 
     // MARK: - Statistics, health, events
@@ -521,14 +501,22 @@ public final class PoolClient: @unchecked Sendable {
         ] + metrics)
     }
 
+    /// Every event leaves through here: labelled with the endpoint when pools share a stream.
+    private func post(_ event: ClientEvent) {
+        guard let eventLabel else { return events.post(event) }
+        var labelled = event
+        labelled.fields.append(("endpoint", .string(eventLabel)))
+        events.post(labelled)
+    }
+
     private func postRequestEvent(_ type: String, _ fields: [(String, EventValue)]) {
         guard events.wants(.request) else { return }
-        events.post(ClientEvent(kind: .request, type: type, fields: fields))
+        post(ClientEvent(kind: .request, type: type, fields: fields))
     }
 
     public func log(_ level: ClientConfiguration.LogLevel, _ message: @autoclosure () -> String) {
         guard level != .off, level <= configuration.logLevel, events.wants(.log) else { return }
-        events.post(ClientEvent(kind: .log, type: "log", fields: [("level", .string(level.rawValue)), ("message", .string(message()))]))
+        post(ClientEvent(kind: .log, type: "log", fields: [("level", .string(level.rawValue)), ("message", .string(message()))]))
     }
 
     /// Under the lock (it reads the state machine).
@@ -538,9 +526,9 @@ public final class PoolClient: @unchecked Sendable {
         case .busy: CallFailure(.busy, "wait queue is full (pool.max_waiters = \(configuration.pool.maxWaiters))")
         case .timedOut: CallFailure(.timedOut, "no connection became free before the deadline")
         case .connectFailed:
-            CallFailure(.connect, "cannot connect to \(configuration.socketPath): \(machine.statistics.lastConnectError ?? "no connection")")
+             CallFailure(lastOpenRejectedPeer ? .peer : .connect, "cannot connect to \(endpoint): \(machine.statistics.lastConnectError ?? "no connection")")
         case .unavailable:
-            CallFailure(.unavailable, "circuit open: the daemon at \(configuration.socketPath) is failing (\(machine.statistics.lastConnectError ?? "recent calls failed")); retry later")
+            CallFailure(.unavailable, "circuit open: the daemon at \(endpoint) is failing (\(machine.statistics.lastConnectError ?? "recent calls failed")); retry later")
         }
     }
 
@@ -559,39 +547,5 @@ public final class PoolClient: @unchecked Sendable {
         var spec = timespec(tv_sec: Int(remaining.nanoseconds / 1_000_000_000), tv_nsec: Int(remaining.nanoseconds % 1_000_000_000))
         var left = timespec()
         while nanosleep(&spec, &left) != 0 && errno == EINTR { spec = left }
-    }
-}
-
-/// Collects the outcomes of a batch; items are claimed one at a time by whichever thread is free.
-final class BatchState: @unchecked Sendable {
-    private let lock = PthreadMutex()
-    private let done = Condition()
-    private var next = 0
-    private var finished = 0
-    private var outcomes: [CallOutcome?]
-
-    init(count: Int) { outcomes = Array(repeating: nil, count: count) }
-
-    func claim() -> Int? {
-        lock.withLock {
-            guard next < outcomes.count else { return nil }
-            next += 1
-            return next - 1
-        }
-    }
-
-    func finish(_ index: Int, _ outcome: CallOutcome) {
-        lock.withLock {
-            outcomes[index] = outcome
-            finished += 1
-            if finished == outcomes.count { done.broadcast() }
-        }
-    }
-
-    func waitAll() -> [CallOutcome] {
-        lock.withLock {
-            while finished < outcomes.count { done.wait(lock, until: nil) }
-            return outcomes.map { $0 ?? .failure(CallFailure(.closed, "not run")) }
-        }
     }
 }

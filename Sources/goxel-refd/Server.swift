@@ -102,8 +102,40 @@ final class Server: @unchecked Sendable {
         }
     }
 
+    /// Listens on TCP too (the same daemon, the same faults and statistics): `host:port` or
+    /// `[v6]:port`. For the library's TCP endpoints; tests bind loopback only.
+    func startTCPAcceptLoop(_ address: String) {
+        var host = address, port = ""
+        if address.hasPrefix("["), let close = address.firstIndex(of: "]") {
+            host = String(address[address.index(after: address.startIndex)..<close])
+            port = String(address[address.index(after: close)...].dropFirst())
+        } else if let colon = address.lastIndex(of: ":") {
+            host = String(address[..<colon])
+            port = String(address[address.index(after: colon)...])
+        }
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_flags = AI_PASSIVE
+        var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, port, &hints, &list) == 0, let info = list else { errorExit("--tcp \(address): cannot resolve", code: 2) }
+        defer { freeaddrinfo(list) }
+        let fd = socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { errorExit("socket: \(String(cString: strerror(errno)))", code: 1) }
+        var on: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+        guard bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0, Glibc.listen(fd, 128) == 0 else {
+            errorExit("--tcp \(address): \(String(cString: strerror(errno)))", code: 1)
+        }
+        startDetachedThread(stackSize: 256 * 1024) { [self] in acceptLoop(on: fd, tcp: true) }
+    }
+
     func acceptLoop() -> Never {
-        var rng = SplitMix64(seed: seed)
+        acceptLoop(on: listenFD, tcp: false)
+    }
+
+    func acceptLoop(on listenFD: Int32, tcp: Bool) -> Never {
+        var rng = SplitMix64(seed: seed ^ (tcp ? 0x7C9 : 0))
         var view = FaultView(faults)
         while true {
             let cfd = accept(listenFD, nil, nil)   // refd never execs, so no CLOEXEC needed
@@ -117,6 +149,10 @@ final class Server: @unchecked Sendable {
                 default:
                     errorExit("accept: \(String(cString: strerror(errno)))", code: 1)
                 }
+            }
+            if tcp {
+                var on: Int32 = 1
+                setsockopt(cfd, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
             }
             let n = stats.accepted.add(1, ordering: .acquiringAndReleasing).newValue
             view.refresh(faults)

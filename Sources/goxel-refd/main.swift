@@ -12,6 +12,7 @@ import Glibc
 let usage = """
     usage: goxel-refd [options]
       --socket PATH                    Unix socket path (default /tmp/goxel-daemon.sock)
+      --tcp HOST:PORT                  also listen on TCP (loopback for tests; [::1]:PORT for IPv6)
       --control-socket PATH            fault-free control socket (default PATH.ctl; "none": off)
       --latency-ms MS                  fixed delay added before each answer
       --latency-jitter-ms MS           extra uniform delay 0..MS
@@ -40,6 +41,7 @@ let usage = """
 struct Options {
     var socketPath = "/tmp/goxel-daemon.sock"
     var controlSocketPath: String? = nil  // nil: socketPath + ".ctl"
+    var tcpAddress: String? = nil         // "host:port" ("[::1]:port"): also listen on TCP
     var faults = Faults()
     var seed: UInt64? = nil
     var verbose = false
@@ -79,6 +81,8 @@ func parseOptions(_ args: [String]) -> Options {
             exit(0)
         case "--socket":
             o.socketPath = value(name, inline)
+        case "--tcp":
+            o.tcpAddress = value(name, inline)
         case "--control-socket":
             o.controlSocketPath = value(name, inline)
         case "--seed":
@@ -275,6 +279,10 @@ server.listen()
 gSocketInode = inodeOf(options.socketPath)
 if let controlPath { gControlInode = inodeOf(controlPath) }
 server.startControlAcceptLoop()
+if let address = options.tcpAddress {
+    server.startTCPAcceptLoop(address)
+    writeFD(1, "goxel-refd listening on tcp:\(address)\n")
+}
 writeFD(1, "goxel-refd listening on \(options.socketPath)\n")
 vlog("control socket \(controlPath ?? "none"); seed \(seed); faults \(options.faults)")
 server.acceptLoop()

@@ -28,29 +28,49 @@ struct Outcome: Equatable, CustomStringConvertible {
     var description: String { "\(status.name) \(body) \(message)" }
 }
 
+/// What the tests need of a client: PoolClient (one endpoint) and MultiPoolClient (the C API's).
+protocol TestCaller {
+    func call(method: String, params: OpaquePointer?, timeout: Span?, notification: Bool) -> CallOutcome
+}
+extension PoolClient: TestCaller {}
+extension MultiPoolClient: TestCaller {}
+
+func testConfiguration(_ socketPath: String, _ overrides: String) throws -> ClientConfiguration {
+    let extra = overrides.isEmpty ? "" : ", " + overrides
+    let text = #"{"socket_path": "\#(socketPath)", "timeout_ms": 2000, "reconnect": {"initial_backoff_ms": 50, "max_backoff_ms": 500}\#(extra)}"#
+    let value = json(text)
+    defer { release(value) }
+    return try ClientConfiguration.parse(json: UnsafePointer(UnsafeMutablePointer(value)))
+}
+
 extension PoolClient {
-    /// Builds a client for `daemon` with test-friendly defaults plus `overrides` (JSON members).
+    /// A pool for `socketPath` with test-friendly defaults plus `overrides` (JSON members).
     static func forTest(_ socketPath: String, _ overrides: String = "") throws -> PoolClient {
-        let extra = overrides.isEmpty ? "" : ", " + overrides
-        let text = #"{"socket_path": "\#(socketPath)", "timeout_ms": 2000, "reconnect": {"initial_backoff_ms": 50, "max_backoff_ms": 500}\#(extra)}"#
-        let value = json(text)
-        defer { release(value) }
-        let configuration = try ClientConfiguration.parse(json: UnsafePointer(UnsafeMutablePointer(value)))
-        return PoolClient(configuration: configuration)
+        PoolClient(configuration: try testConfiguration(socketPath, overrides))
     }
 
+    func statistic(_ keyPath: KeyPath<PoolStatistics, Int>) -> Int { snapshot().statistics[keyPath: keyPath] }
+}
+
+extension MultiPoolClient {
+    /// The client the C API uses, for `socketPath` (or `endpoints` in `overrides`).
+    static func forTest(_ socketPath: String, _ overrides: String = "") throws -> MultiPoolClient {
+        let configuration = try testConfiguration(socketPath, overrides)
+        return MultiPoolClient(configuration: configuration, endpoints: configuration.effectiveEndpoints)
+    }
+}
+
+extension TestCaller {
     func run(_ method: String, _ params: String? = nil, timeoutMs: Int? = nil) -> Outcome {
         let value = params.map(json)
         defer { release(value) }
-        switch call(method: method, params: value, timeout: timeoutMs.map { .milliseconds($0) }) {
+        switch call(method: method, params: value, timeout: timeoutMs.map { .milliseconds($0) }, notification: false) {
         case .result(let result): defer { release(result) }; return Outcome(status: .ok, body: dump(result))
         case .rpcError(let error): defer { release(error) }; return Outcome(status: .rpc, body: dump(error))
         case .notified: return Outcome(status: .ok, body: "")
         case .failure(let failure): return Outcome(status: failure.status, body: "", message: failure.message)
         }
     }
-
-    func statistic(_ keyPath: KeyPath<PoolStatistics, Int>) -> Int { snapshot().statistics[keyPath: keyPath] }
 }
 
 func elapsedMs(_ body: () -> Void) -> Double {

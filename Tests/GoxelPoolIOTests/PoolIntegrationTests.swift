@@ -97,7 +97,7 @@ final class PoolIntegrationTests: XCTestCase {
     }
 
     func testBatchReturnsEveryOutcomeInOrder() throws {
-        let client = try PoolClient.forTest(daemon.socketPath, #""pool": {"min_connections": 2, "max_connections": 4}"#)
+        let client = try MultiPoolClient.forTest(daemon.socketPath, #""pool": {"min_connections": 2, "max_connections": 4}"#)
         defer { client.close(drain: .zero) }
         let params = (0..<20).map { json("[\($0)]") }
         defer { params.forEach(release) }
@@ -119,9 +119,9 @@ final class PoolIntegrationTests: XCTestCase {
     }
 
     func testBatchIsConcurrent() throws {
-        let client = try PoolClient.forTest(daemon.socketPath, #""pool": {"min_connections": 10, "max_connections": 10}"#)
+        let client = try MultiPoolClient.forTest(daemon.socketPath, #""pool": {"min_connections": 10, "max_connections": 10}"#)
         defer { client.close(drain: .zero) }
-        XCTAssertTrue(eventually { client.snapshot().total == 10 })
+        XCTAssertTrue(eventually { client.snapshot().endpoints.first?.pool.total == 10 })
         try daemon.setFaults(#"{"latency_ms": 20}"#)
         let items = (0..<50).map { _ in (method: "ping", params: OpaquePointer?.none) }
         var outcomes: [CallOutcome] = []
@@ -134,8 +134,8 @@ final class PoolIntegrationTests: XCTestCase {
     func testShutdownWithCallsInFlightWaitersAndAsyncCallbacks() throws {
         let fdsBefore = openFileDescriptors()
         let threadsBefore = threadCount()
-        let client = try PoolClient.forTest(daemon.socketPath, #""pool": {"min_connections": 2, "max_connections": 2}"#)
-        XCTAssertTrue(eventually { client.snapshot().total == 2 })
+        let client = try MultiPoolClient.forTest(daemon.socketPath, #""pool": {"min_connections": 2, "max_connections": 2}"#)
+        XCTAssertTrue(eventually { client.snapshot().endpoints.first?.pool.total == 2 })
         try daemon.setFaults(#"{"latency_ms": 300}"#)
         let results = OrderLog()
         var callers: [LibraryThread] = []

@@ -1,13 +1,13 @@
 import Glibc
 import GoxelPoolCore
 
-/// A connected Unix stream socket with deadline-bounded blocking I/O.
+/// A connected stream socket (Unix or TCP) with deadline-bounded blocking I/O.
 ///
 /// Blocking calls with SO_RCVTIMEO instead of poll()+recv(): one system call per read on the hot
 /// path. The timeout is only lowered when the remaining time is shorter than the one set, and set
 /// to half the remaining time so the next calls rarely need to touch it; an early wake-up just
 /// loops.
-final class UnixSocket {
+final class StreamSocket {
     private(set) var fd: Int32
     private var receiveTimeout = Span(nanoseconds: -1)
 
@@ -16,7 +16,7 @@ final class UnixSocket {
     deinit { close() }
 
     /// Connects, bounded by `timeout` (Linux applies the send timeout to a Unix connect).
-    static func connect(path: String, timeout: Span) throws(CallFailure) -> UnixSocket {
+    static func connect(path: String, timeout: Span) throws(CallFailure) -> StreamSocket {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let pathBytes = Array(path.utf8)
@@ -30,7 +30,7 @@ final class UnixSocket {
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw CallFailure(errno == ENOMEM || errno == ENOBUFS ? .noMemory : .connect, "socket(): \(errnoText())") }
-        let sock = UnixSocket(fd: fd)
+        let sock = StreamSocket(fd: fd)
         sock.setTimeout(SO_SNDTIMEO, timeout)
         let length = socklen_t(MemoryLayout<sa_family_t>.size + pathBytes.count + 1)
         var result: Int32
@@ -47,6 +47,60 @@ final class UnixSocket {
         // Writes of a whole request must not block long: the daemon drops half-read requests.
         sock.setTimeout(SO_SNDTIMEO, timeout)
         return sock
+    }
+
+    static func connect(_ endpoint: Endpoint, timeout: Span) throws(CallFailure) -> StreamSocket {
+        switch endpoint {
+        case .unix(let path): return try connect(path: path, timeout: timeout)
+        case .tcp(let host, let port): return try connectTCP(host: host, port: port, timeout: timeout)
+        }
+    }
+
+    /// Resolves `host` (numeric addresses need no lookup) and tries each address until one
+    /// connects within the deadline. TCP_NODELAY (one small request per round trip) and
+    /// keepalive (a dead peer is noticed on idle connections too).
+    static func connectTCP(host: String, port: UInt16, timeout: Span) throws(CallFailure) -> StreamSocket {
+        let deadline = Clock.now() + timeout
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        let resolved = getaddrinfo(host, String(port), &hints, &list)
+        guard resolved == 0, let list else {
+            let reason = gai_strerror(resolved).map { String(cString: $0) } ?? "error \(resolved)"
+            throw CallFailure(.connect, "cannot resolve \(host): \(reason)")
+        }
+        defer { freeaddrinfo(list) }
+        var lastError = "no address"
+        var current: UnsafeMutablePointer<addrinfo>? = list
+        while let info = current {
+            current = info.pointee.ai_next
+            let fd = socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            guard fd >= 0 else { lastError = errnoText(); continue }
+            let sock = StreamSocket(fd: fd)
+            if Glibc.connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) != 0 {
+                guard errno == EINPROGRESS else { lastError = errnoText(); continue }
+                var pending = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                var ready: Int32 = 0
+                repeat {
+                    let remaining = max(0, (deadline - Clock.now()).nanoseconds / 1_000_000)
+                    ready = poll(&pending, 1, Int32(min(remaining, Int64(Int32.max))))
+                } while ready < 0 && errno == EINTR
+                guard ready > 0 else { lastError = "connect timed out"; continue }
+                var error: Int32 = 0
+                var length = socklen_t(MemoryLayout<Int32>.size)
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length)
+                guard error == 0 else { lastError = errnoText(error); continue }
+            }
+            let flags = fcntl(fd, F_GETFL)
+            _ = fcntl(fd, F_SETFL, flags & ~Int32(O_NONBLOCK))
+            var on: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, socklen_t(MemoryLayout<Int32>.size))
+            sock.setTimeout(SO_SNDTIMEO, timeout)
+            return sock
+        }
+        throw CallFailure(.connect, "connect(tcp:\(host):\(port)): \(lastError)")
     }
 
     /// The uid of the process serving the socket.

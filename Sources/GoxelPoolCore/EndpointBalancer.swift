@@ -1,0 +1,165 @@
+import RealModule
+
+/// Spreads calls over several daemons (endpoints), as Finagle and Envoy do for services:
+/// power-of-two-choices by outstanding requests weighted by a peak-EWMA latency, so a slow daemon
+/// gets less traffic at once; outlier ejection with a growing, jittered ejection time (never the
+/// last available endpoint); panic mode (use every endpoint) when fewer than half are available.
+/// Pure: the runner passes the instant and owns the lock.
+public struct EndpointBalancer {
+    public struct Policy: Sendable, Equatable {
+        /// Ejected after this many failed calls in a row.
+        public var consecutiveFailures = 5
+        /// ... or when the success rate over the last `window` calls (at least `minimumCalls`) falls below this.
+        public var successRate = 0.5
+        public var window = 20
+        public var minimumCalls = 10
+        public var baseEjection = Span.milliseconds(1000)
+        public var maxEjection = Span.milliseconds(30_000)
+        /// Time constant of the latency EWMA.
+        public var decay = Span.milliseconds(10_000)
+        /// Below this share of available endpoints, every endpoint is used (panic mode).
+        public var panicThreshold = 0.5
+        public init() {}
+    }
+
+    public struct Member: Sendable {
+        public let id: Int
+        public fileprivate(set) var outstanding = 0
+        /// Peak-EWMA latency in nanoseconds.
+        public fileprivate(set) var peakEWMA = 0.0
+        fileprivate var ewmaUpdatedAt: Instant
+        public fileprivate(set) var consecutiveFailures = 0
+        fileprivate var outcomes: [Bool] = []
+        public fileprivate(set) var ejectedUntil: Instant?
+        public fileprivate(set) var ejections = 0
+        public fileprivate(set) var calls = 0
+        public fileprivate(set) var failures = 0
+        /// Being removed: no new calls, in-flight ones drain.
+        public fileprivate(set) var draining = false
+
+        public var successRate: Double {
+            outcomes.isEmpty ? 1 : Double(outcomes.reduce(0) { $0 + ($1 ? 1 : 0) }) / Double(outcomes.count)
+        }
+    }
+
+    public enum Change: Sendable, Equatable {
+        case ejected(id: Int, for: Span)
+        case readmitted(id: Int)
+        case panic(Bool)
+    }
+
+    public let policy: Policy
+    public private(set) var members: [Member] = []
+    public private(set) var inPanic = false
+    private var random: SplitMix64
+
+    public init(policy: Policy, seed: UInt64 = 0xB41A) {
+        self.policy = policy
+        random = SplitMix64(seed: seed)
+    }
+
+    public mutating func add(id: Int, now: Instant) {
+        guard !members.contains(where: { $0.id == id }) else { return }
+        members.append(Member(id: id, ewmaUpdatedAt: now))
+    }
+
+    /// Stops routing to `id`; it leaves when `finished` has been called for all it had in flight.
+    public mutating func drain(id: Int) {
+        guard let index = members.firstIndex(where: { $0.id == id }) else { return }
+        members[index].draining = true
+    }
+
+    public mutating func forget(id: Int) { members.removeAll { $0.id == id } }
+
+    public func member(_ id: Int) -> Member? { members.first { $0.id == id } }
+
+    /// Picks the endpoint for a call (not one of `excluding`, e.g. those that just failed it) and
+    /// counts the call as outstanding there.
+    public mutating func pick(now: Instant, excluding: [Int] = []) -> (id: Int, changes: [Change])? {
+        var changes = readmit(now: now)
+        let usable = members.indices.filter { !members[$0].draining && !excluding.contains(members[$0].id) }
+        let available = usable.filter { members[$0].ejectedUntil == nil }
+        let live = members.filter { !$0.draining }.count
+        let panic = live > 0 && Double(members.filter { !$0.draining && $0.ejectedUntil == nil }.count) < policy.panicThreshold * Double(live)
+        if panic != inPanic {
+            inPanic = panic
+            changes.append(.panic(panic))
+        }
+        let candidates = panic || available.isEmpty ? usable : available
+        guard let first = candidates.first else { return nil }
+        var chosen = first
+        if candidates.count > 1 {
+            let a = Int(random.next() % UInt64(candidates.count))
+            var b = Int(random.next() % UInt64(candidates.count - 1))
+            if b >= a { b += 1 }
+            let costA = cost(candidates[a], now: now), costB = cost(candidates[b], now: now)
+            chosen = costA <= costB ? candidates[a] : candidates[b]
+        }
+        members[chosen].outstanding += 1
+        return (members[chosen].id, changes)
+    }
+
+    /// Finagle's cost: the decayed peak-EWMA latency times (outstanding + 1). An endpoint with no
+    /// latency yet counts as 1 µs, so new ones are tried.
+    func cost(_ index: Int, now: Instant) -> Double {
+        let member = members[index]
+        return max(decayed(member, now: now), 1000) * Double(member.outstanding + 1)
+    }
+
+    private func decayed(_ member: Member, now: Instant) -> Double {
+        let elapsed = Double((now - member.ewmaUpdatedAt).nanoseconds)
+        guard elapsed > 0 else { return member.peakEWMA }
+        return member.peakEWMA * Double.exp(-elapsed / Double(policy.decay.nanoseconds))
+    }
+
+    /// A call routed to `id` finished. `success` is whether the daemon answered (an RPC error
+    /// counts as an answer).
+    public mutating func finished(id: Int, success: Bool, latency: Span, now: Instant) -> [Change] {
+        guard let index = members.firstIndex(where: { $0.id == id }) else { return [] }
+        members[index].outstanding = max(0, members[index].outstanding - 1)
+        members[index].calls += 1
+        if success {
+            let sample = Double(latency.nanoseconds)
+            let current = decayed(members[index], now: now)
+            // Peak: a slower sample is taken at once; faster ones are averaged in.
+            let elapsed = Double((now - members[index].ewmaUpdatedAt).nanoseconds)
+            let weight = Double.exp(-max(elapsed, 0) / Double(policy.decay.nanoseconds))
+            members[index].peakEWMA = sample > current ? sample : current * weight + sample * (1 - weight)
+            members[index].ewmaUpdatedAt = now
+            members[index].consecutiveFailures = 0
+        } else {
+            members[index].failures += 1
+            members[index].consecutiveFailures += 1
+        }
+        members[index].outcomes.append(success)
+        if members[index].outcomes.count > policy.window { members[index].outcomes.removeFirst() }
+        guard !success, members[index].ejectedUntil == nil else { return [] }
+        let member = members[index]
+        let outlier = member.consecutiveFailures >= policy.consecutiveFailures
+            || (member.outcomes.count >= policy.minimumCalls && member.successRate < policy.successRate)
+        guard outlier else { return [] }
+        // Never eject the last endpoint still taking calls.
+        let othersAvailable = members.contains { $0.id != id && !$0.draining && $0.ejectedUntil == nil }
+        guard othersAvailable else { return [] }
+        let base = Double(policy.baseEjection.nanoseconds) * Double(1 << min(member.ejections, 20))
+        let capped = min(base, Double(policy.maxEjection.nanoseconds))
+        let duration = Span(nanoseconds: Int64(capped * (0.8 + 0.4 * random.nextUnit())))
+        members[index].ejectedUntil = now + duration
+        members[index].ejections += 1
+        members[index].consecutiveFailures = 0
+        members[index].outcomes.removeAll()
+        return [.ejected(id: id, for: duration)]
+    }
+
+    /// Ejections that are over.
+    public mutating func readmit(now: Instant) -> [Change] {
+        var changes: [Change] = []
+        for index in members.indices {
+            if let until = members[index].ejectedUntil, until <= now {
+                members[index].ejectedUntil = nil
+                changes.append(.readmitted(id: members[index].id))
+            }
+        }
+        return changes
+    }
+}

@@ -1,0 +1,294 @@
+import GoxelPoolCore
+
+/// The client the C API drives: one `PoolClient` (sub-pool with its own health, backoff and
+/// circuit breaker) per endpoint, and an `EndpointBalancer` that picks the endpoint of each call.
+/// With one endpoint (the plain `socket_path` case) the balancer always picks it.
+public final class MultiPoolClient: @unchecked Sendable {
+    public let configuration: ClientConfiguration
+    public let events: EventDispatcher
+    /// Async calls and batch items: one thread per connection the pools may open (a worker
+    /// blocks on its call), at most 64.
+    private let asyncWorkers: WorkerGroup
+    private let lock = PthreadMutex()
+    private var balancer: EndpointBalancer
+    private var members: [Int: Member] = [:]
+    private var nextMemberID = 1
+    private var closing = false
+    private let startedAt = Clock.now()
+
+    struct Member {
+        let endpoint: Endpoint
+        let pool: PoolClient
+        /// This endpoint's share of max_total_connections.
+        let maxConnections: Int
+    }
+
+    /// `endpoints` must not be empty; each gets min/max of `configuration.pool`, within
+    /// `max_total_connections` when that is set (shared out evenly).
+    public init(configuration: ClientConfiguration, endpoints: [Endpoint]) {
+        self.configuration = configuration
+        events = EventDispatcher(capacity: configuration.eventQueueSize)
+        var policy = EndpointBalancer.Policy()
+        let outlier = configuration.outlierDetection
+        policy.consecutiveFailures = outlier.consecutiveFailures
+        policy.successRate = outlier.successRate
+        policy.window = outlier.window
+        policy.minimumCalls = outlier.minimumCalls
+        policy.baseEjection = .milliseconds(outlier.baseEjectionMs)
+        policy.maxEjection = .milliseconds(outlier.maxEjectionMs)
+        policy.panicThreshold = outlier.panicThreshold
+        balancer = EndpointBalancer(policy: policy, seed: UInt64(bitPattern: Clock.now().nanoseconds))
+        let total = configuration.maxTotalConnections
+        let share = total > 0 ? max(1, total / max(1, endpoints.count)) : configuration.pool.maxConnections
+        let perEndpoint = min(configuration.pool.maxConnections, share)
+        asyncWorkers = WorkerGroup(threads: min(perEndpoint * max(1, endpoints.count), 64),
+                                   capacity: max(configuration.pool.maxWaiters, 1))
+        for endpoint in endpoints { _ = addLocked(endpoint, max: perEndpoint) }
+    }
+
+    /// Under the lock (or from init).
+    private func addLocked(_ endpoint: Endpoint, max maxConnections: Int) -> Int {
+        var settings = configuration
+        settings.pool.maxConnections = maxConnections
+        settings.pool.minConnections = min(configuration.pool.minConnections, maxConnections)
+        let pool = PoolClient(configuration: settings, endpoint: endpoint, events: events)
+        let id = nextMemberID
+        nextMemberID += 1
+        members[id] = Member(endpoint: endpoint, pool: pool, maxConnections: maxConnections)
+        balancer.add(id: id, now: Clock.now())
+        return id
+    }
+
+    // MARK: - Calls
+
+    public func call(method: String, params: OpaquePointer?, timeout: Span?, notification: Bool = false) -> CallOutcome {
+        let deadline = Clock.now() + (timeout ?? .milliseconds(configuration.timeoutMs))
+        var tried: [Int] = []
+        var lastFailure: CallFailure?
+        while true {
+            lock.lock()
+            let picked = closing ? nil : balancer.pick(now: Clock.now(), excluding: tried)
+            let member = picked.flatMap { members[$0.id] }
+            lock.unlock()
+            if let changes = picked?.changes, !changes.isEmpty { report(changes) }
+            guard let picked, let member else {
+                if closing { return .failure(CallFailure(.closed, "client is closed")) }
+                return .failure(lastFailure ?? CallFailure(.unavailable, "no endpoint is available"))
+            }
+            let began = Clock.now()
+            let remaining = deadline - began
+            let outcome = member.pool.call(method: method, params: params, timeout: remaining, notification: notification)
+            let ended = Clock.now()
+            var answered = true
+            var failure: CallFailure?
+            if case .failure(let failed) = outcome {
+                failure = failed
+                // Local saturation or shutdown say nothing about the daemon.
+                answered = failed.status == .busy || failed.status == .closed || failed.status == .invalid || failed.status == .tooBig
+            }
+            lock.lock()
+            let changes = balancer.finished(id: picked.id, success: answered, latency: ended - began, now: ended)
+            let others = members.count > tried.count + 1
+            lock.unlock()
+            if !changes.isEmpty { report(changes) }
+            guard let failure else { return outcome }
+            // Another daemon may serve it: the request never reached this one (no connection,
+            // circuit open, queue full, or the endpoint was removed while the call waited), or
+            // the method is idempotent and the connection broke.
+            let removed = failure.status == .closed && !isClosing
+            let neverSent = failure.status == .connect || failure.status == .unavailable || failure.status == .busy || removed
+            let idempotent = !notification && configuration.isIdempotent(method: method)
+            guard others, neverSent || (idempotent && failure.status == .io), Clock.now() < deadline else { return outcome }
+            tried.append(picked.id)
+            lastFailure = failure
+        }
+    }
+
+    /// Queues a call on a library thread; `completion` runs there exactly once.
+    public func callAsync(method: String, params: OpaquePointer?, timeout: Span?,
+                          completion: @escaping (CallOutcome) -> Void) -> CallFailure? {
+        if isClosing { return CallFailure(.closed, "client is closed") }
+        let accepted = asyncWorkers.submit { [self] in completion(call(method: method, params: params, timeout: timeout)) }
+        if accepted { return nil }
+        return isClosing ? CallFailure(.closed, "client is closed")
+                         : CallFailure(.busy, "\(configuration.pool.maxWaiters) async calls already queued")
+    }
+
+    /// Runs the items concurrently over the pools; the calling thread takes part, so a batch
+    /// completes even when every library thread is busy.
+    public func batch(_ items: [(method: String, params: OpaquePointer?)], timeout: Span?) -> [CallOutcome] {
+        let deadline = Clock.now() + (timeout ?? .milliseconds(configuration.timeoutMs))
+        let state = BatchState(count: items.count)
+        let work: () -> Void = { [self] in
+            while let index = state.claim() {
+                let remaining = deadline - Clock.now()
+                let outcome: CallOutcome = remaining > .zero
+                    ? call(method: items[index].method, params: items[index].params, timeout: remaining)
+                    : .failure(CallFailure(.timedOut, "batch deadline passed before this request was sent"))
+                state.finish(index, outcome)
+            }
+        }
+        for _ in 0..<max(0, min(items.count - 1, asyncWorkers.threadCount)) { _ = asyncWorkers.submit(work) }
+        work()
+        return state.waitAll()
+    }
+
+    // MARK: - Endpoints
+
+    /// Adds a daemon at run time. Its share of max_total_connections is what the others leave.
+    public func addEndpoint(_ endpoint: Endpoint) -> CallFailure? {
+        lock.lock()
+        defer { lock.unlock() }
+        if closing { return CallFailure(.closed, "client is closed") }
+        if members.values.contains(where: { $0.endpoint == endpoint }) {
+            return CallFailure(.invalid, "endpoint \(endpoint) is already in the pool")
+        }
+        var maxConnections = configuration.pool.maxConnections
+        if configuration.maxTotalConnections > 0 {
+            let used = members.values.reduce(0) { $0 + $1.maxConnections }
+            maxConnections = min(maxConnections, configuration.maxTotalConnections - used)
+            guard maxConnections >= 1 else {
+                return CallFailure(.busy, "max_total_connections (\(configuration.maxTotalConnections)) is taken by the other endpoints")
+            }
+        }
+        _ = addLocked(endpoint, max: maxConnections)
+        return nil
+    }
+
+    /// Removes a daemon: no new calls go there; calls in flight finish for up to `drain`.
+    public func removeEndpoint(_ endpoint: Endpoint, drain: Span) -> CallFailure? {
+        lock.lock()
+        guard let (id, member) = members.first(where: { $0.value.endpoint == endpoint }) else {
+            lock.unlock()
+            return CallFailure(.invalid, "endpoint \(endpoint) is not in the pool")
+        }
+        balancer.drain(id: id)
+        lock.unlock()
+        member.pool.close(drain: drain)
+        lock.withLock {
+            members[id] = nil
+            balancer.forget(id: id)
+        }
+        return nil
+    }
+
+    // MARK: - Shutdown, threads, snapshots
+
+    public var isClosing: Bool { lock.withLock { closing } }
+
+    public func isLibraryThread() -> Bool {
+        if events.isDispatcherThread() || asyncWorkers.isWorkerThread() { return true }
+        let pools = lock.withLock { members.values.map(\.pool) }
+        return pools.contains { $0.isLibraryThread() }
+    }
+
+    public func close(drain: Span) {
+        let pools: [PoolClient] = lock.withLock {
+            if closing { return [] }
+            closing = true
+            return members.keys.sorted().compactMap { members[$0]?.pool }
+        }
+        guard !pools.isEmpty else { return }
+        // Shut every endpoint down together: the drain deadline is shared, not added up.
+        let threads = pools.map { pool in LibraryThread { pool.close(drain: drain) } }
+        for (thread, pool) in zip(threads, pools) {
+            if thread.isRunning { thread.join() } else { pool.close(drain: drain) }
+        }
+        // Queued async calls run now and fail fast with ECLOSED (their callbacks still run once).
+        asyncWorkers.stopAndJoin()
+        events.stopAndJoin()
+    }
+
+    public struct EndpointSnapshot {
+        public var endpoint: Endpoint
+        public var pool: PoolClient.Snapshot
+        public var balancer: EndpointBalancer.Member?
+        public var maxConnections: Int
+    }
+
+    public struct Snapshot {
+        public var endpoints: [EndpointSnapshot]
+        public var inPanic: Bool
+        public var eventsDelivered, eventsDropped: Int
+        public var uptime: Span
+    }
+
+    public func snapshot() -> Snapshot {
+        let (list, balancerState, closedAt) = lock.withLock { () -> ([(Int, Member)], EndpointBalancer, Bool) in
+            (members.sorted { $0.key < $1.key }, balancer, closing)
+        }
+        let counters = events.counters()
+        let endpoints = list.map { id, member in
+            EndpointSnapshot(endpoint: member.endpoint, pool: member.pool.snapshot(), balancer: balancerState.member(id),
+                             maxConnections: member.maxConnections)
+        }
+        _ = closedAt
+        return Snapshot(endpoints: endpoints, inPanic: balancerState.inPanic, eventsDelivered: counters.delivered,
+                        eventsDropped: counters.dropped, uptime: Clock.now() - startedAt)
+    }
+
+    public func log(_ level: ClientConfiguration.LogLevel, _ message: @autoclosure () -> String) {
+        guard level != .off, level <= configuration.logLevel, events.wants(.log) else { return }
+        events.post(ClientEvent(kind: .log, type: "log", fields: [("level", .string(level.rawValue)), ("message", .string(message()))]))
+    }
+
+    private func report(_ changes: [EndpointBalancer.Change]) {
+        guard events.wants(.alert) else { return }
+        let names = lock.withLock { members.mapValues { $0.endpoint.description } }
+        for change in changes {
+            switch change {
+            case .ejected(let id, let duration):
+                events.post(ClientEvent(kind: .alert, type: "endpoint_ejected", fields: [
+                    ("severity", .string("warning")), ("endpoint", .string(names[id] ?? "?")),
+                    ("message", .string("endpoint \(names[id] ?? "?") ejected for \(Int(duration.milliseconds)) ms (failing)")),
+                    ("connection_id", .string("pool")), ("ejected_for_ms", .double(duration.milliseconds)),
+                ]))
+            case .readmitted(let id):
+                events.post(ClientEvent(kind: .alert, type: "endpoint_readmitted", fields: [
+                    ("severity", .string("info")), ("endpoint", .string(names[id] ?? "?")),
+                    ("message", .string("endpoint \(names[id] ?? "?") readmitted")), ("connection_id", .string("pool")),
+                ]))
+            case .panic(let on):
+                events.post(ClientEvent(kind: .alert, type: on ? "panic_mode" : "panic_mode_over", fields: [
+                    ("severity", .string(on ? "critical" : "info")), ("connection_id", .string("pool")),
+                    ("message", .string(on ? "fewer than half of the endpoints are available: using all of them"
+                                           : "enough endpoints are available again")),
+                ]))
+            }
+        }
+    }
+}
+
+/// Collects the outcomes of a batch; items are claimed one at a time by whichever thread is free.
+final class BatchState: @unchecked Sendable {
+    private let lock = PthreadMutex()
+    private let done = Condition()
+    private var next = 0
+    private var finished = 0
+    private var outcomes: [CallOutcome?]
+
+    init(count: Int) { outcomes = Array(repeating: nil, count: count) }
+
+    func claim() -> Int? {
+        lock.withLock {
+            guard next < outcomes.count else { return nil }
+            next += 1
+            return next - 1
+        }
+    }
+
+    func finish(_ index: Int, _ outcome: CallOutcome) {
+        lock.withLock {
+            outcomes[index] = outcome
+            finished += 1
+            if finished == outcomes.count { done.broadcast() }
+        }
+    }
+
+    func waitAll() -> [CallOutcome] {
+        lock.withLock {
+            while finished < outcomes.count { done.wait(lock, until: nil) }
+            return outcomes.map { $0 ?? .failure(CallFailure(.closed, "not run")) }
+        }
+    }
+}
