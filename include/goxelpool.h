@@ -86,7 +86,11 @@ typedef struct goxelpool_client goxelpool_client;
  *              success_threshold 2, healthy_latency_ms 1000, degraded_latency_ms 3000,
  *              trend_analysis true, trend_sample_size 10, latency_spike_factor 3.0 },
  *     circuit_breaker { enabled true, consecutive_connect_failures 5, failure_rate 0.5,
- *              window_size 20, minimum_calls 10, cooldown_ms 5000 }.
+ *              window_size 20, minimum_calls 10, cooldown_ms 5000 },
+ *     endpoints [] (instead of socket_path: "unix:/path", "tcp:host:port", "tcp:[::1]:port";
+ *              see "Several daemons behind one client" below), max_total_connections 0 (no cap),
+ *     outlier_detection { consecutive_failures 5, success_rate 0.5, window 20, minimum_calls 10,
+ *              base_ejection_ms 1000, max_ejection_ms 30000, panic_threshold 0.5 }.
  * out: receives the client (set to NULL on failure). Must not be NULL.
  * errbuf: may be NULL; else receives a NUL-terminated message on failure (truncated to
  *   errbuf_len - 1 bytes).
