@@ -47,5 +47,10 @@ public enum CallStatus: Int32, Sendable, CaseIterable {
 public struct CallFailure: Error, Sendable, Equatable {
     public var status: CallStatus
     public var message: String
-    public init(_ status: CallStatus, _ message: String) { self.status = status; self.message = message }
+    /// The request may have reached the daemon (so it must not be sent again elsewhere unless
+    /// the method is idempotent).
+    public var mayHaveRun: Bool
+    public init(_ status: CallStatus, _ message: String, mayHaveRun: Bool = false) {
+        self.status = status; self.message = message; self.mayHaveRun = mayHaveRun
+    }
 }

@@ -472,6 +472,41 @@ public struct PoolStateMachine {
     /// Among idle connections: healthy ones first, degraded only when no healthy one is idle,
     /// unhealthy never. Then by the balancing policy.
     private mutating func pickIdle(now: Instant) -> ConnectionID? {
+        if settings.loadBalancing == .random { return pickIdleInIDOrder(now: now) }
+        // Least used and round robin take the minimum of a key that the id makes unique, so the
+        // dictionary's order cannot change the pick: the same choice as a walk in id order, without
+        // sorting the ids and copying every connection on each acquire (the hot path, under the lock).
+        let cursor = roundRobinCursor
+        let leastUsed = settings.loadBalancing == .leastUsed
+        var best: (id: ConnectionID, healthy: Bool, requests: Int, lastUsed: Instant)?
+        for connection in connections.values where connection.state == .idle && connection.health.tier != .unhealthy {
+            let healthy = connection.health.tier == .healthy
+            let requests = leastUsed ? recentRequests(connection, now: now) : 0
+            if let current = best {
+                if current.healthy && !healthy { continue }
+                if current.healthy == healthy {
+                    let better: Bool
+                    if leastUsed {
+                        // Ties go to the most recently used, so the others stay idle long enough to age out.
+                        better = requests < current.requests || (requests == current.requests
+                            && (connection.lastUsed > current.lastUsed || (connection.lastUsed == current.lastUsed && connection.id < current.id)))
+                    } else {
+                        // The next id after the cursor, wrapping around.
+                        let key = { (id: ConnectionID) in id.value > cursor ? id.value : id.value + Int.max / 2 }
+                        better = key(connection.id) < key(current.id)
+                    }
+                    if !better { continue }
+                }
+            }
+            best = (connection.id, healthy, requests, connection.lastUsed)
+        }
+        if let best { roundRobinCursor = best.id.value }
+        return best?.id
+    }
+
+    /// The random policy's reservoir sampling depends on the order of the walk: id order, so that
+    /// picks do not vary with the dictionary's per-process order.
+    private mutating func pickIdleInIDOrder(now: Instant) -> ConnectionID? {
         var best: Connection?
         var bestIsHealthy = false
         var candidates = 0

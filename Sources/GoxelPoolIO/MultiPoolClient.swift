@@ -95,7 +95,7 @@ public final class MultiPoolClient: @unchecked Sendable {
             // Another daemon may serve it: the request never reached this one (no connection,
             // circuit open, queue full, or the endpoint was removed while the call waited), or
             // the method is idempotent and the connection broke.
-            let removed = failure.status == .closed && !isClosing
+            let removed = failure.status == .closed && !failure.mayHaveRun && !isClosing
             let neverSent = failure.status == .connect || failure.status == .unavailable || failure.status == .busy || removed
             let idempotent = !notification && configuration.isIdempotent(method: method)
             guard others, neverSent || (idempotent && failure.status == .io), Clock.now() < deadline else { return outcome }

@@ -133,6 +133,10 @@ public final class PoolClient: @unchecked Sendable {
                 // Safe to try again: the request never left, or the method has no side effects
                 // and the connection broke (never after a timeout: no time is left, and a late
                 // answer proves nothing).
+                // Cut off by close (the drain deadline passed): ECLOSED, as documented.
+                if written && isClosing {
+                    return fail(CallFailure(.closed, "client closed while the call was in flight (it may have run)", mayHaveRun: true))
+                }
                 let retryable = !notification && failure.status == .io && (!written || idempotent)
                 if retryable && retries < configuration.retryAttempts && Clock.now() < deadline {
                     retries += 1
@@ -142,9 +146,12 @@ public final class PoolClient: @unchecked Sendable {
                     continue
                 }
                 if failure.status == .io && written && !idempotent && !notification {
-                    return fail(CallFailure(.io, "\(failure.message); the request may have run, so it was not repeated (\(method) is not idempotent)"))
+                    return fail(CallFailure(.io, "\(failure.message); the request may have run, so it was not repeated (\(method) is not idempotent)",
+                                            mayHaveRun: true))
                 }
-                return fail(failure)
+                var reported = failure
+                reported.mayHaveRun = written
+                return fail(reported)
             }
         }
     }

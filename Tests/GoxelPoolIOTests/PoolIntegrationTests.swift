@@ -185,3 +185,25 @@ func threadCount() -> Int {
     while readdir(dir) != nil { count += 1 }
     return count - 2
 }
+
+final class CloseInterruptsTests: XCTestCase {
+    /// A call in flight on a daemon that never answers is cut off at the drain deadline with
+    /// ECLOSED, sync or async: close(drain: 0) does not wait out the call's own timeout.
+    func testCloseCutsOffCallsInFlightAtTheDrainDeadline() throws {
+        let daemon = try RefDaemon()
+        defer { daemon.stop() }
+        let client = try MultiPoolClient.forTest(daemon.socketPath, #""timeout_ms": 5000, "pool": {"min_connections": 2, "max_connections": 2}"#)
+        XCTAssertEqual(client.run("ping").status, .ok)
+        try daemon.setFaults(#"{"drop_rate": 1}"#)
+        let statuses = OrderLog()
+        XCTAssertNil(client.callAsync(method: "goxel.add_voxel", params: nil, timeout: nil) { outcome in
+            if case .failure(let failure) = outcome { statuses.append(Int(failure.status.rawValue)) } else { statuses.append(0) }
+        })
+        let sync = LibraryThread { statuses.append(Int(client.run("ping").status.rawValue)) }
+        usleep(200_000)
+        let took = elapsedMs { client.close(drain: .zero) }
+        sync.join()
+        XCTAssertLessThan(took, 1000)
+        XCTAssertEqual(statuses.values.sorted(), [Int(CallStatus.closed.rawValue), Int(CallStatus.closed.rawValue)])
+    }
+}
