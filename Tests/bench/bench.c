@@ -1,0 +1,957 @@
+/* libgoxelpool benchmark: the library against the physical limit (a hand-written raw client).
+ *
+ * Built like a user's program:
+ *   cc -std=c11 -O2 -Wall -Wextra -Werror bench.c $(pkg-config --cflags --libs goxelpool) -lpthread
+ *
+ * Usage: bench [--quick] [--rounds N] [--duration SECONDS] [--refd PATH] [--socket PATH]
+ *   Starts `goxel-refd` (--refd, default: goxel-refd from PATH) on a temporary socket, or uses the
+ *   daemon at --socket / $SOCKET. Daemon latency is set through its control socket PATH.ctl
+ *   (refd.set_faults); without one, the 2 ms rows are skipped. $BENCH_QUICK=1 is --quick.
+ *
+ * Output (stdout): readable tables, then one JSON object per row, one per line (lines starting
+ * with '{'). Progress goes to stderr. Every figure in the tables is the median over the rounds; a
+ * ratio is the median of the per-round ratios (the baseline and the library run back to back in
+ * each round).
+ *
+ * Every call is `goxel.get_voxel [x, y, z]` (idempotent, cheap in the daemon). The raw baseline
+ * builds each request with jansson (json_pack + json_dumpb), writes it with one send(), reads the
+ * answer with recv() into a buffer up to '\n', parses it with json_loadb and checks the id and the
+ * result: the fastest honest client, one persistent blocking connection per thread.
+ */
+#define _GNU_SOURCE
+#include <goxelpool.h>
+#include <jansson.h>
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ----------------------------------------------------------------------------------------------
+ * Options and small helpers
+ * -------------------------------------------------------------------------------------------- */
+
+static int opt_quick = 0;
+static int opt_rounds = 3;
+static double opt_duration = 2.0;   /* measured seconds per throughput row */
+static double opt_warmup = 0.3;
+static long opt_memory_calls = 1000000;
+static const char *opt_refd = "goxel-refd";
+static int opt_threads = 0;          /* --threads T: only this T in the throughput table */
+static const char *opt_only = NULL;
+static const char *opt_mode = NULL;
+static int opt_latency = -1;         /* --latency 0|2: only this daemon latency in the throughput table */  /* --only SECTION: throughput, scaling, health, acquire, batch, memory */
+static char socket_path[108];
+static char control_path[112];
+static int have_control = 0;
+static pid_t refd_pid = -1;
+static char tmpdir[64];
+static int progress_tty = 0;
+static int step_no = 0, step_total = 0;
+
+static const char *METHOD = "goxel.get_voxel";
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_s(double s) {
+    if (s <= 0) return;
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+}
+
+static double cpu_s(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
+           (double)ru.ru_stime.tv_usec * 1e-6;
+}
+
+static long rss_kib(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages_total = 0, pages_rss = 0;
+    if (!f) return -1;
+    if (fscanf(f, "%ld %ld", &pages_total, &pages_rss) != 2) pages_rss = -1;
+    fclose(f);
+    return pages_rss < 0 ? -1 : pages_rss * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+static void die(const char *fmt, const char *arg) {
+    fprintf(stderr, "bench: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n");
+    exit(1);
+}
+
+static void progress(const char *what) {
+    step_no++;
+    if (progress_tty)
+        fprintf(stderr, "\r\033[Kbench: [%d/%d] %s", step_no, step_total, what);
+    else
+        fprintf(stderr, "bench: [%d/%d] %s\n", step_no, step_total, what);
+    fflush(stderr);
+}
+
+static void progress_done(void) {
+    if (progress_tty) fprintf(stderr, "\r\033[K");
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+    if (n <= 0) return 0;
+    double tmp[64];
+    if (n > 64) n = 64;
+    memcpy(tmp, v, (size_t)n * sizeof *v);
+    qsort(tmp, (size_t)n, sizeof *tmp, cmp_double);
+    return n % 2 ? tmp[n / 2] : (tmp[n / 2 - 1] + tmp[n / 2]) / 2;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * The reference daemon and its control socket
+ * -------------------------------------------------------------------------------------------- */
+
+static int unix_connect(const char *path) {
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof addr.sun_path) return -1;
+    strcpy(addr.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void stop_refd(void) {
+    if (refd_pid > 0) {
+        kill(refd_pid, SIGTERM);
+        for (int i = 0; i < 50; i++) {
+            if (waitpid(refd_pid, NULL, WNOHANG) == refd_pid) { refd_pid = -1; break; }
+            sleep_s(0.05);
+        }
+        if (refd_pid > 0) { kill(refd_pid, SIGKILL); waitpid(refd_pid, NULL, 0); }
+        refd_pid = -1;
+    }
+    if (tmpdir[0]) {
+        unlink(socket_path);
+        unlink(control_path);
+        rmdir(tmpdir);
+        tmpdir[0] = 0;
+    }
+}
+
+static void on_signal(int sig) {
+    stop_refd();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void start_refd(void) {
+    strcpy(tmpdir, "/tmp/goxelpool-bench.XXXXXX");
+    if (!mkdtemp(tmpdir)) die("mkdtemp: %s", strerror(errno));
+    snprintf(socket_path, sizeof socket_path, "%s/refd.sock", tmpdir);
+    refd_pid = fork();
+    if (refd_pid < 0) die("fork: %s", strerror(errno));
+    if (refd_pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) { dup2(null, 0); dup2(null, 1); dup2(null, 2); }
+        execlp(opt_refd, opt_refd, "--socket", socket_path, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 200; i++) {
+        int status;
+        if (waitpid(refd_pid, &status, WNOHANG) == refd_pid) {
+            refd_pid = -1;
+            die("%s exited at start (use --refd PATH or SOCKET=/path)", opt_refd);
+        }
+        int fd = unix_connect(socket_path);
+        if (fd >= 0) { close(fd); return; }
+        sleep_s(0.05);
+    }
+    die("%s did not listen within 10 s", opt_refd);
+}
+
+/* One JSON-RPC call on the control socket; returns 0 on a result. */
+static int control_call(const char *method, json_t *params) {
+    int fd = unix_connect(control_path);
+    if (fd < 0) { json_decref(params); return -1; }
+    json_t *req = json_pack("{s:s,s:s,s:o,s:i}", "jsonrpc", "2.0", "method", method, "params", params, "id", 1);
+    char *text = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    size_t len = strlen(text);
+    int ok = send(fd, text, len, MSG_NOSIGNAL) == (ssize_t)len && send(fd, "\n", 1, MSG_NOSIGNAL) == 1;
+    free(text);
+    char buf[4096];
+    size_t have = 0;
+    while (ok && have < sizeof buf - 1) {
+        ssize_t n = recv(fd, buf + have, sizeof buf - 1 - have, 0);
+        if (n <= 0) { ok = 0; break; }
+        have += (size_t)n;
+        if (memchr(buf, '\n', have)) break;
+    }
+    close(fd);
+    if (!ok) return -1;
+    json_t *ans = json_loadb(buf, have, JSON_DISABLE_EOF_CHECK, NULL);
+    int rc = ans && json_object_get(ans, "result") ? 0 : -1;
+    json_decref(ans);
+    return rc;
+}
+
+static int current_latency = -1;
+
+static void set_latency(int ms) {
+    if (ms == current_latency) return;
+    if (control_call("refd.set_faults", json_pack("{s:i}", "latency_ms", ms)) != 0)
+        die("refd.set_faults on %s failed", control_path);
+    current_latency = ms;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * The raw baseline client: one blocking connection, jansson both ways
+ * -------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    int fd;
+    json_int_t next_id;
+    size_t start, end;
+    char wbuf[4096];
+    char rbuf[65536];
+} raw_conn;
+
+static int raw_open(raw_conn *c) {
+    c->fd = unix_connect(socket_path);
+    c->next_id = 1;
+    c->start = c->end = 0;
+    return c->fd >= 0 ? 0 : -1;
+}
+
+/* Returns 0 when the answer carries our id and a result. */
+static int raw_call(raw_conn *c, const char *method, json_t *params) {
+    json_int_t id = c->next_id++;
+    json_t *req = json_pack("{s:s,s:s,s:O,s:I}", "jsonrpc", "2.0", "method", method, "params", params, "id", id);
+    if (!req) return -1;
+    size_t n = json_dumpb(req, c->wbuf, sizeof c->wbuf - 1, JSON_COMPACT);
+    json_decref(req);
+    if (n == 0 || n >= sizeof c->wbuf - 1) return -1;
+    c->wbuf[n++] = '\n';
+    for (size_t off = 0; off < n;) {
+        ssize_t w = send(c->fd, c->wbuf + off, n - off, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        off += (size_t)w;
+    }
+    for (;;) {
+        char *nl = c->end > c->start ? memchr(c->rbuf + c->start, '\n', c->end - c->start) : NULL;
+        if (nl) {
+            size_t len = (size_t)(nl - (c->rbuf + c->start));
+            json_t *ans = json_loadb(c->rbuf + c->start, len, 0, NULL);
+            c->start += len + 1;
+            if (c->start == c->end) c->start = c->end = 0;
+            int ok = ans && json_is_object(ans) && json_integer_value(json_object_get(ans, "id")) == id &&
+                     json_object_get(ans, "result") != NULL;
+            json_decref(ans);
+            return ok ? 0 : -1;
+        }
+        if (c->start > 0) {
+            memmove(c->rbuf, c->rbuf + c->start, c->end - c->start);
+            c->end -= c->start;
+            c->start = 0;
+        }
+        if (c->end == sizeof c->rbuf) return -1;
+        ssize_t r = recv(c->fd, c->rbuf + c->end, sizeof c->rbuf - c->end, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        c->end += (size_t)r;
+    }
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Library clients
+ * -------------------------------------------------------------------------------------------- */
+
+static json_int_t stat_int(goxelpool_client *client, const char *key) {
+    json_t *stats = goxelpool_stats(client);
+    json_int_t v = json_integer_value(json_object_get(stats, key));
+    json_decref(stats);
+    return v;
+}
+
+/* pooling: 1 pooled, 0 single-connection mode. health_ms: 0 leaves the default (30 s). */
+static goxelpool_client *lib_open(int pooling, int min_conns, int max_conns, int health_ms) {
+    json_t *cfg = json_pack("{s:s, s:b, s:i, s:{s:i, s:i, s:i}}", "socket_path", socket_path, "pooling", pooling,
+                            "timeout_ms", 30000, "pool", "min_connections", min_conns, "max_connections", max_conns,
+                            "max_waiters", 4096);
+    if (health_ms > 0) json_object_set_new(cfg, "health", json_pack("{s:i}", "interval_ms", health_ms));
+    goxelpool_client *client = NULL;
+    char err[256];
+    if (goxelpool_client_new(cfg, &client, err, sizeof err) != GOXELPOOL_OK) die("goxelpool_client_new: %s", err);
+    json_decref(cfg);
+    int want = pooling ? min_conns : 1;
+    double until = now_s() + 20;
+    while (stat_int(client, "total_connections") < want) {
+        if (now_s() > until) die("%s", "the pool did not open its connections within 20 s");
+        sleep_s(0.005);
+    }
+    return client;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Throughput runs
+ * -------------------------------------------------------------------------------------------- */
+
+enum { MODE_RAW, MODE_POOL, MODE_SINGLE, MODE_ACQ };
+static const char *mode_names[] = {"raw", "pool", "single", "acquire"};
+
+enum { PHASE_WARMUP, PHASE_MEASURE, PHASE_STOP };
+
+typedef struct {
+    int mode;
+    goxelpool_client *client;
+    _Atomic int *phase;
+    _Atomic long *budget; /* when not NULL: stop after this many calls in total */
+    raw_conn *raw;
+    json_t *params;
+    uint32_t *lat;        /* measured latencies, ns (saturated at UINT32_MAX) */
+    size_t nlat, caplat;
+    long calls, errors;
+    int index;
+} worker;
+
+static void record(worker *w, uint64_t ns) {
+    if (w->nlat == w->caplat) {
+        w->caplat = w->caplat ? w->caplat * 2 : 4096;
+        w->lat = realloc(w->lat, w->caplat * sizeof *w->lat);
+        if (!w->lat) die("%s", "out of memory");
+    }
+    w->lat[w->nlat++] = ns > UINT32_MAX ? UINT32_MAX : (uint32_t)ns;
+}
+
+static int one_call(worker *w) {
+    switch (w->mode) {
+    case MODE_RAW: return raw_call(w->raw, METHOD, w->params);
+    case MODE_ACQ: {
+        /* Refused after the lease: params jansson cannot encode. No I/O. */
+        goxelpool_status st = goxelpool_call(w->client, METHOD, w->params, -1, NULL, NULL);
+        return st == GOXELPOOL_EINVAL ? 0 : -1;
+    }
+    default: {
+        json_t *result = NULL;
+        goxelpool_status st = goxelpool_call(w->client, METHOD, w->params, -1, &result, NULL);
+        if (st == GOXELPOOL_OK) { json_decref(result); return 0; }
+        return -1;
+    }
+    }
+}
+
+static void *worker_main(void *arg) {
+    worker *w = arg;
+    int measure_latency = w->mode != MODE_ACQ;
+    for (;;) {
+        int phase = atomic_load_explicit(w->phase, memory_order_relaxed);
+        if (phase == PHASE_STOP) break;
+        if (w->budget && atomic_fetch_sub_explicit(w->budget, 1, memory_order_relaxed) <= 0) break;
+        uint64_t t0 = measure_latency ? now_ns() : 0;
+        int rc = one_call(w);
+        if (phase == PHASE_MEASURE) {
+            if (rc == 0) {
+                w->calls++;
+                if (measure_latency) record(w, now_ns() - t0);
+            } else {
+                w->errors++;
+            }
+        }
+    }
+    return NULL;
+}
+
+typedef struct {
+    double calls_s, p50_us, p99_us, max_us, cpu_us_call, ns_per_op;
+    double calls, errors;
+    double seconds;
+} run_result;
+
+static int cmp_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static json_t *make_params(int i, int bad) {
+    if (bad) {
+        /* A string that is not valid UTF-8: jansson refuses to encode it, so the library refuses
+         * the call after leasing a connection and before any I/O. */
+        json_t *p = json_array();
+        json_array_append_new(p, json_stringn_nocheck("\xff", 1));
+        return p;
+    }
+    return json_pack("[i,i,i]", i, 2, 3);
+}
+
+/* Runs `threads` workers for warm-up + duration. client NULL: raw baseline. */
+static run_result run_threads(int mode, goxelpool_client *client, int threads, double duration) {
+    worker *ws = calloc((size_t)threads, sizeof *ws);
+    pthread_t *tids = calloc((size_t)threads, sizeof *tids);
+    raw_conn *raws = mode == MODE_RAW ? calloc((size_t)threads, sizeof *raws) : NULL;
+    _Atomic int phase = PHASE_WARMUP;
+    for (int i = 0; i < threads; i++) {
+        ws[i].mode = mode;
+        ws[i].client = client;
+        ws[i].phase = &phase;
+        ws[i].params = make_params(i, mode == MODE_ACQ);
+        ws[i].index = i;
+        if (raws) {
+            if (raw_open(&raws[i]) != 0) die("raw connect to %s failed", socket_path);
+            ws[i].raw = &raws[i];
+        }
+    }
+    for (int i = 0; i < threads; i++) pthread_create(&tids[i], NULL, worker_main, &ws[i]);
+    sleep_s(opt_warmup);
+    double c0 = cpu_s(), t0 = now_s();
+    atomic_store(&phase, PHASE_MEASURE);
+    sleep_s(duration);
+    atomic_store(&phase, PHASE_STOP);
+    double c1 = cpu_s(), t1 = now_s();
+    for (int i = 0; i < threads; i++) pthread_join(tids[i], NULL);
+
+    run_result r = {0};
+    size_t total = 0;
+    for (int i = 0; i < threads; i++) { r.calls += ws[i].calls; r.errors += ws[i].errors; total += ws[i].nlat; }
+    uint32_t *all = malloc((total ? total : 1) * sizeof *all);
+    size_t k = 0;
+    for (int i = 0; i < threads; i++) {
+        if (ws[i].nlat) memcpy(all + k, ws[i].lat, ws[i].nlat * sizeof *all);
+        k += ws[i].nlat;
+        free(ws[i].lat);
+        json_decref(ws[i].params);
+        if (raws) close(raws[i].fd);
+    }
+    qsort(all, total, sizeof *all, cmp_u32);
+    r.seconds = t1 - t0;
+    r.calls_s = (double)r.calls / r.seconds;
+    if (total) {
+        r.p50_us = all[total / 2] / 1e3;
+        r.p99_us = all[(size_t)((double)total * 0.99)] / 1e3;
+        r.max_us = all[total - 1] / 1e3;
+    }
+    r.cpu_us_call = r.calls ? (c1 - c0) * 1e6 / (double)r.calls : 0;
+    r.ns_per_op = r.calls ? r.seconds * 1e9 / (double)r.calls : 0;
+    free(all);
+    free(ws);
+    free(tids);
+    free(raws);
+    return r;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Rows: every row keeps one result per round; the tables show medians.
+ * -------------------------------------------------------------------------------------------- */
+
+#define MAX_ROUNDS 15
+#define MAX_ROWS 96
+
+typedef struct {
+    const char *section; /* "throughput", "scaling", "health" */
+    int mode, threads, conns, latency_ms, health_ms;
+    int base;            /* index of the row this one is compared with, or -1 */
+    run_result r[MAX_ROUNDS];
+    double ratio[MAX_ROUNDS], cpu_ratio[MAX_ROUNDS];
+    json_int_t health_checks[MAX_ROUNDS];
+    int n;
+} row;
+
+static row rows[MAX_ROWS];
+static int nrows = 0;
+
+static int wanted(const char *section) { return !opt_only || !strcmp(opt_only, section); }
+
+/* --mode raw|pool|queue|single: only these throughput rows (for profiling). */
+static int mode_wanted(const char *name) { return !opt_mode || !strcmp(opt_mode, name); }
+
+static int add_row(const char *section, int mode, int threads, int conns, int latency_ms, int health_ms, int base) {
+    if (!wanted(section)) return -1;
+    if (nrows == MAX_ROWS) die("%s", "too many rows");
+    row *w = &rows[nrows];
+    memset(w, 0, sizeof *w);
+    w->section = section;
+    w->mode = mode;
+    w->threads = threads;
+    w->conns = conns;
+    w->latency_ms = latency_ms;
+    w->health_ms = health_ms;
+    w->base = base;
+    return nrows++;
+}
+
+static double row_seconds(const row *w) {
+    if (!strcmp(w->section, "health")) return opt_duration * 1.5;
+    if (w->mode == MODE_ACQ) return opt_duration / 2;
+    return opt_duration;
+}
+
+static void run_row(int i, int round) {
+    row *w = &rows[i];
+    char what[160];
+    snprintf(what, sizeof what, "round %d/%d: %-10s %-7s T=%-2d C=%-2d latency %d ms%s", round + 1, opt_rounds,
+             w->section, mode_names[w->mode], w->threads, w->conns, w->latency_ms,
+             w->health_ms ? " health 1 s" : "");
+    progress(what);
+    set_latency(w->latency_ms);
+    goxelpool_client *client = NULL;
+    if (w->mode == MODE_POOL || w->mode == MODE_ACQ) client = lib_open(1, w->conns, w->conns, w->health_ms);
+    if (w->mode == MODE_SINGLE) client = lib_open(0, 1, 1, 0);
+    json_int_t checks0 = client ? stat_int(client, "health_checks") : 0;
+    run_result r = run_threads(w->mode, client, w->threads, row_seconds(w));
+    if (client) {
+        w->health_checks[w->n] = stat_int(client, "health_checks") - checks0;
+        goxelpool_client_free(client);
+    }
+    w->r[w->n] = r;
+    if (w->base >= 0 && rows[w->base].n > w->n) {
+        const run_result *b = &rows[w->base].r[w->n];
+        w->ratio[w->n] = b->calls_s > 0 ? r.calls_s / b->calls_s : 0;
+        w->cpu_ratio[w->n] = b->cpu_us_call > 0 ? r.cpu_us_call / b->cpu_us_call : 0;
+    }
+    w->n++;
+}
+
+static double med_field(const row *w, size_t offset) {
+    double v[MAX_ROUNDS];
+    for (int j = 0; j < w->n; j++) v[j] = *(const double *)((const char *)&w->r[j] + offset);
+    return median(v, w->n);
+}
+#define MED(w, field) med_field((w), offsetof(run_result, field))
+
+static double med_arr(const double *a, int n) {
+    double v[MAX_ROUNDS];
+    memcpy(v, a, (size_t)n * sizeof *v);
+    return median(v, n);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Memory (in child processes, before this process starts any thread)
+ * -------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    long before, idle, after_warm, after_all;
+    long calls;
+    int ok;
+} memory_result;
+
+static memory_result memory_child(int conns, long calls) {
+    memory_result m = {0};
+    m.before = rss_kib();
+    goxelpool_client *client = lib_open(1, conns, 10, 0);
+    sleep_s(0.3);
+    m.idle = rss_kib();
+    if (calls > 0) {
+        enum { T = 10 };
+        _Atomic int phase = PHASE_MEASURE;
+        _Atomic long budget = calls / 10; /* warm-up: the first 10 % */
+        worker ws[T];
+        pthread_t tids[T];
+        for (int pass = 0; pass < 2; pass++) {
+            memset(ws, 0, sizeof ws);
+            for (int i = 0; i < T; i++) {
+                ws[i].mode = MODE_POOL;
+                ws[i].client = client;
+                ws[i].phase = &phase;
+                ws[i].budget = &budget;
+                ws[i].params = make_params(i, 0);
+            }
+            for (int i = 0; i < T; i++) pthread_create(&tids[i], NULL, worker_main, &ws[i]);
+            for (int i = 0; i < T; i++) {
+                pthread_join(tids[i], NULL);
+                m.calls += ws[i].calls;
+                free(ws[i].lat);
+                json_decref(ws[i].params);
+            }
+            if (pass == 0) {
+                m.after_warm = rss_kib();
+                atomic_store(&budget, calls - calls / 10);
+            }
+        }
+        m.after_all = rss_kib();
+    }
+    goxelpool_client_free(client);
+    m.ok = 1;
+    return m;
+}
+
+static memory_result memory_run(int conns, long calls) {
+    int fds[2];
+    memory_result m = {0};
+    if (pipe(fds) != 0) die("pipe: %s", strerror(errno));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        close(fds[0]);
+        memory_result r = memory_child(conns, calls);
+        ssize_t n = write(fds[1], &r, sizeof r);
+        _exit(n == (ssize_t)sizeof r ? 0 : 1);
+    }
+    close(fds[1]);
+    ssize_t n = read(fds[0], &m, sizeof m);
+    close(fds[0]);
+    waitpid(pid, NULL, 0);
+    if (n != (ssize_t)sizeof m) m.ok = 0;
+    return m;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Batch of 100 against 100 sequential calls
+ * -------------------------------------------------------------------------------------------- */
+
+static const char *status_of(const json_t *outcome) {
+    const char *s = json_string_value(json_object_get(outcome, "status"));
+    return s ? s : "";
+}
+
+static void batch_run(double *batch_ms, double *seq_ms, int *batch_ok) {
+    goxelpool_client *client = lib_open(1, 10, 10, 0);
+    json_t *requests = json_array();
+    for (int i = 0; i < 100; i++)
+        json_array_append_new(requests, json_pack("{s:s,s:[i,i,i]}", "method", METHOD, "params", i, 2, 3));
+    json_t *results = NULL;
+    double t0 = now_s();
+    goxelpool_status st = goxelpool_call_batch(client, requests, -1, &results);
+    *batch_ms = (now_s() - t0) * 1e3;
+    int ok = st == GOXELPOOL_OK && json_array_size(results) == 100;
+    for (size_t i = 0; ok && i < 100; i++)
+        ok = !strcmp(status_of(json_array_get(results, i)), "OK");
+    *batch_ok = ok;
+    json_decref(results);
+    json_t *params = make_params(1, 0);
+    t0 = now_s();
+    for (int i = 0; i < 100; i++) {
+        json_t *result = NULL;
+        if (goxelpool_call(client, METHOD, params, -1, &result, NULL) == GOXELPOOL_OK) json_decref(result);
+        else *batch_ok = 0;
+    }
+    *seq_ms = (now_s() - t0) * 1e3;
+    json_decref(params);
+    json_decref(requests);
+    goxelpool_client_free(client);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Size of the stripped library
+ * -------------------------------------------------------------------------------------------- */
+
+static void library_size(char *path, size_t pathlen, long *unstripped, long *stripped) {
+    Dl_info info;
+    *unstripped = *stripped = -1;
+    path[0] = 0;
+    if (!dladdr((void *)goxelpool_version, &info) || !info.dli_fname) return;
+    if (!realpath(info.dli_fname, path)) snprintf(path, pathlen, "%s", info.dli_fname);
+    struct stat st;
+    if (stat(path, &st) == 0) *unstripped = (long)st.st_size;
+    char out[128], cmd[PATH_MAX + 256];
+    snprintf(out, sizeof out, "/tmp/goxelpool-bench-strip.%d", (int)getpid());
+    snprintf(cmd, sizeof cmd, "strip -o '%s' '%s' 2>/dev/null", out, path);
+    if (system(cmd) == 0 && stat(out, &st) == 0) *stripped = (long)st.st_size;
+    unlink(out);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Output
+ * -------------------------------------------------------------------------------------------- */
+
+static json_t *jrows;
+
+static void emit(json_t *obj) { json_array_append_new(jrows, obj); }
+
+static json_t *row_json(const row *w) {
+    json_t *o = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:I, s:I}", "bench", w->section,
+                          "mode", mode_names[w->mode], "threads", w->threads, "connections", w->conns,
+                          "daemon_latency_ms", w->latency_ms, "rounds", w->n, "calls_per_s", MED(w, calls_s),
+                          "p50_us", MED(w, p50_us), "p99_us", MED(w, p99_us), "max_us", MED(w, max_us),
+                          "cpu_us_per_call", MED(w, cpu_us_call), "calls", (json_int_t)MED(w, calls),
+                          "errors", (json_int_t)MED(w, errors));
+    if (w->base >= 0) {
+        json_object_set_new(o, "ratio", json_real(med_arr(w->ratio, w->n)));
+        json_object_set_new(o, "cpu_ratio", json_real(med_arr(w->cpu_ratio, w->n)));
+        json_object_set_new(o, "compared_with", json_string(rows[w->base].mode == MODE_RAW ? "raw" : "pool"));
+    }
+    if (w->mode == MODE_ACQ) json_object_set_new(o, "ns_per_op", json_real(MED(w, ns_per_op)));
+    if (!strcmp(w->section, "health")) {
+        double hc[MAX_ROUNDS];
+        for (int j = 0; j < w->n; j++) hc[j] = (double)w->health_checks[j];
+        json_object_set_new(o, "health_interval_ms", json_integer(w->health_ms));
+        json_object_set_new(o, "health_checks", json_integer((json_int_t)median(hc, w->n)));
+    }
+    return o;
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: bench [--quick] [--rounds N] [--duration SECONDS] [--refd PATH] [--socket PATH]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv) {
+    const char *env = getenv("BENCH_QUICK");
+    if (env && *env && strcmp(env, "0")) opt_quick = 1;
+    const char *sock = getenv("SOCKET");
+    if (sock && !*sock) sock = NULL;
+    int rounds_set = 0, duration_set = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick")) opt_quick = 1;
+        else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) { opt_rounds = atoi(argv[++i]); rounds_set = 1; }
+        else if (!strcmp(argv[i], "--duration") && i + 1 < argc) { opt_duration = atof(argv[++i]); duration_set = 1; }
+        else if (!strcmp(argv[i], "--refd") && i + 1 < argc) opt_refd = argv[++i];
+        else if (!strcmp(argv[i], "--socket") && i + 1 < argc) sock = argv[++i];
+        else if (!strcmp(argv[i], "--memory-calls") && i + 1 < argc) opt_memory_calls = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) opt_threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) opt_only = argv[++i];
+        else if (!strcmp(argv[i], "--mode") && i + 1 < argc) opt_mode = argv[++i];
+        else if (!strcmp(argv[i], "--latency") && i + 1 < argc) opt_latency = atoi(argv[++i]);
+        else usage();
+    }
+    if (opt_quick) {
+        if (!rounds_set) opt_rounds = 1;
+        if (!duration_set) opt_duration = 0.3;
+        opt_warmup = 0.1;
+        opt_memory_calls = 20000;
+    }
+    if (opt_rounds < 1) opt_rounds = 1;
+    if (opt_rounds > MAX_ROUNDS) opt_rounds = MAX_ROUNDS;
+    progress_tty = isatty(2);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+
+    if (sock) {
+        if (strlen(sock) >= sizeof socket_path) die("socket path too long: %s", sock);
+        strcpy(socket_path, sock);
+    } else {
+        start_refd();
+        atexit(stop_refd);
+    }
+    snprintf(control_path, sizeof control_path, "%s.ctl", socket_path);
+    have_control = control_call("refd.get_faults", json_object()) == 0;
+    if (have_control) set_latency(0);
+    else fprintf(stderr, "bench: no control socket at %s: daemon latency cannot be set, 2 ms rows skipped\n",
+                 control_path);
+
+    /* The plan. */
+    static const int ts_full[] = {1, 8, 32, 64}, ts_quick[] = {1, 8};
+    const int *ts = opt_quick ? ts_quick : ts_full;
+    int nts = opt_quick ? 2 : 4;
+    if (opt_threads > 0) { ts = &opt_threads; nts = 1; }
+    int nlat = have_control ? 2 : 1;
+    for (int li = 0; li < nlat; li++) {
+        int lat = li ? 2 : 0;
+        if (opt_latency >= 0 && lat != opt_latency) continue;
+        for (int k = 0; k < nts; k++) {
+            int t = ts[k];
+            int raw = mode_wanted("raw") ? add_row("throughput", MODE_RAW, t, t, lat, 0, -1) : -1;
+            if (mode_wanted("pool")) add_row("throughput", MODE_POOL, t, t, lat, 0, raw);
+            if (t > 1 && mode_wanted("queue")) add_row("throughput", MODE_POOL, t, t / 4 > 1 ? t / 4 : 2, lat, 0, raw);
+            if (mode_wanted("single")) add_row("throughput", MODE_SINGLE, t, 1, lat, 0, raw);
+        }
+    }
+    if (have_control) {
+        int one = add_row("scaling", MODE_POOL, 10, 1, 2, 0, -1);
+        add_row("scaling", MODE_POOL, 10, 5, 2, 0, one);
+        add_row("scaling", MODE_POOL, 10, 10, 2, 0, one);
+    }
+    int hoff = add_row("health", MODE_POOL, 8, 10, 0, 0, -1);
+    add_row("health", MODE_POOL, 8, 10, 0, 1000, hoff);
+    int acq1 = add_row("acquire", MODE_ACQ, 1, 8, 0, 0, -1);
+    add_row("acquire", MODE_ACQ, 8, 8, 0, 0, acq1);
+    add_row("acquire", MODE_ACQ, 8, 2, 0, 0, acq1);
+    int batches = !wanted("batch") ? 0 : opt_quick ? 1 : 5;
+    int do_memory = wanted("memory");
+    step_total = 2 * do_memory + nrows * opt_rounds + (have_control ? batches : 0);
+
+    jrows = json_array();
+    double t_start = now_s();
+
+    /* Memory first: forked children, while this process has no threads. */
+    memory_result m1 = {0}, m10 = {0};
+    char what[128];
+    if (do_memory) {
+        progress("memory: 1 idle connection");
+        m1 = memory_run(1, 0);
+        snprintf(what, sizeof what, "memory: 10 idle connections, then %ld calls", opt_memory_calls);
+        progress(what);
+        m10 = memory_run(10, opt_memory_calls);
+    }
+
+    for (int round = 0; round < opt_rounds; round++)
+        for (int i = 0; i < nrows; i++) run_row(i, round);
+
+    double bm[MAX_ROUNDS], sm[MAX_ROUNDS], br[MAX_ROUNDS];
+    int batch_ok = 1;
+    if (have_control && batches > 0) {
+        set_latency(2);
+        for (int i = 0; i < batches; i++) {
+            progress("batch of 100 vs 100 sequential calls, 10 connections, latency 2 ms");
+            int ok;
+            batch_run(&bm[i], &sm[i], &ok);
+            batch_ok &= ok;
+            br[i] = bm[i] > 0 ? sm[i] / bm[i] : 0;
+        }
+        set_latency(0);
+    }
+    char lib_path[PATH_MAX];
+    long so_size, so_stripped;
+    library_size(lib_path, sizeof lib_path, &so_size, &so_stripped);
+    progress_done();
+    double elapsed = now_s() - t_start;
+
+    /* ---- Tables ---- */
+    printf("libgoxelpool %s benchmark: %d round%s of %.1f s per row, median of the rounds; %ld CPUs; "
+           "every call is %s [x,2,3]\n",
+           goxelpool_version(), opt_rounds, opt_rounds > 1 ? "s" : "", opt_duration, sysconf(_SC_NPROCESSORS_ONLN),
+           METHOD);
+    printf("raw = hand-written C client (one blocking connection per thread, jansson); pool = library, "
+           "max_connections C; single = \"pooling\": false\n");
+    printf("ratio = calls/s against the raw baseline with the same T and daemon latency (cpu: client CPU per call)\n\n");
+    printf("%-8s %-7s %3s %3s %6s %10s %9s %9s %9s %9s %7s %7s\n", "latency", "mode", "T", "C", "", "calls/s",
+           "p50 µs", "p99 µs", "max µs", "CPU µs", "ratio", "cpu×");
+    for (int i = 0; i < nrows; i++) {
+        row *w = &rows[i];
+        if (strcmp(w->section, "throughput")) continue;
+        char ratio[16] = "-", cpur[16] = "-";
+        if (w->base >= 0) {
+            snprintf(ratio, sizeof ratio, "%.2f", med_arr(w->ratio, w->n));
+            snprintf(cpur, sizeof cpur, "%.2f", med_arr(w->cpu_ratio, w->n));
+        }
+        printf("%-8s %-7s %3d %3d %6s %10.0f %9.1f %9.1f %9.0f %9.1f %7s %7s\n",
+               w->latency_ms ? "2 ms" : "0 ms", mode_names[w->mode], w->threads, w->conns, "",
+               MED(w, calls_s), MED(w, p50_us), MED(w, p99_us), MED(w, max_us), MED(w, cpu_us_call), ratio, cpur);
+        emit(row_json(w));
+    }
+    if (have_control && wanted("scaling")) {
+        printf("\nScaling with connections, daemon latency 2 ms, 10 threads (ratio against 1 connection)\n");
+        for (int i = 0; i < nrows; i++) {
+            row *w = &rows[i];
+            if (strcmp(w->section, "scaling")) continue;
+            printf("  %2d connection%s %10.0f calls/s  p50 %7.1f µs  ratio %s\n", w->conns, w->conns > 1 ? "s" : " ",
+                   MED(w, calls_s), MED(w, p50_us),
+                   w->base >= 0 ? (snprintf(what, sizeof what, "%.2f", med_arr(w->ratio, w->n)), what) : "1.00");
+            emit(row_json(w));
+        }
+    }
+    if (wanted("health")) printf("\nHealth checks, 8 threads, 10 connections, daemon latency 0\n");
+    for (int i = 0; i < nrows; i++) {
+        row *w = &rows[i];
+        if (strcmp(w->section, "health")) continue;
+        double hc[MAX_ROUNDS];
+        for (int j = 0; j < w->n; j++) hc[j] = (double)w->health_checks[j];
+        printf("  health.interval_ms %-5s %10.0f calls/s  %4.0f health checks in %.1f s", w->health_ms ? "1000" : "off",
+               MED(w, calls_s), median(hc, w->n), row_seconds(w));
+        if (w->base >= 0) printf("  throughput ratio %.3f (cost %+.1f %%)", med_arr(w->ratio, w->n),
+                                 (1 - med_arr(w->ratio, w->n)) * 100);
+        printf("\n");
+        emit(row_json(w));
+    }
+    if (wanted("acquire"))
+        printf("\nAcquire + release, measured as a call the library refuses after the lease (params jansson cannot\n"
+               "encode): lease, encode attempt, release, failure bookkeeping, no I/O. An upper bound.\n");
+    double acq_ns = 0;
+    for (int i = 0; i < nrows; i++) {
+        row *w = &rows[i];
+        if (w->mode != MODE_ACQ) continue;
+        double ns = MED(w, ns_per_op);
+        if (w->base < 0) acq_ns = ns;
+        printf("  %d thread%s, %d connections: %8.0f ns per call (wall, all threads together), %8.0f ns per "
+               "call per thread, CPU %.2f µs/call%s",
+               w->threads, w->threads > 1 ? "s" : " ", w->conns, ns, ns * w->threads, MED(w, cpu_us_call),
+               w->base >= 0 ? "" : "\n");
+        if (w->base >= 0) printf(", throughput %.2f× uncontended\n", med_arr(w->ratio, w->n));
+        emit(row_json(w));
+    }
+    /* Library overhead per call at T=1, latency 0: library minus raw (CPU and p50). */
+    {
+        row *raw1 = NULL, *pool1 = NULL;
+        for (int i = 0; i < nrows; i++) {
+            row *w = &rows[i];
+            if (strcmp(w->section, "throughput") || w->threads != 1 || w->latency_ms) continue;
+            if (w->mode == MODE_RAW) raw1 = w;
+            if (w->mode == MODE_POOL) pool1 = w;
+        }
+        if (raw1 && pool1) {
+            double dcpu = MED(pool1, cpu_us_call) - MED(raw1, cpu_us_call);
+            double dp50 = MED(pool1, p50_us) - MED(raw1, p50_us);
+            printf("  library overhead per call at T=1 (pool minus raw): CPU %+.2f µs, p50 latency %+.2f µs\n", dcpu,
+                   dp50);
+            emit(json_pack("{s:s, s:f, s:f}", "bench", "overhead_t1", "cpu_us_per_call", dcpu, "p50_us", dp50));
+        }
+        if (wanted("acquire")) emit(json_pack("{s:s, s:f}", "bench", "acquire_release_upper_bound", "ns", acq_ns));
+    }
+    if (have_control && batches > 0) {
+        double b = med_arr(bm, batches), s = med_arr(sm, batches), r = med_arr(br, batches);
+        printf("\nBatch of 100 calls, 10 connections, daemon latency 2 ms: batch %.1f ms, 100 sequential %.1f ms, "
+               "%.1f× faster%s\n", b, s, r, batch_ok ? "" : " (SOME CALLS FAILED)");
+        emit(json_pack("{s:s, s:f, s:f, s:f, s:b, s:i}", "bench", "batch", "batch_ms", b, "sequential_ms", s, "speedup",
+                       r, "all_ok", batch_ok, "rounds", batches));
+    }
+    if (do_memory) printf("\nMemory (RSS, separate processes)\n");
+    if (!do_memory) {
+    } else if (m1.ok && m10.ok) {
+        double per_conn = (double)(m10.idle - m1.idle) / 9.0;
+        printf("  before the client %ld KiB; with 1 idle connection %ld KiB; with 10 idle connections %ld KiB\n",
+               m10.before, m1.idle, m10.idle);
+        printf("  per idle connection %.1f KiB ((10 - 1 connections) / 9); the library adds %ld KiB with 10 "
+               "connections\n", per_conn, m10.idle - m10.before);
+        printf("  after %ld calls (10 threads): %ld KiB after the first 10 %%, %ld KiB at the end: growth %+ld KiB; "
+               "the library adds %ld KiB\n", m10.calls, m10.after_warm, m10.after_all, m10.after_all - m10.after_warm,
+               m10.after_all - m10.before);
+        emit(json_pack("{s:s, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:I}", "bench", "memory", "rss_before_kib",
+                       (json_int_t)m10.before, "rss_idle_1_kib", (json_int_t)m1.idle, "rss_idle_10_kib",
+                       (json_int_t)m10.idle, "per_idle_connection_kib", per_conn, "calls", (json_int_t)m10.calls,
+                       "rss_after_warmup_kib", (json_int_t)m10.after_warm, "rss_after_calls_kib",
+                       (json_int_t)m10.after_all, "growth_kib", (json_int_t)(m10.after_all - m10.after_warm),
+                       "library_adds_kib", (json_int_t)(m10.after_all - m10.before)));
+    } else {
+        printf("  memory measurement failed\n");
+    }
+    printf("\nLibrary %s: %ld bytes, stripped %ld bytes (%.1f MiB)\n", lib_path, so_size, so_stripped,
+           (double)so_stripped / 1048576.0);
+    emit(json_pack("{s:s, s:s, s:I, s:I}", "bench", "size", "path", lib_path, "bytes", (json_int_t)so_size,
+                   "stripped_bytes", (json_int_t)so_stripped));
+    printf("\n(%.0f s)\n\n", elapsed);
+
+    size_t i;
+    json_t *o;
+    json_array_foreach(jrows, i, o) {
+        char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
+        puts(line);
+        free(line);
+    }
+    json_decref(jrows);
+    fflush(stdout);
+    return 0;
+}

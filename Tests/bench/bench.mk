@@ -1,0 +1,37 @@
+# Benchmarks: make bench (about 6 minutes), make bench BENCH_QUICK=1 (about 15 s), make bench-smoke.
+#
+#   make bench                       the full run: tables + one JSON line per row on stdout
+#   make bench BENCH_QUICK=1         a short run (1 round, T = 1 and 8, 20 000 calls for memory)
+#   make bench SOCKET=/path          against a daemon that is already running (it must accept a
+#                                    few thousand connections: the real daemon's 256-connection
+#                                    lifetime limit is too few for the full run; 2 ms rows need
+#                                    goxel-refd's control socket PATH.ctl)
+#   make bench BENCH_ARGS="--rounds 5 --duration 3"
+#   make bench-smoke                 BENCH_QUICK run; checks that it runs and prints valid JSON lines
+#                                    (no performance threshold: this machine is shared and noisy)
+#
+# The program is built exactly like a user's: against the installed prefix build/stage (the
+# `examples` target installs it there) with pkg-config and nothing else.
+
+BENCH_DIR  := $(BUILD)/bench
+BENCH_BIN  := $(BENCH_DIR)/bench
+BENCH_ARGS ?=
+BENCH_QUICK ?=
+
+.PHONY: bench bench-build bench-smoke
+
+bench-build: examples
+	@mkdir -p $(BENCH_DIR)
+	PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(CC) -std=c11 -O2 -Wall -Wextra -Werror Tests/bench/bench.c \
+	  $$(PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(PKG_CONFIG) --cflags --libs goxelpool) -lpthread -o $(BENCH_BIN)
+
+bench: bench-build
+	BENCH_QUICK=$(BENCH_QUICK) SOCKET=$(SOCKET) $(BENCH_BIN) --refd $(STAGE)/bin/goxel-refd $(BENCH_ARGS)
+
+bench-smoke: bench-build
+	@out=$$(mktemp /tmp/goxelpool-bench-smoke.XXXXXX); \
+	if ! BENCH_QUICK=1 SOCKET= $(BENCH_BIN) --refd $(STAGE)/bin/goxel-refd > $$out; then \
+	  echo "bench-smoke: FAIL: the benchmark exited with an error"; cat $$out; rm -f $$out; exit 1; fi; \
+	if python3 -c 'import json, sys; rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]; kinds = {r["bench"] for r in rows}; need = {"throughput", "scaling", "health", "acquire", "batch", "memory", "size"}; sys.exit(0 if need <= kinds and all(r.get("errors", 0) == 0 for r in rows) else "missing rows or errors: %s" % sorted(need - kinds))' $$out; then \
+	  echo "bench-smoke: ok: $$(grep -c '^{' $$out) JSON rows"; rm -f $$out; \
+	else echo "bench-smoke: FAIL: invalid or missing JSON rows"; cat $$out; rm -f $$out; exit 1; fi
