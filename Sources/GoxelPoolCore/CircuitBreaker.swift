@@ -25,8 +25,11 @@ public struct CircuitBreaker: Sendable {
     public private(set) var state = State.closed
     public private(set) var openUntil: Instant?
     private var probeInFlight = false
-    /// The last `windowSize` call outcomes (true: success), oldest first.
+    /// The last `windowSize` call outcomes (true: success) in a ring, and how many failed:
+    /// O(1) per call, on the hot path.
     private var outcomes: [Bool] = []
+    private var next = 0
+    private var failuresInWindow = 0
     public private(set) var timesOpened = 0
 
     public init(policy: Policy) { self.policy = policy }
@@ -60,9 +63,15 @@ public struct CircuitBreaker: Sendable {
         guard policy.enabled else { return nil }
         switch state {
         case .closed:
-            outcomes.append(success)
-            if outcomes.count > policy.windowSize { outcomes.removeFirst(outcomes.count - policy.windowSize) }
-            let failures = outcomes.reduce(0) { $0 + ($1 ? 0 : 1) }
+            if outcomes.count < policy.windowSize {
+                outcomes.append(success)
+            } else {
+                if !outcomes[next] { failuresInWindow -= 1 }
+                outcomes[next] = success
+                next = (next + 1) % policy.windowSize
+            }
+            if !success { failuresInWindow += 1 }
+            let failures = failuresInWindow
             if outcomes.count >= policy.minimumCalls && Double(failures) >= policy.failureRate * Double(outcomes.count) {
                 return open(now: now)
             }
@@ -89,16 +98,22 @@ public struct CircuitBreaker: Sendable {
         state = .open
         openUntil = now + policy.cooldown
         probeInFlight = false
-        outcomes.removeAll()
+        resetWindow()
         timesOpened += 1
         return .open
+    }
+
+    private mutating func resetWindow() {
+        outcomes.removeAll(keepingCapacity: true)
+        next = 0
+        failuresInWindow = 0
     }
 
     private mutating func close() -> State {
         state = .closed
         openUntil = nil
         probeInFlight = false
-        outcomes.removeAll()
+        resetWindow()
         return .closed
     }
 }

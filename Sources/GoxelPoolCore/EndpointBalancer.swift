@@ -77,23 +77,40 @@ public struct EndpointBalancer {
     /// counts the call as outstanding there.
     public mutating func pick(now: Instant, excluding: [Int] = []) -> (id: Int, changes: [Change])? {
         var changes = readmit(now: now)
-        let usable = members.indices.filter { !members[$0].draining && !excluding.contains(members[$0].id) }
-        let available = usable.filter { members[$0].ejectedUntil == nil }
-        let live = members.filter { !$0.draining }.count
-        let panic = live > 0 && Double(members.filter { !$0.draining && $0.ejectedUntil == nil }.count) < policy.panicThreshold * Double(live)
+        // Counted without building arrays: this runs on every call.
+        var live = 0, available = 0, usable = 0, usableAvailable = 0
+        for member in members where !member.draining {
+            live += 1
+            if member.ejectedUntil == nil { available += 1 }
+            if !excluding.contains(member.id) {
+                usable += 1
+                if member.ejectedUntil == nil { usableAvailable += 1 }
+            }
+        }
+        let panic = live > 0 && Double(available) < policy.panicThreshold * Double(live)
         if panic != inPanic {
             inPanic = panic
             changes.append(.panic(panic))
         }
-        let candidates = panic || available.isEmpty ? usable : available
-        guard let first = candidates.first else { return nil }
-        var chosen = first
-        if candidates.count > 1 {
-            let a = Int(random.next() % UInt64(candidates.count))
-            var b = Int(random.next() % UInt64(candidates.count - 1))
+        let useEjected = panic || usableAvailable == 0
+        let count = useEjected ? usable : usableAvailable
+        guard count > 0 else { return nil }
+        func candidate(_ n: Int) -> Int {
+            var seen = 0
+            for index in members.indices where !members[index].draining && !excluding.contains(members[index].id)
+                && (useEjected || members[index].ejectedUntil == nil) {
+                if seen == n { return index }
+                seen += 1
+            }
+            return 0
+        }
+        var chosen = candidate(0)
+        if count > 1 {
+            let a = Int(random.next() % UInt64(count))
+            var b = Int(random.next() % UInt64(count - 1))
             if b >= a { b += 1 }
-            let costA = cost(candidates[a], now: now), costB = cost(candidates[b], now: now)
-            chosen = costA <= costB ? candidates[a] : candidates[b]
+            let first = candidate(a), second = candidate(b)
+            chosen = cost(first, now: now) <= cost(second, now: now) ? first : second
         }
         members[chosen].outstanding += 1
         return (members[chosen].id, changes)

@@ -119,7 +119,10 @@ public struct PoolStateMachine {
 
     enum ConnectionState: Equatable { case opening, idle, leased, checking }
 
-    struct Connection {
+    /// A class, not a struct: the hot path (lease, release) updates it in place, where a struct
+    /// copied out of the dictionary and written back would copy its health samples each time.
+    /// Only the state machine holds these, so it stays a value from the outside.
+    final class Connection {
         let id: ConnectionID
         var state: ConnectionState
         var openedAt: Instant?
@@ -135,6 +138,10 @@ public struct PoolStateMachine {
         var health: HealthTracker
         /// Closed when it comes back: the pool shut down meanwhile.
         var retireOnReturn = false
+
+        init(id: ConnectionID, state: ConnectionState, lastUsed: Instant, windowStart: Instant, health: HealthTracker) {
+            self.id = id; self.state = state; self.lastUsed = lastUsed; self.windowStart = windowStart; self.health = health
+        }
     }
 
     struct Waiter {
@@ -272,7 +279,7 @@ public struct PoolStateMachine {
     }
 
     public mutating func connectionOpened(_ id: ConnectionID, now: Instant) -> [PoolAction] {
-        guard var connection = connections[id], connection.state == .opening else { return [] }
+        guard let connection = connections[id], connection.state == .opening else { return [] }
         var actions: [PoolAction] = []
         backoff.succeeded()
         statistics.connectionsCreated += 1
@@ -292,7 +299,6 @@ public struct PoolStateMachine {
         }
         connection.nextHealthCheck = healthCheckDue(after: now)
         connection.state = .idle
-        connections[id] = connection
         actions.append(.event(.connectionAdded(id)))
         updateBreaker(into: &actions) { $0.recordConnect(success: true, consecutiveFailures: 0, now: now) }
         makeAvailable(id, now: now, into: &actions)
@@ -325,7 +331,7 @@ public struct PoolStateMachine {
     /// A leased connection comes back. The request that reached the rotation limit has succeeded;
     /// the connection is closed now, after it, and replaced if needed.
     public mutating func release(_ id: ConnectionID, now: Instant, outcome: ReleaseOutcome) -> [PoolAction] {
-        guard var connection = connections[id], connection.state == .leased else { return [] }
+        guard let connection = connections[id], connection.state == .leased else { return [] }
         var actions: [PoolAction] = []
         connection.lastUsed = now
         connection.nextHealthCheck = healthCheckDue(after: now)
@@ -333,12 +339,12 @@ public struct PoolStateMachine {
         switch outcome {
         case .answered(let latency):
             connection.requestsServed += 1
-            countInWindow(&connection, now: now)
+            countInWindow(connection, now: now)
             statistics.recordRequest(latency)
             detectSpike(id, latency: latency, now: now, into: &actions)
             poolHealth.record(success: true, latency: latency, at: now)
             updateBreaker(into: &actions) { $0.recordCall(success: true, now: now) }
-            if let tier = recordHealth(&connection, success: true, latency: latency, now: now, error: nil, into: &actions),
+            if let tier = recordHealth(connection, success: true, latency: latency, now: now, error: nil, into: &actions),
                tier == .unhealthy {
                 closeReason = .health
             }
@@ -347,7 +353,7 @@ public struct PoolStateMachine {
         case .broken(let reason):
             poolHealth.record(success: false, latency: .zero, at: now, error: reason)
             updateBreaker(into: &actions) { $0.recordCall(success: false, now: now) }
-            recordHealth(&connection, success: false, latency: .zero, now: now, error: reason, into: &actions)
+            recordHealth(connection, success: false, latency: .zero, now: now, error: reason, into: &actions)
             closeReason = .error
         }
         if closeReason == nil {
@@ -365,7 +371,6 @@ public struct PoolStateMachine {
             return actions
         }
         connection.state = .idle
-        connections[id] = connection
         makeAvailable(id, now: now, into: &actions)
         if actions.contains(where: { if case .event(.healthChanged) = $0 { true } else { false } }) {
             updatePoolState(into: &actions)
@@ -376,14 +381,14 @@ public struct PoolStateMachine {
     /// The result of a `.checkHealth` action.
     public mutating func healthCheckFinished(_ id: ConnectionID, now: Instant, success: Bool, latency: Span,
                                              error: String?) -> [PoolAction] {
-        guard var connection = connections[id], connection.state == .checking else { return [] }
+        guard let connection = connections[id], connection.state == .checking else { return [] }
         var actions: [PoolAction] = []
         statistics.healthChecks += 1
         statistics.lastHealthCheck = now
         if !success { statistics.healthCheckFailures += 1 }
         if success { detectSpike(id, latency: latency, now: now, into: &actions) }
         poolHealth.record(success: success, latency: latency, at: now, error: error)
-        let tier = recordHealth(&connection, success: success, latency: latency, now: now, error: error, into: &actions)
+        let tier = recordHealth(connection, success: success, latency: latency, now: now, error: error, into: &actions)
         // lastUsed is not touched: a ping is not use, or idle connections would never age out.
         connection.nextHealthCheck = healthCheckDue(after: now)
         if !success || tier == .unhealthy || isClosed || connection.retireOnReturn {
@@ -392,8 +397,7 @@ public struct PoolStateMachine {
             fill(now: now, into: &actions)
         } else {
             connection.state = .idle
-            connections[id] = connection
-            makeAvailable(id, now: now, into: &actions)
+                makeAvailable(id, now: now, into: &actions)
         }
         updatePoolState(into: &actions)
         return actions
@@ -405,7 +409,7 @@ public struct PoolStateMachine {
         var actions: [PoolAction] = []
         if let until = backoffUntil, until <= now { backoffUntil = nil }
         for id in connections.keys.sorted() {
-            guard var connection = connections[id], connection.state == .idle else { continue }
+            guard let connection = connections[id], connection.state == .idle else { continue }
             if let expiry = connection.expiresAt, expiry <= now {
                 remove(id, reason: .lifetime, into: &actions)
             } else if settings.idleTimeout > .zero, connections.count > settings.minConnections,
@@ -414,8 +418,7 @@ public struct PoolStateMachine {
             } else if let due = connection.nextHealthCheck, due <= now {
                 connection.state = .checking
                 connection.nextHealthCheck = nil
-                connections[id] = connection
-                actions.append(.checkHealth(id))
+                        actions.append(.checkHealth(id))
             }
         }
         fill(now: now, into: &actions)
@@ -434,13 +437,12 @@ public struct PoolStateMachine {
         var actions: [PoolAction] = []
         while let waiter = waiters.popFirst() { actions.append(.failWaiter(waiter.id, .closed)) }
         for id in connections.keys.sorted() {
-            guard var connection = connections[id] else { continue }
+            guard let connection = connections[id] else { continue }
             switch connection.state {
             case .idle: remove(id, reason: .shutdown, into: &actions)
             case .opening, .leased, .checking:
                 connection.retireOnReturn = true
-                connections[id] = connection
-            }
+                    }
         }
         backoffUntil = nil
         updatePoolState(into: &actions)
@@ -545,7 +547,7 @@ public struct PoolStateMachine {
         return connection.windowRequests + connection.previousWindowRequests
     }
 
-    private func countInWindow(_ connection: inout Connection, now: Instant) {
+    private func countInWindow(_ connection: Connection, now: Instant) {
         let elapsed = now - connection.windowStart
         if elapsed >= Self.balancingWindow {
             connection.previousWindowRequests = elapsed >= Span(nanoseconds: 2 * Self.balancingWindow.nanoseconds) ? 0 : connection.windowRequests
@@ -600,7 +602,7 @@ public struct PoolStateMachine {
     }
 
     @discardableResult
-    private func recordHealth(_ connection: inout Connection, success: Bool, latency: Span, now: Instant,
+    private func recordHealth(_ connection: Connection, success: Bool, latency: Span, now: Instant,
                               error: String?, into actions: inout [PoolAction]) -> HealthTier? {
         let before = connection.health.tier
         guard let after = connection.health.record(success: success, latency: latency, at: now, error: error) else { return nil }

@@ -49,6 +49,10 @@ public final class MultiPoolClient: @unchecked Sendable {
     /// Under the lock (or from init).
     private func addLocked(_ endpoint: Endpoint, max maxConnections: Int) -> Int {
         var settings = configuration
+        // With several daemons, a broken call is retried once at once on the same one, and then
+        // on the others (retry_attempts in all), rather than waiting retry_delay_ms on a daemon
+        // that just failed.
+        if !configuration.endpoints.isEmpty { settings.retryAttempts = min(1, configuration.retryAttempts) }
         settings.pool.maxConnections = maxConnections
         settings.pool.minConnections = min(configuration.pool.minConnections, maxConnections)
         let pool = PoolClient(configuration: settings, endpoint: endpoint, events: events)
@@ -62,6 +66,13 @@ public final class MultiPoolClient: @unchecked Sendable {
     // MARK: - Calls
 
     public func call(method: String, params: OpaquePointer?, timeout: Span?, notification: Bool = false) -> CallOutcome {
+        // One endpoint (the socket_path case): nothing to choose, so no balancer on the hot path.
+        lock.lock()
+        if members.count == 1, let only = members.first?.value, !closing {
+            lock.unlock()
+            return only.pool.call(method: method, params: params, timeout: timeout, notification: notification)
+        }
+        lock.unlock()
         let deadline = Clock.now() + (timeout ?? .milliseconds(configuration.timeoutMs))
         var tried: [Int] = []
         var lastFailure: CallFailure?
@@ -98,7 +109,8 @@ public final class MultiPoolClient: @unchecked Sendable {
             let removed = failure.status == .closed && !failure.mayHaveRun && !isClosing
             let neverSent = failure.status == .connect || failure.status == .unavailable || failure.status == .busy || removed
             let idempotent = !notification && configuration.isIdempotent(method: method)
-            guard others, neverSent || (idempotent && failure.status == .io), Clock.now() < deadline else { return outcome }
+            guard others, neverSent || (idempotent && failure.status == .io), Clock.now() < deadline,
+                  tried.count < max(configuration.retryAttempts, 1) else { return outcome }
             tried.append(picked.id)
             lastFailure = failure
         }

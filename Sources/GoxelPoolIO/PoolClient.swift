@@ -104,7 +104,8 @@ public final class PoolClient: @unchecked Sendable {
     /// A synchronous call on the calling thread. `timeout` nil: the configured timeout_ms.
     public func call(method: String, params: OpaquePointer?, timeout: Span?, notification: Bool = false) -> CallOutcome {
         let deadline = Clock.now() + (timeout ?? .milliseconds(configuration.timeoutMs))
-        let idempotent = !notification && configuration.isIdempotent(method: method)
+        // Only needed once a call fails: not worked out on the hot path.
+        var idempotent: Bool { !notification && configuration.isIdempotent(method: method) }
         var retries = 0
         while true {
             let connection: DaemonConnection
@@ -208,7 +209,7 @@ public final class PoolClient: @unchecked Sendable {
         let actions = machine.release(connection.id, now: Clock.now(), outcome: outcome)
         var deferred = actions.isEmpty ? [] : apply(actions)
         // Forgotten by the pool (a drain timed out and it was abandoned): close it here.
-        if connections[connection.id] != nil && machine.health(of: connection.id) == nil {
+        if closing && connections[connection.id] != nil && machine.health(of: connection.id) == nil {
             connections[connection.id] = nil
             deferred.append(.close(connection))
         }

@@ -64,10 +64,14 @@ final class MultiEndpointTests: XCTestCase {
         concurrently(3) { _ in for _ in 0..<20 { XCTAssertEqual(client.run("ping").status, .ok) } }
         daemons[0].kill9()
         let failures = Counter()
-        let load = { concurrently(3) { _ in for _ in 0..<20 where client.run("version").status != .ok { failures.add() } } }
+        let failed = OrderLogStrings()
+        let load = { concurrently(3) { _ in for _ in 0..<20 {
+            let outcome = client.run("version")
+            if outcome.status != .ok { failures.add(); failed.append(outcome.description) }
+        } } }
         // Calls that find the dead daemon fail over; after a few failures it is ejected.
         XCTAssertTrue(eventually(5) { load(); return alerts.values.contains("endpoint_ejected") }, "\(alerts.values)")
-        XCTAssertEqual(failures.value, 0, "calls fail over to the other daemons")
+        XCTAssertEqual(failures.value, 0, "calls fail over to the other daemons: \(failed.values)")
         try daemons[0].restart()
         try daemons[0].resetStats()
         // Readmission is decided when a call is routed, so keep calling.

@@ -29,13 +29,15 @@ final class PoolIntegrationTests: XCTestCase {
         XCTAssertEqual(client.run("ping").status, .ok)
         try daemon.setFaults(#"{"latency_ms": 30}"#)
         let order = OrderLog()
-        var threads: [LibraryThread] = []
+        // One call holds the only connection; then each waiter is queued before the next starts.
+        var threads = [LibraryThread { XCTAssertEqual(client.run("ping").status, .ok) }]
+        XCTAssertTrue(eventually { client.snapshot().busy == 1 })
         for index in 0..<6 {
             threads.append(LibraryThread {
                 XCTAssertEqual(client.run("echo", "[\(index)]").status, .ok)
                 order.append(index)
             })
-            usleep(5_000)  // arrive in index order while the one connection is busy
+            XCTAssertTrue(eventually { client.snapshot().waiting == index + 1 }, "waiter \(index) queued")
         }
         threads.forEach { $0.join() }
         XCTAssertEqual(order.values, Array(0..<6))
