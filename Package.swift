@@ -8,6 +8,7 @@ import PackageDescription
 //   GoxelPoolIO    sockets, framing, JSON-RPC codec, threads: runs the core's actions
 //   GoxelPool      the C ABI shim (@c @implementation), built into libgoxelpool.so
 //   goxel-refd     the reference daemon used by the demo, the tests and the benchmarks
+//   goxelpool-corebench  acquire + release cost without I/O (make bench)
 let package = Package(
     name: "goxelpool",
     products: [
@@ -35,6 +36,8 @@ let package = Package(
         ]),
         .target(name: "GoxelPool", dependencies: ["GoxelPoolIO", "GoxelPoolCore", "CGoxelPool", "CJansson"]),
         .executableTarget(name: "goxel-refd", dependencies: ["CJansson"]),
+        // `make bench`: the cost of acquire + release inside the library (no I/O).
+        .executableTarget(name: "goxelpool-corebench", dependencies: ["GoxelPoolCore", "GoxelPoolIO"]),
         .testTarget(name: "GoxelPoolCoreTests", dependencies: ["GoxelPoolCore"]),
         // Against a real goxel-refd process: the I/O layer (framing, client, pool) and the C ABI
         // called as a C program would (statuses, ownership, listeners, alerts). One target, so

@@ -66,6 +66,18 @@ let maxParamsDepth = 1000
 private let maxParamsValues = 65_535
 
 private func checkParamsShape(_ root: UnsafeMutablePointer<json_t>) -> CallFailure? {
+    // The usual params, a flat array or object of scalars ([x, y, z, r, g, b, a, layer]), need
+    // no walk (and no allocation): only nesting can be deep.
+    if root.pointee.type == JSON_ARRAY, json_array_size(root) <= maxParamsValues {
+        var nested = false
+        for index in 0..<json_array_size(root) {
+            if let item = json_array_get(root, index), item.pointee.type == JSON_ARRAY || item.pointee.type == JSON_OBJECT {
+                nested = true
+                break
+            }
+        }
+        if !nested { return nil }
+    }
     var pending: [(UnsafeMutablePointer<json_t>, Int)] = [(root, 1)]
     var visited = 0
     while let (value, depth) = pending.popLast() {

@@ -24,12 +24,13 @@ final class PoolIntegrationTests: XCTestCase {
     }
 
     func testWaitersAreServedInArrivalOrder() throws {
-        let client = try PoolClient.forTest(daemon.socketPath, #""pool": {"min_connections": 1, "max_connections": 1}"#)
+        let client = try PoolClient.forTest(daemon.socketPath, #""timeout_ms": 5000, "pool": {"min_connections": 1, "max_connections": 1}"#)
         defer { client.close(drain: .zero) }
         XCTAssertEqual(client.run("ping").status, .ok)
-        try daemon.setFaults(#"{"latency_ms": 30}"#)
+        // One slow call holds the only connection while each waiter is queued before the next
+        // starts; then the waiters' own calls take 30 ms each, so each records its turn in time.
+        try daemon.setFaults(#"{"latency_ms": 1000}"#)
         let order = OrderLog()
-        // One call holds the only connection; then each waiter is queued before the next starts.
         var threads = [LibraryThread { XCTAssertEqual(client.run("ping").status, .ok) }]
         XCTAssertTrue(eventually { client.snapshot().busy == 1 })
         for index in 0..<6 {
@@ -39,6 +40,7 @@ final class PoolIntegrationTests: XCTestCase {
             })
             XCTAssertTrue(eventually { client.snapshot().waiting == index + 1 }, "waiter \(index) queued")
         }
+        try daemon.setFaults(#"{"latency_ms": 30}"#)
         threads.forEach { $0.join() }
         XCTAssertEqual(order.values, Array(0..<6))
     }

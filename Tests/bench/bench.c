@@ -34,6 +34,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -55,7 +57,7 @@ static const char *opt_refd = "goxel-refd";
 static int opt_threads = 0;          /* --threads T: only this T in the throughput table */
 static const char *opt_only = NULL;
 static const char *opt_mode = NULL;
-static int opt_latency = -1;         /* --latency 0|2: only this daemon latency in the throughput table */  /* --only SECTION: throughput, scaling, health, acquire, batch, memory */
+static int opt_latency = -1;         /* --latency 0|2: only this daemon latency in the throughput table */  /* --only SECTION: throughput, scaling, health, acquire, batch, memory, endpoints */
 static char socket_path[108];
 static char control_path[112];
 static int have_control = 0;
@@ -473,6 +475,127 @@ static run_result run_threads(int mode, goxelpool_client *client, int threads, d
 }
 
 /* ----------------------------------------------------------------------------------------------
+ * Several daemons: aggregate throughput over three goxel-refd (two Unix, one TCP loopback)
+ * -------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    double one_s, three_s;   /* calls/s with one daemon, with three */
+    long per_daemon[3];      /* calls each of the three daemons answered */
+    int ok;
+} endpoints_result;
+
+/* A free TCP port on 127.0.0.1 (bound, read, released). */
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0) close(fd);
+    return port;
+}
+
+/* Starts a goxel-refd with 2 ms latency on PATH (and on 127.0.0.1:PORT when port > 0). */
+static pid_t spawn_latency_refd(const char *path, int port) {
+    char tcp[32];
+    snprintf(tcp, sizeof tcp, "127.0.0.1:%d", port);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) { dup2(null, 0); dup2(null, 1); dup2(null, 2); }
+        if (port > 0) execlp(opt_refd, opt_refd, "--socket", path, "--latency-ms", "2", "--tcp", tcp, (char *)NULL);
+        else execlp(opt_refd, opt_refd, "--socket", path, "--latency-ms", "2", (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 200 && pid > 0; i++) {
+        int fd = unix_connect(path);
+        if (fd >= 0) { close(fd); return pid; }
+        sleep_s(0.05);
+    }
+    return pid;
+}
+
+static long refd_requests(const char *path) {
+    char ctl[128];
+    snprintf(ctl, sizeof ctl, "%s.ctl", path);
+    int fd = unix_connect(ctl);
+    if (fd < 0) return -1;
+    const char *req = "{\"jsonrpc\":\"2.0\",\"method\":\"refd.stats\",\"id\":1}\n";
+    long n = -1;
+    char buf[1024];
+    if (send(fd, req, strlen(req), MSG_NOSIGNAL) > 0) {
+        ssize_t got = recv(fd, buf, sizeof buf - 1, 0);
+        json_t *ans = got > 0 ? json_loadb(buf, (size_t)got, JSON_DISABLE_EOF_CHECK, NULL) : NULL;
+        n = (long)json_integer_value(json_object_get(json_object_get(ans, "result"), "requests"));
+        json_decref(ans);
+    }
+    close(fd);
+    return n;
+}
+
+/* 24 threads, 8 connections per daemon, 2 ms daemon latency: one daemon, then three. */
+static endpoints_result endpoints_run(double duration) {
+    endpoints_result r = {0};
+    char dir[64] = "/tmp/goxelpool-bench-ep.XXXXXX", paths[3][128];
+    if (!mkdtemp(dir)) return r;
+    int port = free_port();
+    pid_t pids[3];
+    for (int i = 0; i < 3; i++) {
+        snprintf(paths[i], sizeof paths[i], "%s/d%d.sock", dir, i);
+        pids[i] = spawn_latency_refd(paths[i], i == 2 ? port : 0);
+    }
+    char tcp[48];
+    snprintf(tcp, sizeof tcp, "tcp:127.0.0.1:%d", port);
+    json_t *one = json_pack("{s:[s], s:i, s:{s:i, s:i, s:i}}", "endpoints", paths[0], "timeout_ms", 30000, "pool",
+                            "min_connections", 8, "max_connections", 8, "max_waiters", 4096);
+    json_t *three = json_pack("{s:[s,s,s], s:i, s:{s:i, s:i, s:i}}", "endpoints", paths[0], paths[1], tcp,
+                              "timeout_ms", 30000, "pool", "min_connections", 8, "max_connections", 8, "max_waiters", 4096);
+    json_t *configs[2] = {one, three};
+    double results[2] = {0, 0};
+    long before[3];
+    for (int c = 0; c < 2; c++) {
+        goxelpool_client *client = NULL;
+        char err[256];
+        if (goxelpool_client_new(configs[c], &client, err, sizeof err) != GOXELPOOL_OK) break;
+        double until = now_s() + 10;
+        while (stat_int(client, "total_connections") < (c ? 24 : 8) && now_s() < until) sleep_s(0.01);
+        if (c == 1) for (int i = 0; i < 3; i++) before[i] = refd_requests(paths[i]);
+        run_result rr = run_threads(MODE_POOL, client, 24, duration);
+        results[c] = rr.errors ? 0 : rr.calls_s;
+        if (c == 1) for (int i = 0; i < 3; i++) r.per_daemon[i] = refd_requests(paths[i]) - before[i];
+        goxelpool_client_free(client);
+    }
+    json_decref(one);
+    json_decref(three);
+    for (int i = 0; i < 3; i++) {
+        if (pids[i] > 0) { kill(pids[i], SIGTERM); waitpid(pids[i], NULL, 0); }
+        unlink(paths[i]);
+    }
+    rmdir(dir);
+    r.one_s = results[0];
+    r.three_s = results[1];
+    r.ok = results[0] > 0 && results[1] > 0;
+    return r;
+}
+
+/* Health checks on idle connections: 10 connections, no calls, interval 1 s, for `seconds`:
+ * how many checks ran and how much client CPU they cost (under load there are none: every
+ * connection serves a call within the interval and real calls feed the health figures). */
+static void health_idle_cost(double seconds, json_int_t *checks, double *cpu_ms) {
+    goxelpool_client *client = lib_open(1, 10, 10, 1000);
+    json_int_t c0 = stat_int(client, "health_checks");
+    double cpu0 = cpu_s();
+    sleep_s(seconds);
+    *cpu_ms = (cpu_s() - cpu0) * 1e3;
+    *checks = stat_int(client, "health_checks") - c0;
+    goxelpool_client_free(client);
+}
+
+/* ----------------------------------------------------------------------------------------------
  * Rows: every row keeps one result per round; the tables show medians.
  * -------------------------------------------------------------------------------------------- */
 
@@ -824,6 +947,17 @@ int main(int argc, char **argv) {
         }
         set_latency(0);
     }
+    json_int_t idle_checks = 0;
+    double idle_cpu_ms = 0, idle_seconds = opt_quick ? 2.0 : 5.0;
+    if (wanted("health")) {
+        progress("health checks on 10 idle connections, interval 1 s");
+        health_idle_cost(idle_seconds, &idle_checks, &idle_cpu_ms);
+    }
+    endpoints_result ep = {0};
+    if (wanted("endpoints")) {
+        progress("three daemons (2 Unix, 1 TCP), 2 ms latency, 24 threads: one daemon, then three");
+        ep = endpoints_run(opt_duration);
+    }
     char lib_path[PATH_MAX];
     long so_size, so_stripped;
     library_size(lib_path, sizeof lib_path, &so_size, &so_stripped);
@@ -877,6 +1011,13 @@ int main(int argc, char **argv) {
         printf("\n");
         emit(row_json(w));
     }
+    if (wanted("health")) {
+        printf("  10 idle connections, interval 1 s, no calls: %lld health checks in %.0f s, client CPU %.1f ms "
+               "(%.3f %% of one core)\n", (long long)idle_checks, idle_seconds, idle_cpu_ms,
+               idle_cpu_ms / (idle_seconds * 10.0));
+        emit(json_pack("{s:s, s:I, s:f, s:f}", "bench", "health_idle", "checks", idle_checks, "seconds", idle_seconds,
+                       "cpu_ms", idle_cpu_ms));
+    }
     if (wanted("acquire"))
         printf("\nAcquire + release, measured as a call the library refuses after the lease (params jansson cannot\n"
                "encode): lease, encode attempt, release, failure bookkeeping, no I/O. An upper bound.\n");
@@ -917,6 +1058,19 @@ int main(int argc, char **argv) {
                "%.1f× faster%s\n", b, s, r, batch_ok ? "" : " (SOME CALLS FAILED)");
         emit(json_pack("{s:s, s:f, s:f, s:f, s:b, s:i}", "bench", "batch", "batch_ms", b, "sequential_ms", s, "speedup",
                        r, "all_ok", batch_ok, "rounds", batches));
+    }
+    if (wanted("endpoints")) {
+        printf("\nThree daemons behind one client (2 Unix, 1 TCP loopback), daemon latency 2 ms, 24 threads, "
+               "8 connections per daemon\n");
+        if (ep.ok) {
+            printf("  1 daemon %8.0f calls/s; 3 daemons %8.0f calls/s: %.2f×; calls per daemon %ld / %ld / %ld (TCP last)\n",
+                   ep.one_s, ep.three_s, ep.three_s / ep.one_s, ep.per_daemon[0], ep.per_daemon[1], ep.per_daemon[2]);
+            emit(json_pack("{s:s, s:f, s:f, s:f, s:[I,I,I]}", "bench", "endpoints", "one_daemon_calls_s", ep.one_s,
+                           "three_daemons_calls_s", ep.three_s, "ratio", ep.three_s / ep.one_s, "calls_per_daemon",
+                           (json_int_t)ep.per_daemon[0], (json_int_t)ep.per_daemon[1], (json_int_t)ep.per_daemon[2]));
+        } else {
+            printf("  the three-daemon run failed\n");
+        }
     }
     if (do_memory) printf("\nMemory (RSS, separate processes)\n");
     if (!do_memory) {
