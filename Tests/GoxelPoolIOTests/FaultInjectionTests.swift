@@ -15,9 +15,10 @@ import XCTest
 final class FaultInjectionTests: XCTestCase {
     static let threads = 32
     static let callTimeoutMs: Int32 = 250
-    /// The target is 50 ms (printed per fault as "worst overshoot"); the assertion is looser by
-    /// default because 32 threads on a 2-core CI runner see scheduler and lock-handoff delays.
-    static var overshootLimitMs: Double { env("FAULT_OVERSHOOT_LIMIT_MS") ?? 1000 }
+    /// The target is 50 ms (printed per fault as "worst overshoot"; 8.5 ms at worst on a quiet
+    /// machine, FAULT_OVERSHOOT_LIMIT_MS=50 holds). The default assertion is looser because 32
+    /// threads on a busy 2-core runner see scheduler and lock-handoff delays.
+    static var overshootLimitMs: Double { env("FAULT_OVERSHOOT_LIMIT_MS") ?? 250 }
     /// Statuses any call may get while the daemon misbehaves (the circuit breaker, the deadline,
     /// a full wait queue, a refused new connection); each fault adds its own.
     static let common: Set<String> = ["OK", "ETIMEDOUT", "EUNAVAILABLE", "EBUSY", "ECONNECT"]

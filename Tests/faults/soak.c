@@ -2,6 +2,7 @@
  * goxel-refd that is crashed (refd.crash) every RESTART seconds. Prints calls, failures by status
  * and RSS over time. A Swift-free C program linking libgoxelpool like a user.
  * Usage: soak SOCKET DURATION_S RESTART_S */
+#define _DEFAULT_SOURCE /* usleep, alongside POSIX 2008 */
 #define _POSIX_C_SOURCE 200809L
 #include <goxelpool.h>
 #include <pthread.h>
