@@ -103,6 +103,19 @@ private func checkParamsShape(_ root: UnsafeMutablePointer<json_t>) -> CallFailu
 
 private func paramsPointer(_ params: UnsafePointer<json_t>?) -> OpaquePointer? { params.map { OpaquePointer($0) } }
 
+/// The arguments every call takes: a client, a method name, params.
+private func checkCall(_ client: OpaquePointer?, _ method: UnsafePointer<CChar>?,
+                       _ params: UnsafePointer<json_t>?) -> Result<(ClientHandle, String), CallFailure> {
+    guard let handle = ClientHandle.from(client) else { return .failure(CallFailure(.invalid, "client is NULL")) }
+    let name: String
+    switch methodName(method) {
+    case .success(let value): name = value
+    case .failure(let failure): return .failure(failure)
+    }
+    if let failure = checkParams(params) { return .failure(failure) }
+    return .success((handle, name))
+}
+
 // MARK: - Version and status
 
 @c @implementation
@@ -189,13 +202,11 @@ public func goxelpool_call(_ client: OpaquePointer?, _ method: UnsafePointer<CCh
     LastError.clear()
     result?.pointee = nil
     rpcError?.pointee = nil
-    guard let handle = ClientHandle.from(client) else { return invalid("client is NULL") }
-    let name: String
-    switch methodName(method) {
-    case .success(let value): name = value
+    let handle: ClientHandle, name: String
+    switch checkCall(client, method, params) {
+    case .success(let checked): (handle, name) = checked
     case .failure(let failure): return failed(failure)
     }
-    if let failure = checkParams(params) { return failed(failure) }
     switch handle.client.call(method: name, params: paramsPointer(params), timeout: timeoutSpan(timeoutMs)) {
     case .result(let value):
         if let result { result.pointee = UnsafeMutablePointer(value) } else { json_decref(UnsafeMutablePointer(value)) }
@@ -216,14 +227,12 @@ public func goxelpool_call(_ client: OpaquePointer?, _ method: UnsafePointer<CCh
 public func goxelpool_call_async(_ client: OpaquePointer?, _ method: UnsafePointer<CChar>?, _ params: UnsafePointer<json_t>?,
                                  _ timeoutMs: Int32, _ cb: goxelpool_call_cb?, _ userdata: UnsafeMutableRawPointer?) -> goxelpool_status {
     LastError.clear()
-    guard let handle = ClientHandle.from(client) else { return invalid("client is NULL") }
-    guard let cb else { return invalid("callback is NULL") }
-    let name: String
-    switch methodName(method) {
-    case .success(let value): name = value
+    let handle: ClientHandle, name: String
+    switch checkCall(client, method, params) {
+    case .success(let checked): (handle, name) = checked
     case .failure(let failure): return failed(failure)
     }
-    if let failure = checkParams(params) { return failed(failure) }
+    guard let cb else { return invalid("callback is NULL") }
     // A private copy: the caller may change or free its params as soon as we return.
     var copied: UnsafeMutablePointer<json_t>?
     if let params {
@@ -273,13 +282,11 @@ private final class AsyncContext: @unchecked Sendable {
 @c @implementation
 public func goxelpool_notify(_ client: OpaquePointer?, _ method: UnsafePointer<CChar>?, _ params: UnsafePointer<json_t>?) -> goxelpool_status {
     LastError.clear()
-    guard let handle = ClientHandle.from(client) else { return invalid("client is NULL") }
-    let name: String
-    switch methodName(method) {
-    case .success(let value): name = value
+    let handle: ClientHandle, name: String
+    switch checkCall(client, method, params) {
+    case .success(let checked): (handle, name) = checked
     case .failure(let failure): return failed(failure)
     }
-    if let failure = checkParams(params) { return failed(failure) }
     switch handle.client.call(method: name, params: paramsPointer(params), timeout: nil, notification: true) {
     case .result(let value), .rpcError(let value):
         json_decref(UnsafeMutablePointer(value))

@@ -131,13 +131,13 @@ public final class PoolClient: @unchecked Sendable {
                 // Refused before sending (too big, not encodable): the connection is untouched.
                 let untouched = !written && failure.status != .io && failure.status != .timedOut
                 release(connection, untouched ? .unused : .broken(reason: failure.message))
-                // Safe to try again: the request never left, or the method has no side effects
-                // and the connection broke (never after a timeout: no time is left, and a late
-                // answer proves nothing).
                 // Cut off by close (the drain deadline passed): ECLOSED, as documented.
                 if written && isClosing {
                     return fail(CallFailure(.closed, "client closed while the call was in flight (it may have run)", mayHaveRun: true))
                 }
+                // Safe to try again: the request never left, or the method has no side effects
+                // and the connection broke (never after a timeout: no time is left, and a late
+                // answer proves nothing).
                 let retryable = !notification && failure.status == .io && (!written || idempotent)
                 if retryable && retries < configuration.retryAttempts && Clock.now() < deadline {
                     retries += 1

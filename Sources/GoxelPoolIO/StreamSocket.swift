@@ -9,6 +9,9 @@ import GoxelPoolCore
 /// loops.
 final class StreamSocket {
     private(set) var fd: Int32
+    /// Orders close and shutdown from different threads (the I/O itself stays lock-free: only the
+    /// owner of a leased connection reads and writes it).
+    private let closing = PthreadMutex()
     private var receiveTimeout = Span(nanoseconds: -1)
 
     private init(fd: Int32) { self.fd = fd }
@@ -152,14 +155,18 @@ final class StreamSocket {
         }
     }
 
-    /// Wakes a thread blocked on this socket (used when a drain times out).
+    /// Wakes a thread blocked on this socket (used when a drain times out). Called from another
+    /// thread than the owner's, so it and `close` take `closing`: a shutdown must never reach a
+    /// descriptor that was closed meanwhile (its number may already belong to another file).
     func shutdownBoth() {
-        if fd >= 0 { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+        closing.withLock { if fd >= 0 { Glibc.shutdown(fd, Int32(SHUT_RDWR)) } }
     }
 
     func close() {
-        if fd >= 0 { Glibc.close(fd) }
-        fd = -1
+        closing.withLock {
+            if fd >= 0 { Glibc.close(fd) }
+            fd = -1
+        }
     }
 }
 
