@@ -226,22 +226,16 @@ public final class MultiPoolClient: @unchecked Sendable {
     }
 
     public func snapshot() -> Snapshot {
-        let (list, balancerState, closedAt) = lock.withLock { () -> ([(Int, Member)], EndpointBalancer, Bool) in
-            (members.sorted { $0.key < $1.key }, balancer, closing)
+        let (list, balancerState) = lock.withLock { () -> ([(Int, Member)], EndpointBalancer) in
+            (members.sorted { $0.key < $1.key }, balancer)
         }
         let counters = events.counters()
         let endpoints = list.map { id, member in
             EndpointSnapshot(endpoint: member.endpoint, pool: member.pool.snapshot(), balancer: balancerState.member(id),
                              maxConnections: member.maxConnections)
         }
-        _ = closedAt
         return Snapshot(endpoints: endpoints, inPanic: balancerState.inPanic, eventsDelivered: counters.delivered,
                         eventsDropped: counters.dropped, uptime: Clock.now() - startedAt)
-    }
-
-    public func log(_ level: ClientConfiguration.LogLevel, _ message: @autoclosure () -> String) {
-        guard level != .off, level <= configuration.logLevel, events.wants(.log) else { return }
-        events.post(ClientEvent(kind: .log, type: "log", fields: [("level", .string(level.rawValue)), ("message", .string(message()))]))
     }
 
     private func report(_ changes: [EndpointBalancer.Change]) {

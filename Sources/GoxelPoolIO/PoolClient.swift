@@ -431,9 +431,12 @@ public final class PoolClient: @unchecked Sendable {
         case .connectionAdded(let id):
             reconnectStormReported = false
             out.append(ClientEvent(kind: .connection, type: "connection_added", fields: [("connection_id", .int(Int64(id.value)))]))
+            if let line = logLine(.debug, "connection \(id.value) to \(endpoint) opened") { out.append(line) }
         case .connectionRemoved(let id, let reason):
             out.append(ClientEvent(kind: .connection, type: "connection_removed",
                                    fields: [("connection_id", .int(Int64(id.value))), ("reason", .string(reason.rawValue))]))
+            let level: ClientConfiguration.LogLevel = reason == .error || reason == .health ? .warn : .info
+            if let line = logLine(level, "connection \(id.value) to \(endpoint) closed (\(reason.rawValue))") { out.append(line) }
         case .connectionOpenFailed(let failures, let retryIn):
             let message = machine.statistics.lastConnectError ?? "connect failed"
             if failures >= 3 && !reconnectStormReported {
@@ -522,9 +525,14 @@ public final class PoolClient: @unchecked Sendable {
         post(ClientEvent(kind: .request, type: type, fields: fields))
     }
 
-    public func log(_ level: ClientConfiguration.LogLevel, _ message: @autoclosure () -> String) {
-        guard level != .off, level <= configuration.logLevel, events.wants(.log) else { return }
-        post(ClientEvent(kind: .log, type: "log", fields: [("level", .string(level.rawValue)), ("message", .string(message()))]))
+    /// Log lines go to GOXELPOOL_EVENT_LOG listeners only, never to stderr, and never carry params.
+    func log(_ level: ClientConfiguration.LogLevel, _ message: @autoclosure () -> String) {
+        if let line = logLine(level, message()) { post(line) }
+    }
+
+    private func logLine(_ level: ClientConfiguration.LogLevel, _ message: @autoclosure () -> String) -> ClientEvent? {
+        guard level != .off, level <= configuration.logLevel, events.wants(.log) else { return nil }
+        return ClientEvent(kind: .log, type: "log", fields: [("level", .string(level.rawValue)), ("message", .string(message()))])
     }
 
     /// Under the lock (it reads the state machine).
