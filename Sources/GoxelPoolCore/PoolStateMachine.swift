@@ -397,7 +397,7 @@ public struct PoolStateMachine {
             fill(now: now, into: &actions)
         } else {
             connection.state = .idle
-                makeAvailable(id, now: now, into: &actions)
+            makeAvailable(id, now: now, into: &actions)
         }
         updatePoolState(into: &actions)
         return actions
@@ -418,7 +418,7 @@ public struct PoolStateMachine {
             } else if let due = connection.nextHealthCheck, due <= now {
                 connection.state = .checking
                 connection.nextHealthCheck = nil
-                        actions.append(.checkHealth(id))
+                actions.append(.checkHealth(id))
             }
         }
         fill(now: now, into: &actions)
@@ -442,7 +442,7 @@ public struct PoolStateMachine {
             case .idle: remove(id, reason: .shutdown, into: &actions)
             case .opening, .leased, .checking:
                 connection.retireOnReturn = true
-                    }
+            }
         }
         backoffUntil = nil
         updatePoolState(into: &actions)
