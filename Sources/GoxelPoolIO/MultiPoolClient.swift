@@ -78,12 +78,13 @@ public final class MultiPoolClient: @unchecked Sendable {
         var lastFailure: CallFailure?
         while true {
             lock.lock()
-            let picked = closing ? nil : balancer.pick(now: Clock.now(), excluding: tried)
+            let closed = closing
+            let picked = closed ? nil : balancer.pick(now: Clock.now(), excluding: tried)
             let member = picked.flatMap { members[$0.id] }
             lock.unlock()
             if let changes = picked?.changes, !changes.isEmpty { report(changes) }
             guard let picked, let member else {
-                if closing { return .failure(CallFailure(.closed, "client is closed")) }
+                if closed { return .failure(CallFailure(.closed, "client is closed")) }
                 return .failure(lastFailure ?? CallFailure(.unavailable, "no endpoint is available"))
             }
             let began = Clock.now()
