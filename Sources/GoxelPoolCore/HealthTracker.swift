@@ -100,8 +100,10 @@ public struct HealthTracker: Sendable {
         return Span(nanoseconds: Int64(sum / Double(samples.count)))
     }
 
-    /// Least-squares slope of latency over time, in nanoseconds of latency per second of time.
-    public var slope: Double? {
+    /// The least-squares line through the samples: latency (ns) against time (s since the first).
+    private struct Fit { let first: Instant; let meanX: Double; let meanY: Double; let slope: Double }
+
+    private var fit: Fit? {
         guard policy.trendAnalysis, samples.count >= 3, let first = samples.first else { return nil }
         let xs = samples.map { Double(($0.at - first.at).nanoseconds) / 1e9 }
         let ys = samples.map { Double($0.latency.nanoseconds) }
@@ -110,8 +112,11 @@ public struct HealthTracker: Sendable {
         var sxy = 0.0, sxx = 0.0
         for (x, y) in zip(xs, ys) { sxy += (x - mx) * (y - my); sxx += (x - mx) * (x - mx) }
         guard sxx > 0 else { return nil }
-        return sxy / sxx
+        return Fit(first: first.at, meanX: mx, meanY: my, slope: sxy / sxx)
     }
+
+    /// Least-squares slope of latency over time, in nanoseconds of latency per second of time.
+    public var slope: Double? { fit?.slope }
 
     /// Improving / stable / degrading: the fitted change over the sample window compared with the
     /// average latency (±10 %, and at least 1 ms, so microsecond noise reads as stable).
@@ -128,13 +133,10 @@ public struct HealthTracker: Sendable {
     /// When degrading: how long until the fitted latency crosses the next threshold at the
     /// current slope (the seed's "predictive insight"). nil when not degrading.
     public func predictedTimeToNextTier(now: Instant) -> (tier: HealthTier, after: Span)? {
-        guard trend == .degrading, let slope, slope > 0, let first = samples.first else { return nil }
-        let xs = samples.map { Double(($0.at - first.at).nanoseconds) / 1e9 }
-        let ys = samples.map { Double($0.latency.nanoseconds) }
-        let n = Double(samples.count)
-        let mx = xs.reduce(0, +) / n, my = ys.reduce(0, +) / n
-        let nowX = Double((now - first.at).nanoseconds) / 1e9
-        let fittedNow = my + slope * (nowX - mx)
+        guard trend == .degrading, let fit, fit.slope > 0 else { return nil }
+        let slope = fit.slope
+        let nowX = Double((now - fit.first).nanoseconds) / 1e9
+        let fittedNow = fit.meanY + slope * (nowX - fit.meanX)
         let target: (HealthTier, Double)
         if fittedNow < Double(policy.healthyLatency.nanoseconds) { target = (.degraded, Double(policy.healthyLatency.nanoseconds)) }
         else if fittedNow < Double(policy.degradedLatency.nanoseconds) { target = (.unhealthy, Double(policy.degradedLatency.nanoseconds)) }
