@@ -27,11 +27,11 @@ extern "C" {
 #endif
 
 #define GOXELPOOL_VERSION_MAJOR 1
-#define GOXELPOOL_VERSION_MINOR 0
+#define GOXELPOOL_VERSION_MINOR 1
 #define GOXELPOOL_VERSION_PATCH 0
-#define GOXELPOOL_VERSION_STRING "1.0.0"
+#define GOXELPOOL_VERSION_STRING "1.1.0"
 
-/* The library's version at run time, e.g. "1.0.0"; equals GOXELPOOL_VERSION_STRING of the
+/* The library's version at run time, e.g. "1.1.0"; equals GOXELPOOL_VERSION_STRING of the
  * header the library was built with. Static string: never free it. */
 const char *goxelpool_version(void);
 
@@ -49,7 +49,8 @@ typedef enum goxelpool_status {
     GOXELPOOL_EUNAVAILABLE = 9, /* the daemon is known to be down (circuit open); failed fast */
     GOXELPOOL_ETOOBIG = 10,     /* a request or an answer is larger than max_message_size */
     GOXELPOOL_EPEER = 11,       /* the socket is served by a process of another user */
-    GOXELPOOL_ENOMEM = 12       /* out of memory */
+    GOXELPOOL_ENOMEM = 12,      /* out of memory */
+    GOXELPOOL_ELOST = 13        /* a session's document was lost and could not be restored */
 } goxelpool_status;
 
 /* A static English sentence for any value, unknown ones included. Never free it. */
@@ -218,7 +219,9 @@ enum {
     GOXELPOOL_EVENT_POOL = 1u << 3,       /* "pool": pool_state_changed */
     GOXELPOOL_EVENT_REQUEST = 1u << 4,    /* "request": request_queued / request_served (hot) */
     GOXELPOOL_EVENT_LOG = 1u << 5,        /* "log": level, message (see config log_level) */
-    GOXELPOOL_EVENT_ALL = 0x3f
+    GOXELPOOL_EVENT_SESSION = 1u << 6,    /* "session": opened, closed, restoring, restored, checkpoint */
+    GOXELPOOL_EVENT_DAEMON = 1u << 7,     /* "daemon": a managed daemon started, exited, recycled */
+    GOXELPOOL_EVENT_ALL = 0xff
 };
 
 /* A listener. event is borrowed: valid only during the call (json_incref it to keep it). Runs on

@@ -119,7 +119,7 @@ private func checkCall(_ client: OpaquePointer?, _ method: UnsafePointer<CChar>?
 // MARK: - Version and status
 
 @c @implementation
-public func goxelpool_version() -> UnsafePointer<CChar>! { staticCString("1.0.0") }
+public func goxelpool_version() -> UnsafePointer<CChar>! { staticCString("1.1.0") }
 
 @c @implementation
 public func goxelpool_strerror(_ value: goxelpool_status) -> UnsafePointer<CChar>! {

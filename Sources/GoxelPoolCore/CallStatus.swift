@@ -2,7 +2,7 @@
 /// renumbered.
 public enum CallStatus: Int32, Sendable, CaseIterable {
     case ok = 0, invalid = 1, timedOut = 2, closed = 3, connect = 4, io = 5, proto = 6, rpc = 7,
-         busy = 8, unavailable = 9, tooBig = 10, peer = 11, noMemory = 12
+         busy = 8, unavailable = 9, tooBig = 10, peer = 11, noMemory = 12, lost = 13
 
     /// The name without prefix, as used in batch results and events ("OK", "EINVAL", ...).
     /// StaticString: the C ABI hands these out as pointers that must live forever.
@@ -21,6 +21,7 @@ public enum CallStatus: Int32, Sendable, CaseIterable {
         case .tooBig: "ETOOBIG"
         case .peer: "EPEER"
         case .noMemory: "ENOMEM"
+        case .lost: "ELOST"
         }
     }
 
@@ -39,6 +40,7 @@ public enum CallStatus: Int32, Sendable, CaseIterable {
         case .tooBig: "message too large"
         case .peer: "socket served by a process of another user"
         case .noMemory: "out of memory"
+        case .lost: "the session's document was lost and could not be restored"
         }
     }
 }

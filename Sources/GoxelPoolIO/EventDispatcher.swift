@@ -14,7 +14,9 @@ public struct EventKind: OptionSet, Sendable {
     public static let pool = EventKind(rawValue: 1 << 3)
     public static let request = EventKind(rawValue: 1 << 4)
     public static let log = EventKind(rawValue: 1 << 5)
-    public static let all = EventKind(rawValue: 0x3f)
+    public static let session = EventKind(rawValue: 1 << 6)
+    public static let daemon = EventKind(rawValue: 1 << 7)
+    public static let all = EventKind(rawValue: 0xff)
 
     var name: String {
         switch self {
@@ -23,6 +25,8 @@ public struct EventKind: OptionSet, Sendable {
         case .connection: "connection"
         case .pool: "pool"
         case .request: "request"
+        case .session: "session"
+        case .daemon: "daemon"
         default: "log"
         }
     }

@@ -145,14 +145,14 @@ static void test_static(void) {
         s = goxelpool_status_name((goxelpool_status)values[i]);
         result(s && strcmp(s, "UNKNOWN") == 0, name, "%s", s ? s : "NULL");
     }
-    for (int v = 0; v <= GOXELPOOL_ENOMEM; v++) {
+    for (int v = 0; v <= GOXELPOOL_ELOST; v++) {
         const char *n = goxelpool_status_name((goxelpool_status)v), *s = goxelpool_strerror((goxelpool_status)v);
         if (!n || !s || !n[0] || !s[0] || strcmp(n, "UNKNOWN") == 0) {
             result(0, "status names", "status %d has no name or sentence", v);
             return;
         }
     }
-    result(1, "status names", "0..%d named", GOXELPOOL_ENOMEM);
+    result(1, "status names", "0..%d named", GOXELPOOL_ELOST);
     const char *v = goxelpool_version();
     result(v && strcmp(v, GOXELPOOL_VERSION_STRING) == 0, "version", "%s", v ? v : "NULL");
     const char *e = goxelpool_last_error();

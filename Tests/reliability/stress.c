@@ -31,7 +31,7 @@ static int n_threads = 8;
 static int n_passed, n_failed;
 
 static atomic_long async_accepted, async_completed, sync_calls, batches, snapshots, listeners_cycled, events_seen;
-static atomic_long status_count[GOXELPOOL_ENOMEM + 2];
+static atomic_long status_count[GOXELPOOL_ELOST + 2];
 static atomic_long bad_status, after_close_not_closed;
 static atomic_int stop_a, b_closed;
 
@@ -54,7 +54,7 @@ static void check(int ok, const char *name, const char *fmt, long a, long b) {
 }
 
 static void note(goxelpool_status st, int closing_ok) {
-    int i = (st >= 0 && st <= GOXELPOOL_ENOMEM) ? (int)st : GOXELPOOL_ENOMEM + 1;
+    int i = (st >= 0 && st <= GOXELPOOL_ELOST) ? (int)st : GOXELPOOL_ELOST + 1;
     atomic_fetch_add(&status_count[i], 1);
     switch (st) {
     case GOXELPOOL_OK: case GOXELPOOL_ERPC: case GOXELPOOL_ETIMEDOUT: case GOXELPOOL_EIO: case GOXELPOOL_EPROTO:
@@ -225,7 +225,7 @@ int main(int argc, char **argv) {
            now_s() - started, n_threads, nb, atomic_load(&sync_calls), atomic_load(&async_accepted), atomic_load(&batches),
            atomic_load(&snapshots), atomic_load(&listeners_cycled), atomic_load(&events_seen));
     printf("# statuses:");
-    for (int i = 0; i <= GOXELPOOL_ENOMEM; i++)
+    for (int i = 0; i <= GOXELPOOL_ELOST; i++)
         if (atomic_load(&status_count[i])) printf(" %s=%ld", goxelpool_status_name((goxelpool_status)i), atomic_load(&status_count[i]));
     printf("\n");
     free(threads);

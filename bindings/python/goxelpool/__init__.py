@@ -76,6 +76,7 @@ __all__ = [
     "GoxelPoolError", "InvalidArgument", "PoolTimeout", "PoolClosed", "ConnectError",
     "ConnectionBroken", "ProtocolError", "RPCError", "Busy", "Unavailable", "TooBig", "PeerError",
     "NoMemory",
+    "SessionLost",
 ]
 
 _log = logging.getLogger("goxelpool")
@@ -103,6 +104,7 @@ class Status(enum.IntEnum):
     ETOOBIG = 10
     EPEER = 11
     ENOMEM = 12
+    ELOST = 13
 
 
 class EventKind(enum.IntFlag):
@@ -113,7 +115,9 @@ class EventKind(enum.IntFlag):
     POOL = 1 << 3
     REQUEST = 1 << 4
     LOG = 1 << 5
-    ALL = 0x3F
+    SESSION = 1 << 6
+    DAEMON = 1 << 7
+    ALL = 0xFF
 
 
 # ---- exceptions ---------------------------------------------------------------------------------
@@ -198,10 +202,15 @@ class NoMemory(GoxelPoolError, MemoryError):
     status = Status.ENOMEM
 
 
+class SessionLost(GoxelPoolError):
+    """ELOST: a session's document was lost and could not be restored."""
+    status = Status.ELOST
+
+
 _ERRORS: Dict[int, type] = {
     cls.status: cls for cls in (InvalidArgument, PoolTimeout, PoolClosed, ConnectError,
                                 ConnectionBroken, ProtocolError, RPCError, Busy, Unavailable,
-                                TooBig, PeerError, NoMemory)
+                                TooBig, PeerError, NoMemory, SessionLost)
 }
 
 
@@ -322,7 +331,7 @@ def _text(raw: Optional[bytes]) -> str:
 
 
 def version() -> str:
-    """The library's version at run time, e.g. "1.0.0"."""
+    """The library's version at run time, e.g. "1.1.0"."""
     return _text(_load().gp.goxelpool_version())
 
 

@@ -67,6 +67,7 @@ pub mod ffi {
     pub const GOXELPOOL_ETOOBIG: goxelpool_status = 10;
     pub const GOXELPOOL_EPEER: goxelpool_status = 11;
     pub const GOXELPOOL_ENOMEM: goxelpool_status = 12;
+    pub const GOXELPOOL_ELOST: goxelpool_status = 13;
 
     pub const GOXELPOOL_EVENT_ALERT: c_uint = 1 << 0;
     pub const GOXELPOOL_EVENT_HEALTH: c_uint = 1 << 1;
@@ -74,7 +75,9 @@ pub mod ffi {
     pub const GOXELPOOL_EVENT_POOL: c_uint = 1 << 3;
     pub const GOXELPOOL_EVENT_REQUEST: c_uint = 1 << 4;
     pub const GOXELPOOL_EVENT_LOG: c_uint = 1 << 5;
-    pub const GOXELPOOL_EVENT_ALL: c_uint = 0x3f;
+    pub const GOXELPOOL_EVENT_SESSION: c_uint = 1 << 6;
+    pub const GOXELPOOL_EVENT_DAEMON: c_uint = 1 << 7;
+    pub const GOXELPOOL_EVENT_ALL: c_uint = 0xff;
 
     /// Opaque `goxelpool_client`.
     #[repr(C)]
@@ -190,7 +193,7 @@ fn static_str(p: *const c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
-/// `goxelpool_version()`, e.g. "1.0.0".
+/// `goxelpool_version()`, e.g. "1.1.0".
 pub fn version() -> String {
     static_str(unsafe { ffi::goxelpool_version() })
 }
