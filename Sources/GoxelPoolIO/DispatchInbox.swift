@@ -1,0 +1,112 @@
+import CLinux
+import Glibc
+import GoxelPoolCore
+
+/// Dispatch mode (`"callbacks": "dispatch"`): library threads put async-call completions and
+/// listener events here instead of running them; the application runs them with `run` (C:
+/// goxelpool_dispatch) on a thread of its own, typically its event loop's, when `fd` is readable.
+///
+/// `fd` is an eventfd whose counter is 1 exactly while something is queued (written on the
+/// empty -> non-empty transition, read on the way back, both under the lock), so a level-triggered
+/// poll, epoll or uv_poll_t sees it readable exactly then. One thread runs items at a time.
+public final class DispatchInbox: @unchecked Sendable {
+    public typealias Completion = () -> Void
+
+    private let lock = PthreadMutex()
+    private var queue: DeliveryQueue<Completion, ClientEvent>
+    /// The eventfd; closed when the inbox is released (goxelpool_client_free).
+    public let fd: Int32
+    /// The thread inside `run`, if any.
+    private var runner: pthread_t?
+    private var stopRequested = false
+
+    /// nil when no eventfd can be made (out of file descriptors or memory).
+    public init?(eventCapacity: Int) {
+        let fd = eventfd(0, Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK))
+        guard fd >= 0 else { return nil }
+        self.fd = fd
+        queue = DeliveryQueue(eventCapacity: eventCapacity)
+    }
+
+    deinit { Glibc.close(fd) }
+
+    public func post(_ completion: @escaping Completion) {
+        lock.withLock {
+            let wasEmpty = queue.isEmpty
+            queue.append(completion: completion)
+            if wasEmpty { signal() }
+        }
+    }
+
+    public func post(_ event: ClientEvent) {
+        lock.withLock {
+            let wasEmpty = queue.isEmpty
+            queue.append(event: event)
+            if wasEmpty { signal() }
+        }
+    }
+
+    public enum RunResult: Equatable {
+        case ran(Int)
+        /// Called from inside an item this inbox is running (on the same thread).
+        case nested
+        /// Another thread is running items.
+        case busy
+    }
+
+    /// Runs up to `maxItems` items (`<= 0`: those queued when the call starts) on the calling
+    /// thread, in order, never under the lock; events go to `deliver`.
+    public func run(maxItems: Int, deliver: (ClientEvent) -> Void) -> RunResult {
+        let me = pthread_self()
+        lock.lock()
+        if let runner {
+            lock.unlock()
+            return pthread_equal(runner, me) != 0 ? .nested : .busy
+        }
+        runner = me
+        stopRequested = false
+        let budget = maxItems > 0 ? maxItems : queue.count
+        var ran = 0
+        while ran < budget, !stopRequested, let item = queue.popFirst() {
+            if queue.isEmpty { unsignal() }
+            lock.unlock()
+            switch item {
+            case .completion(let completion): completion()
+            case .event(let event): deliver(event)
+            }
+            ran += 1
+            lock.lock()
+        }
+        runner = nil
+        lock.unlock()
+        return .ran(ran)
+    }
+
+    /// True on the thread that is inside `run` (so in a callback it runs).
+    public func isRunnerThread() -> Bool {
+        lock.withLock { runner.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
+    }
+
+    /// Makes the current `run` return once the item it is running returns (a deferred free).
+    public func stopAfterCurrentItem() { lock.withLock { stopRequested = true } }
+
+    public struct Counters: Sendable {
+        public var depth, peak, eventsDropped: Int
+    }
+
+    public func counters() -> Counters {
+        lock.withLock { Counters(depth: queue.count, peak: queue.peak, eventsDropped: queue.eventsDropped) }
+    }
+
+    /// Under the lock: the queue became non-empty.
+    private func signal() {
+        var one: UInt64 = 1
+        while write(fd, &one, 8) < 0 && errno == EINTR {}
+    }
+
+    /// Under the lock: the queue became empty (reading resets the counter to 0).
+    private func unsignal() {
+        var value: UInt64 = 0
+        while read(fd, &value, 8) < 0 && errno == EINTR {}
+    }
+}
