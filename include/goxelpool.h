@@ -280,9 +280,10 @@ goxelpool_status goxelpool_remove_listener(goxelpool_client *client, int listene
  * deferred until the callback returns; goxelpool_dispatch is refused (EINVAL: no nesting).
  * ------------------------------------------------------------------------------------------- */
 
-/* The client's event fd: an eventfd that is readable exactly while something is queued for
- * goxelpool_dispatch (level-triggered: watch it with poll, select, epoll without EPOLLET, or a
- * uv_poll_t). Owned by the client: do not read, write or close it; it is valid until
+/* The client's event fd: an eventfd that is readable while something is queued for
+ * goxelpool_dispatch, and not readable once a goxelpool_dispatch has left the queue empty (during
+ * a goxelpool_dispatch it may stay readable). Level-triggered: watch it with poll, select, epoll
+ * without EPOLLET, or a uv_poll_t. Owned by the client: do not read, write or close it; it is valid until
  * goxelpool_client_free (also after close). Any thread may call this.
  * Returns the fd (>= 0), or -1 when client is NULL or in thread mode ("callbacks": "thread"), with
  * the reason in goxelpool_last_error(). */
