@@ -9,6 +9,8 @@ public final class MultiPoolClient: @unchecked Sendable {
     /// Dispatch mode (`"callbacks": "dispatch"`): where completions and events wait for
     /// goxelpool_dispatch. nil in thread mode.
     public let inbox: DispatchInbox?
+    /// Sessions: documents pinned to one endpoint each (SessionManager).
+    public let sessions: SessionManager
     /// Async calls and batch items: one thread per connection the pools may open (a worker
     /// blocks on its call), at most 64.
     private let asyncWorkers: WorkerGroup
@@ -47,7 +49,9 @@ public final class MultiPoolClient: @unchecked Sendable {
         let perEndpoint = min(configuration.pool.maxConnections, share)
         asyncWorkers = WorkerGroup(threads: min(perEndpoint * max(1, endpoints.count), 64),
                                    capacity: max(configuration.pool.maxWaiters, 1))
+        sessions = SessionManager(configuration: configuration, events: events)
         for endpoint in endpoints { _ = addLocked(endpoint, max: perEndpoint) }
+        sessions.availability = { [weak self] in self?.sessionAvailability() ?? [:] }
     }
 
     /// Under the lock (or from init).
@@ -59,11 +63,14 @@ public final class MultiPoolClient: @unchecked Sendable {
         if !configuration.endpoints.isEmpty { settings.retryAttempts = min(1, configuration.retryAttempts) }
         settings.pool.maxConnections = maxConnections
         settings.pool.minConnections = min(configuration.pool.minConnections, maxConnections)
-        let pool = PoolClient(configuration: settings, endpoint: endpoint, events: events)
         let id = nextMemberID
         nextMemberID += 1
+        let pool = PoolClient(configuration: settings, endpoint: endpoint, events: events) { [weak sessions] pid in
+            sessions?.daemonIdentified(endpointID: id, pid: pid)
+        }
         members[id] = Member(endpoint: endpoint, pool: pool, maxConnections: maxConnections)
         balancer.add(id: id, now: Clock.now())
+        sessions.endpointAdded(id: id, endpoint: endpoint, pool: pool)
         return id
     }
 
@@ -188,6 +195,8 @@ public final class MultiPoolClient: @unchecked Sendable {
         }
         balancer.drain(id: id)
         lock.unlock()
+        // Durable sessions move to another daemon first (checkpoint, then restore there).
+        sessions.endpointRemoving(id: id)
         member.pool.close(drain: drain)
         lock.withLock {
             members[id] = nil
@@ -208,6 +217,22 @@ public final class MultiPoolClient: @unchecked Sendable {
 
     public var isClosing: Bool { lock.withLock { closing } }
 
+    /// Which endpoints may take a new session: not draining, not ejected, circuit not open.
+    func sessionAvailability() -> [Int: Bool] {
+        let list: [(Int, PoolClient, Bool)] = lock.withLock {
+            members.map { id, member in
+                let routable = balancer.member(id).map { !$0.draining && $0.ejectedUntil == nil } ?? false
+                return (id, member.pool, routable && !closing)
+            }
+        }
+        return Dictionary(uniqueKeysWithValues: list.map { ($0.0, $0.2 && $0.1.acceptsCalls) })
+    }
+
+    /// The endpoint id of `endpoint`, if it is one of this client's.
+    public func endpointID(of endpoint: Endpoint) -> Int? {
+        lock.withLock { members.first { $0.value.endpoint == endpoint }?.key }
+    }
+
     public func isLibraryThread() -> Bool {
         if events.isDispatcherThread() || asyncWorkers.isWorkerThread() { return true }
         let pools = lock.withLock { members.values.map(\.pool) }
@@ -221,17 +246,21 @@ public final class MultiPoolClient: @unchecked Sendable {
             return members.keys.sorted().compactMap { members[$0]?.pool }
         }
         guard !pools.isEmpty else { return }
+        // Sessions refuse calls first; their workers are joined once the pools cannot block them.
+        let sessionWorkers = sessions.beginClose()
         // Shut every endpoint down together: the drain deadline is shared, not added up.
         let threads = pools.map { pool in LibraryThread { pool.close(drain: drain) } }
         for (thread, pool) in zip(threads, pools) {
             if thread.isRunning { thread.join() } else { pool.close(drain: drain) }
         }
+        for worker in sessionWorkers { worker.join() }
         // Queued async calls run now and fail fast with ECLOSED (their callbacks still run once).
         asyncWorkers.stopAndJoin()
         events.stopAndJoin()
     }
 
     public struct EndpointSnapshot {
+        public var id: Int
         public var endpoint: Endpoint
         public var pool: PoolClient.Snapshot
         public var balancer: EndpointBalancer.Member?
@@ -245,6 +274,7 @@ public final class MultiPoolClient: @unchecked Sendable {
         public var uptime: Span
         /// Dispatch mode only.
         public var dispatchQueue: DispatchInbox.Counters?
+        public var sessions: SessionManager.Snapshot
     }
 
     public func snapshot() -> Snapshot {
@@ -253,12 +283,12 @@ public final class MultiPoolClient: @unchecked Sendable {
         }
         let counters = events.counters()
         let endpoints = list.map { id, member in
-            EndpointSnapshot(endpoint: member.endpoint, pool: member.pool.snapshot(), balancer: balancerState.member(id),
+            EndpointSnapshot(id: id, endpoint: member.endpoint, pool: member.pool.snapshot(), balancer: balancerState.member(id),
                              maxConnections: member.maxConnections)
         }
         return Snapshot(endpoints: endpoints, inPanic: balancerState.inPanic, eventsDelivered: counters.delivered,
                         eventsDropped: counters.dropped, uptime: Clock.now() - startedAt,
-                        dispatchQueue: inbox?.counters())
+                        dispatchQueue: inbox?.counters(), sessions: sessions.snapshot())
     }
 
     private func report(_ changes: [EndpointBalancer.Change]) {
