@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 import unittest
@@ -117,13 +118,15 @@ class AsyncClientTests(AsyncBase):
                     await asyncio.sleep(0.005)
 
             sampler = asyncio.create_task(sample())
+            started = time.monotonic()
             async with goxelpool.AsyncClient(config(pool={"min_connections": 4, "max_connections": 4,
                                                           "max_waiters": calls})) as client:
                 results = await asyncio.gather(*(client.call("echo", [i]) for i in range(calls)))
+                seconds = time.monotonic() - started
                 stats = client.stats()
             sampling = False
             await sampler
-            return {"results": results, "before": before, "peak": peak, "stats": stats,
+            return {"results": results, "before": before, "peak": peak, "stats": stats, "seconds": seconds,
                     "python_threads": python_threads, "python_threads_after": threading.active_count(),
                     "loop_thread": threading.get_ident()}
 
@@ -136,6 +139,9 @@ class AsyncClientTests(AsyncBase):
         self.assertEqual(settled_on, {got["loop_thread"]: calls}, "completions settled off the loop's thread")
         self.assertEqual(got["python_threads_after"], got["python_threads"], "Python threads were started")
         added = got["peak"] - got["before"]
+        print(f"\n    {calls} concurrent calls: threads {got['before']} before the client, {got['peak']} at most "
+              f"(+{added}); dispatch queue peak {got['stats']['dispatch_queue_peak']}; {got['seconds']:.2f} s",
+              file=sys.stderr)
         self.assertLessEqual(added, 12, f"{added} threads added for {calls} concurrent calls")
         self.assertGreater(got["stats"]["dispatch_queue_peak"], 0)
         self.assertEqual(goxelpool._pending, {})
