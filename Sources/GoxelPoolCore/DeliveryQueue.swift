@@ -8,27 +8,33 @@ import DequeModule
 /// callback runs exactly once), while events are bounded by `eventCapacity` and, when full, the
 /// oldest event is dropped and counted, so a loop that falls behind never makes the pool wait.
 /// Items come out in the order they went in, across both kinds (a sequence number orders the
-/// heads of the two queues). Pure: the I/O layer adds the lock and the eventfd.
+/// heads of the two queues). Pure: the I/O layer adds the lock and the eventfd. Inlinable, so
+/// the I/O layer's use is specialized (unspecialized, every append and pop looked up generic
+/// tuple metadata at run time: about 2 % of dispatch mode's CPU in `perf`).
 public struct DeliveryQueue<Completion, Event> {
     public enum Item {
         case completion(Completion)
         case event(Event)
     }
 
-    private var completions = Deque<(sequence: UInt64, value: Completion)>()
-    private var events = Deque<(sequence: UInt64, value: Event)>()
-    private var nextSequence: UInt64 = 0
+    @usableFromInline var completions = Deque<(sequence: UInt64, value: Completion)>()
+    @usableFromInline var events = Deque<(sequence: UInt64, value: Event)>()
+    @usableFromInline var nextSequence: UInt64 = 0
     public let eventCapacity: Int
+    @usableFromInline var dropped = 0
+    @usableFromInline var mostWaiting = 0
+
     /// Events dropped because the queue held `eventCapacity` events already.
-    public private(set) var eventsDropped = 0
+    public var eventsDropped: Int { dropped }
     /// The most items ever waiting at once.
-    public private(set) var peak = 0
+    public var peak: Int { mostWaiting }
 
     public init(eventCapacity: Int) { self.eventCapacity = max(1, eventCapacity) }
 
-    public var count: Int { completions.count + events.count }
-    public var isEmpty: Bool { completions.isEmpty && events.isEmpty }
+    @inlinable public var count: Int { completions.count + events.count }
+    @inlinable public var isEmpty: Bool { completions.isEmpty && events.isEmpty }
 
+    @inlinable
     public mutating func append(completion: Completion) {
         completions.append((nextSequence, completion))
         appended()
@@ -36,19 +42,20 @@ public struct DeliveryQueue<Completion, Event> {
 
     /// Queues an event; returns the oldest event when it had to be dropped to make room (the
     /// caller releases what it holds).
-    @discardableResult
+    @inlinable @discardableResult
     public mutating func append(event: Event) -> Event? {
-        var dropped: Event?
+        var oldestDropped: Event?
         if events.count >= eventCapacity, let oldest = events.popFirst() {
-            dropped = oldest.value
-            eventsDropped += 1
+            oldestDropped = oldest.value
+            dropped += 1
         }
         events.append((nextSequence, event))
         appended()
-        return dropped
+        return oldestDropped
     }
 
     /// The item that went in first, of either kind.
+    @inlinable
     public mutating func popFirst() -> Item? {
         switch (completions.first?.sequence, events.first?.sequence) {
         case (nil, nil):
@@ -62,8 +69,9 @@ public struct DeliveryQueue<Completion, Event> {
         }
     }
 
-    private mutating func appended() {
+    @inlinable
+    mutating func appended() {
         nextSequence &+= 1
-        peak = max(peak, count)
+        mostWaiting = max(mostWaiting, count)
     }
 }

@@ -732,7 +732,7 @@ static int nrows = 0;
 
 static int wanted(const char *section) { return !opt_only || !strcmp(opt_only, section); }
 
-/* --mode raw|pool|queue|single: only these throughput rows (for profiling). */
+/* --mode raw|pool|queue|single|thread|dispatch: only these throughput or async rows (for profiling). */
 static int mode_wanted(const char *name) { return !opt_mode || !strcmp(opt_mode, name); }
 
 static int add_row(const char *section, int mode, int threads, int conns, int latency_ms, int health_ms, int base) {
@@ -1043,8 +1043,8 @@ int main(int argc, char **argv) {
     /* Async: T = calls kept in flight, C = connections; dispatch compared with thread. */
     for (int lat = 0; lat <= (have_control && !opt_quick ? 2 : 0); lat += 2) {
         if (opt_latency >= 0 && lat != opt_latency) continue;
-        int thread_row = add_row("async", MODE_ASYNC_THREAD, opt_async_inflight, opt_async_conns, lat, 0, -1);
-        add_row("async", MODE_ASYNC_DISPATCH, opt_async_inflight, opt_async_conns, lat, 0, thread_row);
+        int thread_row = mode_wanted("thread") ? add_row("async", MODE_ASYNC_THREAD, opt_async_inflight, opt_async_conns, lat, 0, -1) : -1;
+        if (mode_wanted("dispatch")) add_row("async", MODE_ASYNC_DISPATCH, opt_async_inflight, opt_async_conns, lat, 0, thread_row);
     }
     int acq1 = add_row("acquire", MODE_ACQ, 1, 8, 0, 0, -1);
     add_row("acquire", MODE_ACQ, 8, 8, 0, 0, acq1);
