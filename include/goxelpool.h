@@ -386,8 +386,8 @@ goxelpool_status goxelpool_session_close(goxelpool_session *session);
 /* The client's event fd: an eventfd that is readable while something is queued for
  * goxelpool_dispatch, and not readable once a goxelpool_dispatch has left the queue empty (during
  * a goxelpool_dispatch it may stay readable). Level-triggered: watch it with poll, select, epoll
- * without EPOLLET, or a uv_poll_t. Owned by the client: do not read, write or close it; it is valid until
- * goxelpool_client_free (also after close). Any thread may call this.
+ * without EPOLLET, or a uv_poll_t. Owned by the client: do not read, write or close it; it is
+ * valid until goxelpool_client_free (also after close). Any thread may call this.
  * Returns the fd (>= 0), or -1 when client is NULL or in thread mode ("callbacks": "thread"), with
  * the reason in goxelpool_last_error(). */
 int goxelpool_event_fd(goxelpool_client *client);

@@ -231,8 +231,8 @@ public func goxelpool_client_free(_ client: OpaquePointer?) {
 @discardableResult
 private func finishFree(_ handle: ClientHandle) -> Int {
     handle.client.close(drain: .zero)
-    // After close no library thread adds anything: one pass would do; loop in case a callback
-    // queued more (it cannot: the client is closed), bounded by what is there.
+    // After close nothing new is queued (calls and events are refused), so this ends; it runs
+    // until the queue is empty rather than trusting one pass.
     var total = 0
     while case .ran(let count)? = handle.client.dispatch(maxItems: 0), count > 0 { total += count }
     Unmanaged<ClientHandle>.passUnretained(handle).release()

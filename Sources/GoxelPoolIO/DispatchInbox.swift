@@ -98,7 +98,9 @@ public final class DispatchInbox: @unchecked Sendable {
     }
 
     public func counters() -> Counters {
-        lock.withLock { Counters(depth: queue.count, peak: queue.peak, eventsDropped: queue.eventsDropped) }
+        lock.withLock {
+            Counters(depth: queue.count, peak: queue.peak, eventsDropped: queue.eventsDropped)
+        }
     }
 
     /// Under the lock: something is queued; makes the fd readable if it is not.

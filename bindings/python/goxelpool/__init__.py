@@ -218,7 +218,7 @@ class SessionLost(GoxelPoolError):
     status = Status.ELOST
 
 
-_ERRORS: Dict[int, type] = {
+_ERRORS: Dict[int, "type[GoxelPoolError]"] = {
     cls.status: cls for cls in (InvalidArgument, PoolTimeout, PoolClosed, ConnectError,
                                 ConnectionBroken, ProtocolError, RPCError, Busy, Unavailable,
                                 TooBig, PeerError, NoMemory, SessionLost)
@@ -406,7 +406,7 @@ def _to_json(value: Any) -> int:
     if not p:
         detail = error.raw[_JSON_ERROR_TEXT_OFFSET:].split(b"\0", 1)[0].decode("utf-8", "replace")
         raise InvalidArgument(f"value not representable in jansson: {detail}")
-    return p
+    return int(p)
 
 
 def _from_json(p: Optional[int]) -> Any:

@@ -201,8 +201,10 @@ class AsyncClient(_ClientBase):
         does not raise). A request is ``{"method": m, "params": p}``, ``(m, p)`` or ``m``."""
         calls = []
         for request in requests:
+            method: Any
+            params: Params = None
             if isinstance(request, str):
-                method, params = request, None
+                method = request
             elif isinstance(request, tuple):
                 method, params = request
             else:
@@ -211,7 +213,7 @@ class AsyncClient(_ClientBase):
                 if unknown:
                     raise InvalidArgument(f"unknown request key(s): {sorted(unknown)}")
                 method, params = item.get("method"), item.get("params")
-            calls.append(self.call(method, params, timeout_ms))  # type: ignore[arg-type]
+            calls.append(self.call(method, params, timeout_ms))
         outcomes: List[Outcome] = []
         for result in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(result, BaseException):
