@@ -13,7 +13,12 @@ import GoxelPoolCore
 /// momentarily empty, which saves two system calls per item under load (the loop would find
 /// nothing, or what arrived meanwhile). One thread runs items at a time.
 public final class DispatchInbox: @unchecked Sendable {
-    public typealias Completion = () -> Void
+    /// An async call's outcome and what runs it (stored as is: no closure is allocated per item on
+    /// the library thread only to be freed on the application's).
+    public struct Completion {
+        let outcome: CallOutcome
+        let run: (CallOutcome) -> Void
+    }
 
     private let lock = PthreadMutex()
     private var queue: DeliveryQueue<Completion, ClientEvent>
@@ -35,9 +40,9 @@ public final class DispatchInbox: @unchecked Sendable {
 
     deinit { Glibc.close(fd) }
 
-    public func post(_ completion: @escaping Completion) {
+    public func post(_ outcome: CallOutcome, to run: @escaping (CallOutcome) -> Void) {
         lock.withLock {
-            queue.append(completion: completion)
+            queue.append(completion: Completion(outcome: outcome, run: run))
             signal()
         }
     }
@@ -73,7 +78,7 @@ public final class DispatchInbox: @unchecked Sendable {
         while ran < budget, !stopRequested, let item = queue.popFirst() {
             lock.unlock()
             switch item {
-            case .completion(let completion): completion()
+            case .completion(let completion): completion.run(completion.outcome)
             case .event(let event): deliver(event)
             }
             ran += 1

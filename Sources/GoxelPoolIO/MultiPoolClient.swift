@@ -135,7 +135,7 @@ public final class MultiPoolClient: @unchecked Sendable {
         if isClosing { return CallFailure(.closed, "client is closed") }
         let deliver: (CallOutcome) -> Void
         if let inbox {
-            deliver = { outcome in inbox.post { completion(outcome) } }
+            deliver = { outcome in inbox.post(outcome, to: completion) }
         } else {
             deliver = completion
         }
