@@ -160,7 +160,8 @@ public final class Session: @unchecked Sendable {
 
             lock.lock()
             activeCalls -= 1
-            if activeCalls == 0 { changed.broadcast() }
+            // Only the worker waits for the last call (to checkpoint or restore): no wake-up otherwise.
+            if activeCalls == 0 && (checkpointing || recovery != nil) { changed.broadcast() }
             switch outcome {
             case .daemonChanged(let newPid):
                 // Nothing was sent: restore first, then run it on the restored document.
