@@ -407,6 +407,7 @@ static void *worker_main(void *arg) {
 
 typedef struct {
     double calls_s, p50_us, p99_us, max_us, cpu_us_call, ns_per_op;
+    double switches_call; /* async rows: context switches of the whole process per call */
     double calls, errors;
     double seconds;
 } run_result;
@@ -503,6 +504,13 @@ typedef struct {
     uint64_t started_ns;
 } async_slot;
 
+/* Voluntary and involuntary context switches of every thread of this process. */
+static long context_switches(void) {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_nvcsw + u.ru_nivcsw;
+}
+
 static void async_done(goxelpool_status status, const json_t *result, const json_t *rpc_error, void *userdata);
 
 static int async_start(async_slot *slot) {
@@ -547,15 +555,16 @@ static run_result run_async(int dispatch, int conns, int inflight, double durati
     }
     double t_measure = now_s() + opt_warmup, t_stop = t_measure + duration, deadline = t_stop + 30;
     double c0 = 0, c1 = 0, t0 = 0, t1 = 0;
+    long s0 = 0, s1 = 0;
     int phase = PHASE_WARMUP;
     while (atomic_load(&b.in_flight) > 0 && now_s() < deadline) {
         double now = now_s();
         if (phase == PHASE_WARMUP && now >= t_measure) {
-            c0 = cpu_s(), t0 = now_s();
+            c0 = cpu_s(), t0 = now_s(), s0 = context_switches();
             atomic_store(&b.phase, phase = PHASE_MEASURE);
         } else if (phase == PHASE_MEASURE && now >= t_stop) {
             atomic_store(&b.phase, phase = PHASE_STOP);
-            c1 = cpu_s(), t1 = now_s();
+            c1 = cpu_s(), t1 = now_s(), s1 = context_switches();
         }
         if (dispatch) {
             struct epoll_event ready;
@@ -582,6 +591,7 @@ static run_result run_async(int dispatch, int conns, int inflight, double durati
         r.max_us = b.stats.lat[total - 1] / 1e3;
     }
     r.cpu_us_call = r.calls > 0 ? (c1 - c0) * 1e6 / r.calls : 0;
+    r.switches_call = r.calls > 0 ? (double)(s1 - s0) / r.calls : 0;
     for (int i = 0; i < inflight; i++) json_decref(slots[i].params);
     free(slots);
     free(b.stats.lat);
@@ -953,6 +963,7 @@ static json_t *row_json(const row *w) {
         json_object_set_new(o, "compared_with", json_string(mode_names[rows[w->base].mode]));
     }
     if (w->mode == MODE_ACQ) json_object_set_new(o, "ns_per_op", json_real(MED(w, ns_per_op)));
+    if (!strcmp(w->section, "async")) json_object_set_new(o, "context_switches_per_call", json_real(MED(w, switches_call)));
     if (!strcmp(w->section, "health")) {
         double hc[MAX_ROUNDS];
         for (int j = 0; j < w->n; j++) hc[j] = (double)w->health_checks[j];
@@ -1161,8 +1172,9 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nrows; i++) {
         row *w = &rows[i];
         if (strcmp(w->section, "async")) continue;
-        printf("  latency %d ms %-8s %10.0f calls/s  p50 %8.1f µs  p99 %8.1f µs  CPU %6.1f µs/call", w->latency_ms,
-               mode_names[w->mode], MED(w, calls_s), MED(w, p50_us), MED(w, p99_us), MED(w, cpu_us_call));
+        printf("  latency %d ms %-8s %10.0f calls/s  p50 %8.1f µs  p99 %8.1f µs  CPU %6.1f µs/call  %4.2f switches/call",
+               w->latency_ms, mode_names[w->mode], MED(w, calls_s), MED(w, p50_us), MED(w, p99_us), MED(w, cpu_us_call),
+               MED(w, switches_call));
         if (w->base >= 0) printf("  ratio %.2f, cpu× %.2f", med_arr(w->ratio, w->n), med_arr(w->cpu_ratio, w->n));
         printf("\n");
         emit(row_json(w));
