@@ -83,7 +83,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 __version__ = "1.1.0"  # the library's version this module is written for (GOXELPOOL_VERSION_STRING)
 
 __all__ = [
-    "Client", "AsyncClient", "Outcome", "Status", "EventKind", "version", "strerror", "status_name", "library_path",
+    "Client", "AsyncClient", "Outcome", "Status", "EventKind", "version", "strerror", "status_name",
+    "library_path",
     "GoxelPoolError", "InvalidArgument", "PoolTimeout", "PoolClosed", "ConnectError",
     "ConnectionBroken", "ProtocolError", "RPCError", "Busy", "Unavailable", "TooBig", "PeerError",
     "NoMemory",
