@@ -110,7 +110,10 @@ install: all
 	install -m 755 $(BUILD)/bin/goxel-refd $(DESTDIR)$(BINDIR)/goxel-refd
 
 # Every example, built as a user would: against an installed prefix, with pkg-config and nothing
-# else. The prefix is build/stage so that the binaries in build/examples stay runnable.
+# else. The prefix is build/stage so that the binaries in build/examples stay runnable. An example
+# that needs more than goxelpool names its pkg-config packages on a " * pkg-config: ..." line of
+# its opening comment (uv_loop.c: goxelpool libuv); Tests/packaging/run.sh reads the same line.
+EXAMPLE_PKGS = $$(sed -n 's/^ \* pkg-config: *//p' $(1) | head -n 1 | grep . || echo goxelpool)
 examples:
 	rm -rf $(STAGE)
 	$(MAKE) --no-print-directory install PREFIX=$(STAGE) DESTDIR= BINDIR=$(STAGE)/bin \
@@ -118,9 +121,9 @@ examples:
 	@mkdir -p $(BUILD)/examples
 	@set -e; export PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig; \
 	for src in examples-c/*.c; do \
-	  out=$(BUILD)/examples/$$(basename $$src .c); \
-	  echo "$(CC) -Wall -Wextra -Werror $$src \$$($(PKG_CONFIG) --cflags --libs goxelpool) -o $$out"; \
-	  $(CC) -Wall -Wextra -Werror $$src $$($(PKG_CONFIG) --cflags --libs goxelpool) -o $$out; \
+	  out=$(BUILD)/examples/$$(basename $$src .c); pkgs=$(call EXAMPLE_PKGS,$$src); \
+	  echo "$(CC) -Wall -Wextra -Werror $$src \$$($(PKG_CONFIG) --cflags --libs $$pkgs) -o $$out"; \
+	  $(CC) -Wall -Wextra -Werror $$src $$($(PKG_CONFIG) --cflags --libs $$pkgs) -o $$out; \
 	done
 
 demo: examples

@@ -78,6 +78,8 @@ typedef struct goxelpool_client goxelpool_client;
  *     socket_path "/tmp/goxel-daemon.sock", pooling true, timeout_ms 5000, retry_attempts 3,
  *     retry_delay_ms 1000, max_message_size 1048576, verify_peer true, idempotent_methods [],
  *     log_level "warn", event_queue_size 1024,
+ *     callbacks "thread" | "dispatch" (where async callbacks and listeners run: on library threads,
+ *              or only inside goxelpool_dispatch; see "Event loops" below),
  *     pool { min_connections 2, max_connections 10, acquire_timeout_ms 5000, idle_timeout_ms 60000,
  *            max_lifetime_ms 0, max_requests_per_connection 0, max_waiters 1024,
  *            load_balancing "least_used" | "round_robin" | "random", connect_timeout_ms 1000,
@@ -95,7 +97,8 @@ typedef struct goxelpool_client goxelpool_client;
  * out: receives the client (set to NULL on failure). Must not be NULL.
  * errbuf: may be NULL; else receives a NUL-terminated message on failure (truncated to
  *   errbuf_len - 1 bytes).
- * Returns OK, EINVAL (bad config or arguments; the message names the key), ENOMEM.
+ * Returns OK, EINVAL (bad config or arguments; the message names the key), ENOMEM (also when
+ *   no file descriptor is left for the event fd of "callbacks": "dispatch").
  * The daemon need not be running: connections are retried with backoff. */
 goxelpool_status goxelpool_client_new(const json_t *config, goxelpool_client **out,
                                       char *errbuf, size_t errbuf_len);
@@ -104,15 +107,22 @@ goxelpool_status goxelpool_client_new(const json_t *config, goxelpool_client **o
  * ECLOSED; calls in flight may finish for up to drain_timeout_ms (< 0: the configured timeout_ms),
  * then their connections are shut down and they fail with ECLOSED; queued async calls get their
  * callback with ECLOSED. Every socket is closed and every library thread joined before it returns.
- * Idempotent: a second close returns OK at once. Must not be called from a callback of this
- * client (returns EINVAL: it would wait for itself).
- * Returns OK, EINVAL (client NULL, or called from a callback). */
+ * Idempotent: a second close returns OK at once. In thread mode it must not be called from a
+ * callback of this client (returns EINVAL: it would wait for itself); in dispatch mode callbacks
+ * run on your thread, so it may be, and the callbacks of queued async calls then wait in the
+ * dispatch queue (with ECLOSED) for goxelpool_dispatch.
+ * Returns OK, EINVAL (client NULL, or called from a callback in thread mode). */
 goxelpool_status goxelpool_client_close(goxelpool_client *client, int drain_timeout_ms);
 
 /* Closes the client (drain timeout 0) if needed and frees it. NULL is fine. After it returns no
  * callback or listener of this client runs again. The caller must make sure no other thread uses
  * the client during or after this call. From a callback of the client it is deferred: the client
- * is freed when the callback returns. */
+ * is freed when the callback returns.
+ * Thread mode: after a free from a callback, async callbacks not yet run never run.
+ * Dispatch mode: every item still queued runs first, on the thread calling free (from a callback:
+ * in the goxelpool_dispatch that ran it, once the callback returns), so each async callback
+ * still runs exactly once (ECLOSED for calls cut off); calls made from them return ECLOSED. The
+ * event fd is closed: stop watching it before. */
 void goxelpool_client_free(goxelpool_client *client);
 
 /* ---------------------------------------------------------------------------------------------
@@ -139,9 +149,11 @@ goxelpool_status goxelpool_call(goxelpool_client *client, const char *method,
                                 json_t **result, json_t **rpc_error);
 
 /* Called exactly once with the outcome of goxelpool_call_async. result and rpc_error are borrowed:
- * valid only during the callback (json_incref them to keep them). Runs on a library thread, never
- * under an internal lock; it may call any goxelpool_* function of the same client except
- * goxelpool_client_close (goxelpool_client_free is deferred until the callback returns). */
+ * valid only during the callback (json_incref them to keep them). Runs on a library thread (in
+ * dispatch mode: inside goxelpool_dispatch, on its caller's thread), never under an internal lock;
+ * it may call any goxelpool_* function of the same client except goxelpool_client_close in
+ * thread mode (goxelpool_client_free is deferred until the callback returns). On a failure,
+ * goxelpool_last_error() in the callback gives the detail. */
 typedef void (*goxelpool_call_cb)(goxelpool_status status, const json_t *result,
                                   const json_t *rpc_error, void *userdata);
 
@@ -228,10 +240,11 @@ enum {
 };
 
 /* A listener. event is borrowed: valid only during the call (json_incref it to keep it). Runs on
- * the client's event thread, one event at a time, in order, never under an internal lock. It may
- * call any goxelpool_* function of the same client except goxelpool_client_close. Events wait in
- * a bounded queue (event_queue_size): if listeners fall behind, the oldest events are dropped and
- * counted in the statistics ("events_dropped"); the pool itself never waits for a listener. */
+ * the client's event thread (in dispatch mode: inside goxelpool_dispatch), one event at a time,
+ * in order, never under an internal lock. It may call any goxelpool_* function of the same
+ * client except goxelpool_client_close in thread mode. Events wait in a bounded queue
+ * (event_queue_size): if listeners fall behind, the oldest events are dropped and counted in the
+ * statistics ("events_dropped"); the pool itself never waits for a listener. */
 typedef void (*goxelpool_event_cb)(const json_t *event, void *userdata);
 
 /* Registers cb for the event kinds in `kinds` (a non-zero mask of GOXELPOOL_EVENT_*).
@@ -344,6 +357,53 @@ json_t *goxelpool_session_info(goxelpool_session *session);
  * uses the session during or after this call. May be called before or after goxelpool_client_free
  * of its client. Returns OK (also for NULL). */
 goxelpool_status goxelpool_session_close(goxelpool_session *session);
+
+/* ---------------------------------------------------------------------------------------------
+ * Event loops (dispatch mode)
+ *
+ * A client created with "callbacks": "dispatch" runs no code of yours on library threads. The
+ * callbacks of goxelpool_call_async and the listeners' events wait in a queue, and run only
+ * inside goxelpool_dispatch, on the thread that calls it: your event loop watches one file
+ * descriptor and calls one function, as with libpq's PQsocket/PQconsumeInput or libcurl's
+ * multi_socket_action:
+ *
+ *     int fd = goxelpool_event_fd(client);          // watch for readability, level-triggered
+ *     ... when fd is readable: goxelpool_dispatch(client, 0, NULL);
+ *
+ * The queue: async completions are never dropped (each callback runs exactly once); events keep
+ * the bound of event_queue_size, dropping the oldest (counted in "events_dropped"). Items run in
+ * the order they were queued. The statistics report "dispatch_queue_depth" and
+ * "dispatch_queue_peak". The library's own threads (connections, health checks, async calls
+ * waiting for their answer) are the same as in thread mode, less the event thread.
+ *
+ * Closing: goxelpool_client_close completes every async call (cut-off ones with ECLOSED) into the
+ * queue; keep dispatching to run them. goxelpool_client_free runs whatever is still queued before
+ * it frees (see goxelpool_client_free). In a callback, every goxelpool_* function may be called,
+ * goxelpool_client_close included (it blocks your thread for the drain); goxelpool_client_free is
+ * deferred until the callback returns; goxelpool_dispatch is refused (EINVAL: no nesting).
+ * ------------------------------------------------------------------------------------------- */
+
+/* The client's event fd: an eventfd that is readable while something is queued for
+ * goxelpool_dispatch, and not readable once a goxelpool_dispatch has left the queue empty (during
+ * a goxelpool_dispatch it may stay readable). Level-triggered: watch it with poll, select, epoll
+ * without EPOLLET, or a uv_poll_t. Owned by the client: do not read, write or close it; it is
+ * valid until goxelpool_client_free (also after close). Any thread may call this.
+ * Returns the fd (>= 0), or -1 when client is NULL or in thread mode ("callbacks": "thread"), with
+ * the reason in goxelpool_last_error(). */
+int goxelpool_event_fd(goxelpool_client *client);
+
+/* Runs queued async callbacks and listener events on the calling thread, in order, never under
+ * an internal lock, and returns when done (it never waits for something to be queued).
+ * max_items: at most this many items (an async completion, or an event with all the listeners
+ *   that want it); <= 0: every item queued when the call starts (items queued while it runs wait
+ *   for the next call, so a callback that starts a call cannot keep it running forever).
+ * ran: may be NULL; else receives the number of items run (0 on failure).
+ * Threads: any thread, one at a time per client: typically your event loop's. A call while another
+ * thread is in goxelpool_dispatch for the same client returns EBUSY at once, running nothing;
+ * a call from a callback it is running returns EINVAL. Also after goxelpool_client_close.
+ * Returns OK (also when nothing was queued), EINVAL (client NULL, a client in thread mode, or
+ * called from one of its own callbacks), EBUSY (another thread is dispatching this client). */
+goxelpool_status goxelpool_dispatch(goxelpool_client *client, int max_items, int *ran);
 
 #ifdef __cplusplus
 }

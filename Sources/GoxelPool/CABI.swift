@@ -13,12 +13,24 @@ final class ClientHandle: @unchecked Sendable {
     let client: MultiPoolClient
     private let lock = PthreadMutex()
     private var suppressed = false
+    private var freeing = false
 
     init(client: MultiPoolClient) { self.client = client }
 
-    /// Async callbacks check this: after goxelpool_client_free from a callback none runs again.
+    /// Async callbacks check this (thread mode): after goxelpool_client_free from a callback none
+    /// runs again.
     var callbacksSuppressed: Bool { lock.withLock { suppressed } }
     func suppressCallbacks() { lock.withLock { suppressed = true } }
+
+    /// Dispatch mode: goxelpool_client_free was called (true once; later calls are ignored).
+    func markFreeing() -> Bool {
+        lock.withLock {
+            if freeing { return false }
+            freeing = true
+            return true
+        }
+    }
+    var isFreeing: Bool { lock.withLock { freeing } }
 
     static func from(_ pointer: OpaquePointer?) -> ClientHandle? {
         guard let pointer else { return nil }
@@ -157,7 +169,15 @@ public func goxelpool_client_new(_ config: UnsafePointer<json_t>?, _ out: Unsafe
     } catch {
         return reject(CallFailure(.invalid, error.description))
     }
-    let handle = ClientHandle(client: MultiPoolClient(configuration: configuration, endpoints: configuration.effectiveEndpoints))
+    var inbox: DispatchInbox?
+    if configuration.callbacks == .dispatch {
+        inbox = DispatchInbox(eventCapacity: configuration.eventQueueSize)
+        if inbox == nil {
+            return reject(CallFailure(.noMemory, "cannot create the event fd of dispatch mode: \(String(cString: strerror(errno)))"))
+        }
+    }
+    let handle = ClientHandle(client: MultiPoolClient(configuration: configuration, endpoints: configuration.effectiveEndpoints,
+                                                      inbox: inbox))
     out.pointee = OpaquePointer(Unmanaged.passRetained(handle).toOpaque())
     if let errbuf, errbufLength > 0 { errbuf.pointee = 0 }
     return GOXELPOOL_OK
@@ -178,6 +198,18 @@ public func goxelpool_client_close(_ client: OpaquePointer?, _ drainTimeoutMs: I
 @c @implementation
 public func goxelpool_client_free(_ client: OpaquePointer?) {
     guard let client, let handle = ClientHandle.from(client) else { return }
+    if let inbox = handle.client.inbox {
+        // Dispatch mode: no user code runs on library threads, so the thread freeing is the
+        // application's. From a callback that goxelpool_dispatch runs, the free happens when
+        // that callback returns (goxelpool_dispatch finishes it).
+        guard handle.markFreeing() else { return }
+        if inbox.isRunnerThread() {
+            inbox.stopAfterCurrentItem()
+            return
+        }
+        finishFree(handle)
+        return
+    }
     if handle.client.isLibraryThread() {
         // From a callback: nothing more is delivered, and the close (which joins this very
         // thread) happens on a thread of its own once the callback has returned.
@@ -191,6 +223,60 @@ public func goxelpool_client_free(_ client: OpaquePointer?) {
     }
     handle.client.close(drain: .zero)
     Unmanaged<ClientHandle>.passUnretained(handle).release()
+}
+
+/// Dispatch mode: closes, runs every completion and event still queued on the calling thread
+/// (each async callback exactly once, most with ECLOSED), then releases the client and its fd.
+/// Returns the number of items run.
+@discardableResult
+private func finishFree(_ handle: ClientHandle) -> Int {
+    handle.client.close(drain: .zero)
+    // After close nothing new is queued (calls and events are refused), so this ends; it runs
+    // until the queue is empty rather than trusting one pass.
+    var total = 0
+    while case .ran(let count)? = handle.client.dispatch(maxItems: 0), count > 0 { total += count }
+    Unmanaged<ClientHandle>.passUnretained(handle).release()
+    return total
+}
+
+// MARK: - Event loops (dispatch mode)
+
+@c @implementation
+public func goxelpool_event_fd(_ client: OpaquePointer?) -> Int32 {
+    LastError.clear()
+    guard let handle = ClientHandle.from(client) else {
+        LastError.set("client is NULL")
+        return -1
+    }
+    guard let inbox = handle.client.inbox else {
+        LastError.set("the client runs callbacks on library threads (\"callbacks\": \"thread\"): it has no event fd")
+        return -1
+    }
+    return inbox.fd
+}
+
+@c @implementation
+public func goxelpool_dispatch(_ client: OpaquePointer?, _ maxItems: Int32,
+                               _ ran: UnsafeMutablePointer<Int32>?) -> goxelpool_status {
+    LastError.clear()
+    ran?.pointee = 0
+    guard let handle = ClientHandle.from(client) else { return invalid("client is NULL") }
+    switch handle.client.dispatch(maxItems: Int(maxItems)) {
+    case nil:
+        return invalid("goxelpool_dispatch needs a client created with \"callbacks\": \"dispatch\"")
+    case .nested?:
+        return invalid("goxelpool_dispatch called from a callback it is running")
+    case .busy?:
+        return failed(CallFailure(.busy, "another thread is in goxelpool_dispatch for this client"))
+    case .ran(let count)?:
+        var total = count
+        // goxelpool_client_free was called from one of those callbacks: finish it here.
+        if handle.isFreeing { total += finishFree(handle) }
+        ran?.pointee = Int32(clamping: total)
+        // What the last callback left in this thread's last error is not this call's failure.
+        LastError.clear()
+        return GOXELPOOL_OK
+    }
 }
 
 // MARK: - Calls

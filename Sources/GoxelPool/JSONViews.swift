@@ -161,6 +161,9 @@ func statisticsJSON(_ multi: MultiPoolClient.Snapshot) -> UnsafeMutablePointer<j
     let object = poolStatisticsJSON(withSessionAlerts)
     object.set("circuit_state", circuitSummary(multi))
     object.set("panic_mode", multi.inPanic)
+    object.set("callbacks", multi.dispatchQueue == nil ? "thread" : "dispatch")
+    object.set("dispatch_queue_depth", multi.dispatchQueue?.depth ?? 0)
+    object.set("dispatch_queue_peak", multi.dispatchQueue?.peak ?? 0)
     object.set("sessions", sessionStatisticsJSON(multi.sessions).raw)
     let list = json_array()
     for endpoint in multi.endpoints {

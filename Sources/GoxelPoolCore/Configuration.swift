@@ -103,6 +103,13 @@ public struct ClientConfiguration: Sendable, Equatable {
         public static func < (lhs: LogLevel, rhs: LogLevel) -> Bool { lhs.rank < rhs.rank }
     }
 
+    /// Where async-call callbacks and listeners run: on library threads (`thread`, the default),
+    /// or only inside goxelpool_dispatch on the application's own thread (`dispatch`, for event
+    /// loops: the client then has an eventfd that is readable while something waits).
+    public enum CallbackMode: String, Sendable, Equatable, CaseIterable {
+        case thread, dispatch
+    }
+
     /// The `pool` section.
     public struct PoolConfiguration: Sendable, Equatable {
         public var minConnections = 2
@@ -195,6 +202,7 @@ public struct ClientConfiguration: Sendable, Equatable {
     public var idempotentMethods: [String] = []
     public var logLevel = LogLevel.warn
     public var eventQueueSize = 1024
+    public var callbacks = CallbackMode.thread
     public var pool = PoolConfiguration()
     public var reconnect = ReconnectConfiguration()
     public var health = HealthConfiguration()
@@ -241,6 +249,7 @@ public struct ClientConfiguration: Sendable, Equatable {
         c.idempotentMethods = try top.stringArray("idempotent_methods", c.idempotentMethods)
         c.logLevel = try top.choice("log_level", c.logLevel)
         c.eventQueueSize = try top.int("event_queue_size", c.eventQueueSize, 1...1_000_000)
+        c.callbacks = try top.choice("callbacks", c.callbacks)
         let endpointTexts = try top.stringArray("endpoints", [])
         for (index, text) in endpointTexts.enumerated() {
             switch Endpoint.parse(text) {

@@ -72,7 +72,9 @@ public struct ClientEvent: Sendable {
 
 /// Delivers events to listeners on one library thread, in order, never under the pool's lock.
 /// The queue is bounded: when listeners fall behind, the oldest events are dropped and counted,
-/// so a blocked listener can never stall the pool.
+/// so a blocked listener can never stall the pool. In dispatch mode there is no event thread:
+/// events wait in the client's DispatchInbox (bounded the same way) and are delivered by
+/// `deliver` on the thread that runs goxelpool_dispatch.
 public final class EventDispatcher: @unchecked Sendable {
     public typealias Callback = (UnsafeMutablePointer<json_t>) -> Void
 
@@ -90,6 +92,8 @@ public final class EventDispatcher: @unchecked Sendable {
     private var listeners: [Listener] = []
     private var nextListenerID = 1
     private var runningListener: Int?
+    /// The thread running `runningListener` (the event thread, or a thread in goxelpool_dispatch).
+    private var runningOn = pthread_t()
     private var stopping = false
     private var thread: LibraryThread?
     /// Kinds some listener wants: read without the lock on hot paths (a stale value only means
@@ -99,10 +103,14 @@ public final class EventDispatcher: @unchecked Sendable {
     public private(set) var delivered = 0
     /// Set when the client is freed from a callback: nothing more is delivered.
     private var suppressed = false
+    /// Dispatch mode: events go there instead of to the event thread.
+    private let inbox: DispatchInbox?
 
-    public init(capacity: Int) {
+    /// `inbox`: dispatch mode (no event thread).
+    public init(capacity: Int, inbox: DispatchInbox? = nil) {
         self.capacity = max(1, capacity)
-        thread = LibraryThread { [unowned self] in self.run() }
+        self.inbox = inbox
+        if inbox == nil { thread = LibraryThread { [unowned self] in self.run() } }
     }
 
     public func wants(_ kind: EventKind) -> Bool {
@@ -114,6 +122,11 @@ public final class EventDispatcher: @unchecked Sendable {
     public func post(_ event: ClientEvent) {
         lock.lock()
         guard !stopping, listeners.contains(where: { $0.kinds.contains(event.kind) }) else { lock.unlock(); return }
+        if let inbox {
+            lock.unlock()
+            inbox.post(event)
+            return
+        }
         if queue.count >= capacity {
             queue.removeFirst()
             dropped += 1
@@ -140,23 +153,28 @@ public final class EventDispatcher: @unchecked Sendable {
         guard let index = listeners.firstIndex(where: { $0.id == id }) else { return false }
         listeners.remove(at: index)
         updateMask()
-        if !isDispatcherThread() {
-            while runningListener == id { idle.wait(lock, until: nil) }
-        }
+        while runningListener == id && !runningHere() { idle.wait(lock, until: nil) }
         return true
     }
 
-    /// No listener runs after this returns (except one already running on the event thread).
+    /// No listener runs after this returns (except one already running on the calling thread).
     public func suppress() {
         lock.lock()
         suppressed = true
-        if !isDispatcherThread() { while runningListener != nil { idle.wait(lock, until: nil) } }
+        while runningListener != nil && !runningHere() { idle.wait(lock, until: nil) }
         lock.unlock()
     }
 
-    public func counters() -> (delivered: Int, dropped: Int) { lock.withLock { (delivered, dropped) } }
+    /// Under the lock: the running listener (if any) runs on the calling thread.
+    private func runningHere() -> Bool { runningListener != nil && pthread_equal(runningOn, pthread_self()) != 0 }
 
-    /// Delivers what is queued, then stops the thread.
+    public func counters() -> (delivered: Int, dropped: Int) {
+        let inboxDropped = inbox?.counters().eventsDropped ?? 0
+        return lock.withLock { (delivered, dropped + inboxDropped) }
+    }
+
+    /// Delivers what is queued, then stops the thread (dispatch mode: only stops taking events;
+    /// those already in the inbox wait for goxelpool_dispatch).
     public func stopAndJoin() {
         lock.withLock { stopping = true }
         wakeup.broadcast()
@@ -174,26 +192,35 @@ public final class EventDispatcher: @unchecked Sendable {
         while true {
             while queue.isEmpty && !stopping { wakeup.wait(lock, until: nil) }
             guard let event = queue.popFirst() else { break }
-            let targets = listeners.filter { $0.kinds.contains(event.kind) }
             lock.unlock()
-            let json = targets.isEmpty ? nil : event.json()
-            for listener in targets {
-                lock.lock()
-                // Removed meanwhile, or the client was freed from a callback: skip it.
-                let stillThere = listeners.contains { $0.id == listener.id } && !suppressed
-                if stillThere { runningListener = listener.id }
-                lock.unlock()
-                guard stillThere, let json else { continue }
-                listener.callback(json)
-                lock.lock()
-                runningListener = nil
-                delivered += 1
-                lock.unlock()
-                idle.broadcast()
-            }
-            if let json { json_decref(json) }
+            deliver(event)
             lock.lock()
         }
         lock.unlock()
+    }
+
+    /// Calls the listeners that want `event`, on the calling thread (the event thread, or in
+    /// dispatch mode the thread in goxelpool_dispatch), never under the lock.
+    public func deliver(_ event: ClientEvent) {
+        let targets = lock.withLock { listeners.filter { $0.kinds.contains(event.kind) } }
+        let json = targets.isEmpty ? nil : event.json()
+        for listener in targets {
+            lock.lock()
+            // Removed meanwhile, or the client was freed from a callback: skip it.
+            let stillThere = listeners.contains { $0.id == listener.id } && !suppressed
+            if stillThere {
+                runningListener = listener.id
+                runningOn = pthread_self()
+            }
+            lock.unlock()
+            guard stillThere, let json else { continue }
+            listener.callback(json)
+            lock.lock()
+            runningListener = nil
+            delivered += 1
+            lock.unlock()
+            idle.broadcast()
+        }
+        if let json { json_decref(json) }
     }
 }

@@ -6,6 +6,9 @@ import GoxelPoolCore
 public final class MultiPoolClient: @unchecked Sendable {
     public let configuration: ClientConfiguration
     public let events: EventDispatcher
+    /// Dispatch mode (`"callbacks": "dispatch"`): where completions and events wait for
+    /// goxelpool_dispatch. nil in thread mode.
+    public let inbox: DispatchInbox?
     /// Sessions: documents pinned to one endpoint each (SessionManager).
     public let sessions: SessionManager
     /// Async calls and batch items: one thread per connection the pools may open (a worker
@@ -26,10 +29,11 @@ public final class MultiPoolClient: @unchecked Sendable {
     }
 
     /// `endpoints` must not be empty; each gets min/max of `configuration.pool`, within
-    /// `max_total_connections` when that is set (shared out evenly).
-    public init(configuration: ClientConfiguration, endpoints: [Endpoint]) {
+    /// `max_total_connections` when that is set (shared out evenly). `inbox`: dispatch mode.
+    public init(configuration: ClientConfiguration, endpoints: [Endpoint], inbox: DispatchInbox? = nil) {
         self.configuration = configuration
-        events = EventDispatcher(capacity: configuration.eventQueueSize)
+        self.inbox = inbox
+        events = EventDispatcher(capacity: configuration.eventQueueSize, inbox: inbox)
         var policy = EndpointBalancer.Policy()
         let outlier = configuration.outlierDetection
         policy.consecutiveFailures = outlier.consecutiveFailures
@@ -124,11 +128,18 @@ public final class MultiPoolClient: @unchecked Sendable {
         }
     }
 
-    /// Queues a call on a library thread; `completion` runs there exactly once.
+    /// Queues a call on a library thread; `completion` runs exactly once: there (thread mode), or
+    /// in `dispatch` on the application's thread (dispatch mode).
     public func callAsync(method: String, params: OpaquePointer?, timeout: Span?,
                           completion: @escaping (CallOutcome) -> Void) -> CallFailure? {
         if isClosing { return CallFailure(.closed, "client is closed") }
-        let accepted = asyncWorkers.submit { [self] in completion(call(method: method, params: params, timeout: timeout)) }
+        let deliver: (CallOutcome) -> Void
+        if let inbox {
+            deliver = { outcome in inbox.post(outcome, to: completion) }
+        } else {
+            deliver = completion
+        }
+        let accepted = asyncWorkers.submit { [self] in deliver(call(method: method, params: params, timeout: timeout)) }
         if accepted { return nil }
         return isClosing ? CallFailure(.closed, "client is closed")
                          : CallFailure(.busy, "\(configuration.pool.maxWaiters) async calls already queued")
@@ -194,6 +205,14 @@ public final class MultiPoolClient: @unchecked Sendable {
         return nil
     }
 
+    // MARK: - Dispatch mode
+
+    /// Runs queued completions and events on the calling thread (see DispatchInbox.run); nil in
+    /// thread mode.
+    public func dispatch(maxItems: Int) -> DispatchInbox.RunResult? {
+        inbox?.run(maxItems: maxItems) { events.deliver($0) }
+    }
+
     // MARK: - Shutdown, threads, snapshots
 
     public var isClosing: Bool { lock.withLock { closing } }
@@ -253,6 +272,8 @@ public final class MultiPoolClient: @unchecked Sendable {
         public var inPanic: Bool
         public var eventsDelivered, eventsDropped: Int
         public var uptime: Span
+        /// Dispatch mode only.
+        public var dispatchQueue: DispatchInbox.Counters?
         public var sessions: SessionManager.Snapshot
     }
 
@@ -266,7 +287,8 @@ public final class MultiPoolClient: @unchecked Sendable {
                              maxConnections: member.maxConnections)
         }
         return Snapshot(endpoints: endpoints, inPanic: balancerState.inPanic, eventsDelivered: counters.delivered,
-                        eventsDropped: counters.dropped, uptime: Clock.now() - startedAt, sessions: sessions.snapshot())
+                        eventsDropped: counters.dropped, uptime: Clock.now() - startedAt,
+                        dispatchQueue: inbox?.counters(), sessions: sessions.snapshot())
     }
 
     private func report(_ changes: [EndpointBalancer.Change]) {

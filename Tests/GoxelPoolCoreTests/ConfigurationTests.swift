@@ -18,6 +18,7 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(c.idempotentMethods, [])
         XCTAssertEqual(c.logLevel, .warn)
         XCTAssertEqual(c.eventQueueSize, 1024)
+        XCTAssertEqual(c.callbacks, .thread)
 
         XCTAssertEqual(c.pool.minConnections, 2)
         XCTAssertEqual(c.pool.maxConnections, 10)
@@ -55,6 +56,7 @@ final class ConfigurationTests: XCTestCase {
     func testEnumRawValues() {
         XCTAssertEqual(Config.LoadBalancing.allCases.map(\.rawValue), ["least_used", "round_robin", "random"])
         XCTAssertEqual(Config.LogLevel.allCases.map(\.rawValue), ["off", "error", "warn", "info", "debug"])
+        XCTAssertEqual(Config.CallbackMode.allCases.map(\.rawValue), ["thread", "dispatch"])
         XCTAssertLessThan(Config.LogLevel.off, .error)
         XCTAssertLessThan(Config.LogLevel.error, .warn)
         XCTAssertLessThan(Config.LogLevel.warn, .info)
@@ -76,6 +78,7 @@ final class ConfigurationTests: XCTestCase {
             "idempotent_methods": ["goxel.render", "export_model"],
             "log_level": "debug",
             "event_queue_size": 1_000_000,
+            "callbacks": "dispatch",
             "pool": [
                 "min_connections": 0,
                 "max_connections": 1024,
@@ -117,6 +120,7 @@ final class ConfigurationTests: XCTestCase {
         expected.idempotentMethods = ["goxel.render", "export_model"]
         expected.logLevel = .debug
         expected.eventQueueSize = 1_000_000
+        expected.callbacks = .dispatch
         expected.pool.minConnections = 0
         expected.pool.maxConnections = 1024
         expected.pool.acquireTimeoutMs = 250
@@ -153,6 +157,7 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(try Config.parse(["max_message_size": .integer(1 << 30)]).maxMessageSize, 1 << 30)
         XCTAssertEqual(try Config.parse(["retry_attempts": 100]).retryAttempts, 100)
         XCTAssertEqual(try Config.parse(["log_level": "off"]).logLevel, .off)
+        XCTAssertEqual(try Config.parse(["callbacks": "thread"]).callbacks, .thread)
         XCTAssertEqual(try Config.parse(["health": ["interval_ms": 0]]).health.intervalMs, 0)
         XCTAssertEqual(try Config.parse(["pool": ["load_balancing": "random"]]).pool.loadBalancing, .random)
         let equalPool = try Config.parse(["pool": ["min_connections": 7, "max_connections": 7]]).pool
@@ -238,6 +243,11 @@ final class ConfigurationTests: XCTestCase {
         Bad(["log_level": 3], "log_level", "log_level: expected a string, got integer"),
         Bad(["event_queue_size": 0], "event_queue_size"),
         Bad(["event_queue_size": 1_000_001], "event_queue_size"),
+        Bad(["callbacks": "threads"], "callbacks", "callbacks: must be one of thread, dispatch, got \"threads\""),
+        Bad(["callbacks": "DISPATCH"], "callbacks"),
+        Bad(["callbacks": ""], "callbacks", "callbacks: must not be empty"),
+        Bad(["callbacks": true], "callbacks", "callbacks: expected a string, got boolean"),
+        Bad(["callbacks": .null], "callbacks", "callbacks: expected a string, got null"),
         Bad(["foo": 1], "foo", "foo: unknown key"),
         Bad(["timeoutMs": 1000], "timeoutMs", "timeoutMs: unknown key"),
         Bad(["timeout_ms": 1000, "timeout_ms": 2000], "timeout_ms", "timeout_ms: duplicate key"),

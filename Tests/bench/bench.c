@@ -36,6 +36,7 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -57,7 +58,9 @@ static const char *opt_refd = "goxel-refd";
 static int opt_threads = 0;          /* --threads T: only this T in the throughput table */
 static const char *opt_only = NULL;
 static const char *opt_mode = NULL;
-static int opt_latency = -1;         /* --latency 0|2: only this daemon latency in the throughput table */  /* --only SECTION: throughput, scaling, health, acquire, batch, memory, endpoints */
+static int opt_async_inflight = 64;  /* --async-inflight N: calls kept in flight in the async rows */
+static int opt_async_conns = 8;      /* --async-connections C */
+static int opt_latency = -1;         /* --latency 0|2: only this daemon latency in the throughput table */  /* --only SECTION: throughput, scaling, health, async, acquire, batch, memory, endpoints */
 static char socket_path[108];
 static char control_path[112];
 static int have_control = 0;
@@ -309,11 +312,12 @@ static json_int_t stat_int(goxelpool_client *client, const char *key) {
     return v;
 }
 
-/* pooling: 1 pooled, 0 single-connection mode. health_ms: 0 leaves the default (30 s). */
-static goxelpool_client *lib_open(int pooling, int min_conns, int max_conns, int health_ms) {
-    json_t *cfg = json_pack("{s:s, s:b, s:i, s:{s:i, s:i, s:i}}", "socket_path", socket_path, "pooling", pooling,
-                            "timeout_ms", 30000, "pool", "min_connections", min_conns, "max_connections", max_conns,
-                            "max_waiters", 4096);
+/* pooling: 1 pooled, 0 single-connection mode. health_ms: 0 leaves the default (30 s).
+ * callbacks: "thread" or "dispatch". */
+static goxelpool_client *lib_open_with(int pooling, int min_conns, int max_conns, int health_ms, const char *callbacks) {
+    json_t *cfg = json_pack("{s:s, s:b, s:i, s:s, s:{s:i, s:i, s:i}}", "socket_path", socket_path, "pooling", pooling,
+                            "timeout_ms", 30000, "callbacks", callbacks, "pool", "min_connections", min_conns,
+                            "max_connections", max_conns, "max_waiters", 4096);
     if (health_ms > 0) json_object_set_new(cfg, "health", json_pack("{s:i}", "interval_ms", health_ms));
     goxelpool_client *client = NULL;
     char err[256];
@@ -328,12 +332,16 @@ static goxelpool_client *lib_open(int pooling, int min_conns, int max_conns, int
     return client;
 }
 
+static goxelpool_client *lib_open(int pooling, int min_conns, int max_conns, int health_ms) {
+    return lib_open_with(pooling, min_conns, max_conns, health_ms, "thread");
+}
+
 /* ----------------------------------------------------------------------------------------------
  * Throughput runs
  * -------------------------------------------------------------------------------------------- */
 
-enum { MODE_RAW, MODE_POOL, MODE_SINGLE, MODE_ACQ };
-static const char *mode_names[] = {"raw", "pool", "single", "acquire"};
+enum { MODE_RAW, MODE_POOL, MODE_SINGLE, MODE_ACQ, MODE_ASYNC_THREAD, MODE_ASYNC_DISPATCH };
+static const char *mode_names[] = {"raw", "pool", "single", "acquire", "thread", "dispatch"};
 
 enum { PHASE_WARMUP, PHASE_MEASURE, PHASE_STOP };
 
@@ -399,6 +407,7 @@ static void *worker_main(void *arg) {
 
 typedef struct {
     double calls_s, p50_us, p99_us, max_us, cpu_us_call, ns_per_op;
+    double switches_call; /* async rows: context switches of the whole process per call */
     double calls, errors;
     double seconds;
 } run_result;
@@ -471,6 +480,122 @@ static run_result run_threads(int mode, goxelpool_client *client, int threads, d
     free(ws);
     free(tids);
     free(raws);
+    return r;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Async calls: N kept in flight with goxelpool_call_async, each callback starting the next one.
+ * thread: "callbacks": "thread", callbacks on library threads (the main thread only sleeps).
+ * dispatch: "callbacks": "dispatch", the main thread runs an epoll loop on goxelpool_event_fd and
+ * calls goxelpool_dispatch (level-triggered), so every callback runs there.
+ * -------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    goxelpool_client *client;
+    _Atomic int phase;
+    _Atomic int in_flight;
+    pthread_mutex_t lock; /* thread mode: callbacks run on several library threads */
+    worker stats;         /* calls, errors, latencies of the measured phase */
+} async_bench;
+
+typedef struct {
+    async_bench *bench;
+    json_t *params;
+    uint64_t started_ns;
+} async_slot;
+
+/* Voluntary and involuntary context switches of every thread of this process. */
+static long context_switches(void) {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_nvcsw + u.ru_nivcsw;
+}
+
+static void async_done(goxelpool_status status, const json_t *result, const json_t *rpc_error, void *userdata);
+
+static int async_start(async_slot *slot) {
+    slot->started_ns = now_ns();
+    return goxelpool_call_async(slot->bench->client, METHOD, slot->params, -1, async_done, slot) == GOXELPOOL_OK ? 0 : -1;
+}
+
+static void async_done(goxelpool_status status, const json_t *result, const json_t *rpc_error, void *userdata) {
+    (void)result;
+    (void)rpc_error;
+    async_slot *slot = userdata;
+    async_bench *b = slot->bench;
+    uint64_t ns = now_ns() - slot->started_ns;
+    int phase = atomic_load_explicit(&b->phase, memory_order_relaxed);
+    if (phase == PHASE_MEASURE) {
+        pthread_mutex_lock(&b->lock);
+        if (status == GOXELPOOL_OK) { b->stats.calls++; record(&b->stats, ns); }
+        else b->stats.errors++;
+        pthread_mutex_unlock(&b->lock);
+    }
+    if (phase == PHASE_STOP || async_start(slot) != 0) atomic_fetch_sub(&b->in_flight, 1);
+}
+
+static run_result run_async(int dispatch, int conns, int inflight, double duration) {
+    async_bench b = {0};
+    pthread_mutex_init(&b.lock, NULL);
+    b.client = lib_open_with(1, conns, conns, 0, dispatch ? "dispatch" : "thread");
+    async_slot *slots = calloc((size_t)inflight, sizeof *slots);
+    int ep = -1, fd = -1;
+    if (dispatch) {
+        fd = goxelpool_event_fd(b.client);
+        ep = epoll_create1(EPOLL_CLOEXEC);
+        struct epoll_event watch = {.events = EPOLLIN, .data.fd = fd};
+        if (fd < 0 || ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &watch) != 0) die("%s", "cannot watch the event fd");
+    }
+    atomic_store(&b.phase, PHASE_WARMUP);
+    for (int i = 0; i < inflight; i++) {
+        slots[i].bench = &b;
+        slots[i].params = make_params(i, 0);
+        atomic_fetch_add(&b.in_flight, 1);
+        if (async_start(&slots[i]) != 0) die("%s", "goxelpool_call_async refused a call");
+    }
+    double t_measure = now_s() + opt_warmup, t_stop = t_measure + duration, deadline = t_stop + 30;
+    double c0 = 0, c1 = 0, t0 = 0, t1 = 0;
+    long s0 = 0, s1 = 0;
+    int phase = PHASE_WARMUP;
+    while (atomic_load(&b.in_flight) > 0 && now_s() < deadline) {
+        double now = now_s();
+        if (phase == PHASE_WARMUP && now >= t_measure) {
+            c0 = cpu_s(), t0 = now_s(), s0 = context_switches();
+            atomic_store(&b.phase, phase = PHASE_MEASURE);
+        } else if (phase == PHASE_MEASURE && now >= t_stop) {
+            atomic_store(&b.phase, phase = PHASE_STOP);
+            c1 = cpu_s(), t1 = now_s(), s1 = context_switches();
+        }
+        if (dispatch) {
+            struct epoll_event ready;
+            if (epoll_wait(ep, &ready, 1, 5) > 0 && goxelpool_dispatch(b.client, 0, NULL) != GOXELPOOL_OK)
+                die("goxelpool_dispatch: %s", goxelpool_last_error());
+        } else {
+            sleep_s(0.002);
+        }
+    }
+    if (atomic_load(&b.in_flight) > 0) die("%s", "async calls still in flight 30 s after the end of the run");
+    if (ep >= 0) close(ep);
+    goxelpool_client_free(b.client);
+
+    run_result r = {0};
+    r.calls = (double)b.stats.calls;
+    r.errors = (double)b.stats.errors;
+    r.seconds = t1 - t0;
+    r.calls_s = r.seconds > 0 ? r.calls / r.seconds : 0;
+    size_t total = b.stats.nlat;
+    if (total) {
+        qsort(b.stats.lat, total, sizeof *b.stats.lat, cmp_u32);
+        r.p50_us = b.stats.lat[total / 2] / 1e3;
+        r.p99_us = b.stats.lat[(size_t)((double)total * 0.99)] / 1e3;
+        r.max_us = b.stats.lat[total - 1] / 1e3;
+    }
+    r.cpu_us_call = r.calls > 0 ? (c1 - c0) * 1e6 / r.calls : 0;
+    r.switches_call = r.calls > 0 ? (double)(s1 - s0) / r.calls : 0;
+    for (int i = 0; i < inflight; i++) json_decref(slots[i].params);
+    free(slots);
+    free(b.stats.lat);
+    pthread_mutex_destroy(&b.lock);
     return r;
 }
 
@@ -617,7 +742,7 @@ static int nrows = 0;
 
 static int wanted(const char *section) { return !opt_only || !strcmp(opt_only, section); }
 
-/* --mode raw|pool|queue|single: only these throughput rows (for profiling). */
+/* --mode raw|pool|queue|single|thread|dispatch: only these throughput or async rows (for profiling). */
 static int mode_wanted(const char *name) { return !opt_mode || !strcmp(opt_mode, name); }
 
 static int add_row(const char *section, int mode, int threads, int conns, int latency_ms, int health_ms, int base) {
@@ -649,6 +774,17 @@ static void run_row(int i, int round) {
              w->health_ms ? " health 1 s" : "");
     progress(what);
     set_latency(w->latency_ms);
+    if (w->mode == MODE_ASYNC_THREAD || w->mode == MODE_ASYNC_DISPATCH) {
+        run_result r = run_async(w->mode == MODE_ASYNC_DISPATCH, w->conns, w->threads, row_seconds(w));
+        w->r[w->n] = r;
+        if (w->base >= 0 && rows[w->base].n > w->n) {
+            const run_result *b = &rows[w->base].r[w->n];
+            w->ratio[w->n] = b->calls_s > 0 ? r.calls_s / b->calls_s : 0;
+            w->cpu_ratio[w->n] = b->cpu_us_call > 0 ? r.cpu_us_call / b->cpu_us_call : 0;
+        }
+        w->n++;
+        return;
+    }
     goxelpool_client *client = NULL;
     if (w->mode == MODE_POOL || w->mode == MODE_ACQ) client = lib_open(1, w->conns, w->conns, w->health_ms);
     if (w->mode == MODE_SINGLE) client = lib_open(0, 1, 1, 0);
@@ -824,9 +960,10 @@ static json_t *row_json(const row *w) {
     if (w->base >= 0) {
         json_object_set_new(o, "ratio", json_real(med_arr(w->ratio, w->n)));
         json_object_set_new(o, "cpu_ratio", json_real(med_arr(w->cpu_ratio, w->n)));
-        json_object_set_new(o, "compared_with", json_string(rows[w->base].mode == MODE_RAW ? "raw" : "pool"));
+        json_object_set_new(o, "compared_with", json_string(mode_names[rows[w->base].mode]));
     }
     if (w->mode == MODE_ACQ) json_object_set_new(o, "ns_per_op", json_real(MED(w, ns_per_op)));
+    if (!strcmp(w->section, "async")) json_object_set_new(o, "context_switches_per_call", json_real(MED(w, switches_call)));
     if (!strcmp(w->section, "health")) {
         double hc[MAX_ROUNDS];
         for (int j = 0; j < w->n; j++) hc[j] = (double)w->health_checks[j];
@@ -858,6 +995,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) opt_only = argv[++i];
         else if (!strcmp(argv[i], "--mode") && i + 1 < argc) opt_mode = argv[++i];
         else if (!strcmp(argv[i], "--latency") && i + 1 < argc) opt_latency = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--async-inflight") && i + 1 < argc) opt_async_inflight = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--async-connections") && i + 1 < argc) opt_async_conns = atoi(argv[++i]);
         else usage();
     }
     if (opt_quick) {
@@ -867,6 +1006,8 @@ int main(int argc, char **argv) {
         opt_memory_calls = 20000;
     }
     if (opt_rounds < 1) opt_rounds = 1;
+    if (opt_async_inflight < 1) opt_async_inflight = 1;
+    if (opt_async_conns < 1) opt_async_conns = 1;
     if (opt_rounds > MAX_ROUNDS) opt_rounds = MAX_ROUNDS;
     progress_tty = isatty(2);
     signal(SIGPIPE, SIG_IGN);
@@ -910,6 +1051,12 @@ int main(int argc, char **argv) {
     }
     int hoff = add_row("health", MODE_POOL, 8, 10, 0, 0, -1);
     add_row("health", MODE_POOL, 8, 10, 0, 1000, hoff);
+    /* Async: T = calls kept in flight, C = connections; dispatch compared with thread. */
+    for (int lat = 0; lat <= (have_control && !opt_quick ? 2 : 0); lat += 2) {
+        if (opt_latency >= 0 && lat != opt_latency) continue;
+        int thread_row = mode_wanted("thread") ? add_row("async", MODE_ASYNC_THREAD, opt_async_inflight, opt_async_conns, lat, 0, -1) : -1;
+        if (mode_wanted("dispatch")) add_row("async", MODE_ASYNC_DISPATCH, opt_async_inflight, opt_async_conns, lat, 0, thread_row);
+    }
     int acq1 = add_row("acquire", MODE_ACQ, 1, 8, 0, 0, -1);
     add_row("acquire", MODE_ACQ, 8, 8, 0, 0, acq1);
     add_row("acquire", MODE_ACQ, 8, 2, 0, 0, acq1);
@@ -1017,6 +1164,20 @@ int main(int argc, char **argv) {
                idle_cpu_ms / (idle_seconds * 10.0));
         emit(json_pack("{s:s, s:I, s:f, s:f}", "bench", "health_idle", "checks", idle_checks, "seconds", idle_seconds,
                        "cpu_ms", idle_cpu_ms));
+    }
+    if (wanted("async"))
+        printf("\nAsync calls, %d in flight, %d connections: dispatch mode (an epoll loop on goxelpool_event_fd\n"
+               "calling goxelpool_dispatch) against thread mode (callbacks on library threads); latency = call to callback\n",
+               opt_async_inflight, opt_async_conns);
+    for (int i = 0; i < nrows; i++) {
+        row *w = &rows[i];
+        if (strcmp(w->section, "async")) continue;
+        printf("  latency %d ms %-8s %10.0f calls/s  p50 %8.1f µs  p99 %8.1f µs  CPU %6.1f µs/call  %4.2f switches/call",
+               w->latency_ms, mode_names[w->mode], MED(w, calls_s), MED(w, p50_us), MED(w, p99_us), MED(w, cpu_us_call),
+               MED(w, switches_call));
+        if (w->base >= 0) printf("  ratio %.2f, cpu× %.2f", med_arr(w->ratio, w->n), med_arr(w->cpu_ratio, w->n));
+        printf("\n");
+        emit(row_json(w));
     }
     if (wanted("acquire"))
         printf("\nAcquire + release, measured as a call the library refuses after the lease (params jansson cannot\n"

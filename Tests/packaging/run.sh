@@ -317,12 +317,19 @@ for src in examples-c/*.c; do
     EXAMPLES+=("$(basename "$src" .c)")
 done
 mkdir -p "$WORK/examples"
+# The pkg-config packages an example needs: its " * pkg-config: ..." line, else goxelpool (as in
+# the Makefile's examples target).
+example_pkgs() {
+    local pkgs
+    pkgs=$(sed -n 's/^ \* pkg-config: *//p' "examples-c/$1.c" | head -n 1)
+    echo "${pkgs:-goxelpool}"
+}
 compile_example() {
-    $CC -Wall -Wextra -Werror -c "examples-c/$1.c" $(pkg-config --cflags goxelpool) -o "$WORK/examples/$1.o"
+    $CC -Wall -Wextra -Werror -c "examples-c/$1.c" $(pkg-config --cflags $(example_pkgs "$1")) -o "$WORK/examples/$1.o"
 }
 build_example() {
     # Exactly what examples-c/README.md tells users to type.
-    $CC -Wall -Wextra -Werror "examples-c/$1.c" $(pkg-config --cflags --libs goxelpool) -lpthread -o "$WORK/examples/$1"
+    $CC -Wall -Wextra -Werror "examples-c/$1.c" $(pkg-config --cflags --libs $(example_pkgs "$1")) -lpthread -o "$WORK/examples/$1"
 }
 for ex in "${EXAMPLES[@]}"; do
     check "compile:$ex" compile_example "$ex"

@@ -183,6 +183,11 @@ static void test_null_client(void) {
     expect("add_listener(NULL client)", goxelpool_add_listener(NULL, GOXELPOOL_EVENT_ALL, ev_noop, NULL, &id), GOXELPOOL_EINVAL);
     expect("remove_listener(NULL client)", goxelpool_remove_listener(NULL, 1), GOXELPOOL_EINVAL);
     expect("client_close(NULL)", goxelpool_client_close(NULL, 0), GOXELPOOL_EINVAL);
+    result(goxelpool_event_fd(NULL) == -1 && goxelpool_last_error()[0], "event_fd(NULL) is -1 with a message", "%s", goxelpool_last_error());
+    int ran = 99;
+    expect("dispatch(NULL)", goxelpool_dispatch(NULL, 0, &ran), GOXELPOOL_EINVAL);
+    result(ran == 0, "dispatch(NULL) sets ran to 0", "%d", ran);
+    expect("dispatch(NULL, ran NULL)", goxelpool_dispatch(NULL, -1, NULL), GOXELPOOL_EINVAL);
     goxelpool_client_free(NULL);
     result(1, "client_free(NULL) is a no-op", NULL);
     json_decref(params);
@@ -249,6 +254,7 @@ static const config_key keys[] = {
     {NULL, "idempotent_methods", 'a', {"[\"\"]", "[1]", "[\"ok\", null]", "[[\"nested\"]]"}},
     {NULL, "log_level", 'e', {"\"verbose\"", "\"WARN\"", "\"\""}},
     {NULL, "event_queue_size", 'i', {"0", "-1", "1000001"}},
+    {NULL, "callbacks", 'e', {"\"threads\"", "\"\"", "\"DISPATCH\""}},
     {"pool", "min_connections", 'i', {"-1", "1025"}},
     {"pool", "max_connections", 'i', {"0", "-1", "1025"}},
     {"pool", "acquire_timeout_ms", 'i', {"0", "-1", "2147483648"}},
@@ -765,6 +771,98 @@ static void test_after_close(void) {
     goxelpool_client_free(c2);
 }
 
+/* ---- 5b. dispatch mode ("callbacks": "dispatch") ------------------------------------------- */
+
+static goxelpool_client *make_dispatch_client(void) {
+    json_t *config = json_pack("{s:s, s:s, s:i, s:{s:i, s:i}}", "socket_path", sock_path, "callbacks", "dispatch",
+                               "timeout_ms", 3000, "pool", "min_connections", 1, "max_connections", 2);
+    goxelpool_client *client = NULL;
+    goxelpool_client_new(config, &client, NULL, 0);
+    json_decref(config);
+    return client;
+}
+
+/* Dispatches until `count` callbacks of b ran (or 5 s passed). */
+static int dispatch_until(goxelpool_client *client, box_t *b, int count) {
+    double deadline = now_s() + 5;
+    while (b->count < count && now_s() < deadline) {
+        if (goxelpool_dispatch(client, 0, NULL) != GOXELPOOL_OK) return 0;
+        sleep_ms(2);
+    }
+    return b->count >= count;
+}
+
+static void cb_dispatch_inside(goxelpool_status s, const json_t *r, const json_t *e, void *u) {
+    (void)s; (void)r; (void)e;
+    box_t *b = u;
+    int ran = 5;
+    b->inner = goxelpool_dispatch(b->client, 0, &ran);
+    snprintf(b->message, sizeof b->message, "%s (ran %d)", goxelpool_last_error(), ran);
+    b->count++;
+}
+
+static void cb_free_then_count(goxelpool_status s, const json_t *r, const json_t *e, void *u) {
+    (void)r; (void)e;
+    box_t *b = u;
+    b->count++;
+    b->status = s;
+    if (!b->freed) {
+        b->freed = 1;
+        goxelpool_client_free(b->client); /* deferred until this callback returns */
+        b->inner = goxelpool_call_async(b->client, "ping", NULL, -1, cb_free_then_count, b);
+    }
+}
+
+static void test_dispatch_mode(void) {
+    goxelpool_client *threaded = make_client(NULL);
+    result(goxelpool_event_fd(threaded) == -1 && strstr(goxelpool_last_error(), "thread"),
+           "event_fd of a thread-mode client is -1", "%s", goxelpool_last_error());
+    int ran = 3;
+    expect("dispatch on a thread-mode client", goxelpool_dispatch(threaded, 0, &ran), GOXELPOOL_EINVAL);
+    result(ran == 0, "dispatch on a thread-mode client sets ran to 0", "%d", ran);
+    goxelpool_client_free(threaded);
+
+    goxelpool_client *client = make_dispatch_client();
+    result(client && goxelpool_event_fd(client) >= 0, "dispatch-mode client has an event fd", "%d", goxelpool_event_fd(client));
+    expect("dispatch, nothing queued, ran NULL", goxelpool_dispatch(client, 0, NULL), GOXELPOOL_OK);
+    expect("dispatch max_items INT_MIN", goxelpool_dispatch(client, INT_MIN, &ran), GOXELPOOL_OK);
+    expect("dispatch max_items INT_MAX", goxelpool_dispatch(client, INT_MAX, &ran), GOXELPOOL_OK);
+
+    box_t b;
+    box_init(&b);
+    b.client = client;
+    goxelpool_call_async(client, "ping", NULL, -1, cb_dispatch_inside, &b);
+    result(dispatch_until(client, &b, 1), "dispatch runs the callback", "%d", b.count);
+    expect_from("dispatch from its own callback", b.inner, GOXELPOOL_EINVAL, b.message);
+    box_destroy(&b);
+
+    /* Close with calls queued: callbacks wait for dispatch, each runs once with ECLOSED or OK. */
+    box_init(&b);
+    for (int i = 0; i < 20; i++) goxelpool_call_async(client, "ping", NULL, -1, cb_count, &b);
+    expect("close a dispatch-mode client", goxelpool_client_close(client, 0), GOXELPOOL_OK);
+    int before = b.count;
+    expect("dispatch after close", goxelpool_dispatch(client, 0, &ran), GOXELPOOL_OK);
+    result(before == 0 && b.count == 20 && ran == 20, "after close: no callback until dispatch, then 20", "%d before, %d after, ran %d", before, b.count, ran);
+    expect("call_async after close (dispatch mode)", goxelpool_call_async(client, "ping", NULL, -1, cb_count, &b), GOXELPOOL_ECLOSED);
+    result(goxelpool_event_fd(client) >= 0, "event fd still valid after close", NULL);
+    goxelpool_client_free(client);
+    box_destroy(&b);
+
+    /* Free from a dispatched callback: deferred; the call made after it still completes once. */
+    client = make_dispatch_client();
+    box_init(&b);
+    b.client = client;
+    goxelpool_call_async(client, "ping", NULL, -1, cb_free_then_count, &b);
+    double deadline = now_s() + 5;
+    while (!b.freed && now_s() < deadline) {
+        goxelpool_dispatch(client, 0, &ran); /* the last one frees the client */
+        if (!b.freed) sleep_ms(2);
+    }
+    result(b.freed && b.count == 2 && b.inner == GOXELPOOL_OK, "free from a dispatched callback: deferred, later callback ran once",
+           "freed %d, %d callbacks, inner %s", b.freed, b.count, goxelpool_status_name(b.inner));
+    box_destroy(&b);
+}
+
 /* ---- 6. re-entrancy: callbacks and listeners calling back -------------------------------- */
 
 static void cb_close_inside(goxelpool_status s, const json_t *r, const json_t *e, void *u) {
@@ -1029,6 +1127,7 @@ int main(int argc, char **argv) {
     test_config();
     test_bad_calls();
     test_after_close();
+    test_dispatch_mode();
     test_sessions();
     test_reentrancy();
     test_no_params_in_logs();

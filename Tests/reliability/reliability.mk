@@ -27,7 +27,7 @@ VALGRIND       ?= valgrind
 REL_VALGRIND   := $(VALGRIND) --tool=memcheck --error-exitcode=99 --leak-check=full \
                   --errors-for-leak-kinds=definite --show-leak-kinds=definite \
                   --suppressions=$(abspath $(REL_SRC)/valgrind.supp) --quiet
-REL_EXAMPLES   := basic pool_threads async_batch
+REL_EXAMPLES   := basic pool_threads async_batch epoll_loop
 
 .PHONY: reliability-build boundary asan asan-ci asan-run valgrind tsan peer-check stress
 

@@ -9,10 +9,16 @@
         except goxelpool.RPCError as e:
             print(e.code, e.message)
 
+For asyncio, ``goxelpool.AsyncClient`` (module ``goxelpool.aio``) runs on a dispatch-mode client:
+``await client.call(...)``, with every callback run on the event loop's thread.
+
 The shared library is found through the environment variable ``GOXELPOOL_LIBRARY`` (a path), else
-the dynamic loader's search path (``libgoxelpool.so.1``: LD_LIBRARY_PATH, ldconfig's cache), else
-``ctypes.util.find_library("goxelpool")``. jansson is ``libjansson.so.4``, the one the library
-itself links (it is already loaded by then, so the same copy is used).
+the copy inside this package (a wheel built by ``make wheel`` carries it, and the libraries it
+needs), else the dynamic loader's search path (``libgoxelpool.so.1``: LD_LIBRARY_PATH, ldconfig's
+cache), else ``lib/`` of the Python prefix, ``/usr/local/lib`` and the ``libdir`` that
+``pkg-config goxelpool`` names, else ``ctypes.util.find_library("goxelpool")``. jansson's
+functions are looked up through the library's own handle, so they are those of the very copy of
+jansson that the library links (the system's, or the one the wheel carries).
 
 JSON crosses the boundary as Python values: a value going in is serialized with the ``json``
 module, parsed by jansson (``json_loadb``) into a ``json_t`` that the library borrows, and released
@@ -65,14 +71,20 @@ import itertools
 import json
 import logging
 import os
+import shutil
+import subprocess
+import sys
 import threading
 import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
+__version__ = "1.1.0"  # the library's version this module is written for (GOXELPOOL_VERSION_STRING)
+
 __all__ = [
-    "Client", "Outcome", "Status", "EventKind", "version", "strerror", "status_name", "library_path",
+    "Client", "AsyncClient", "Outcome", "Status", "EventKind", "version", "strerror", "status_name",
+    "library_path",
     "GoxelPoolError", "InvalidArgument", "PoolTimeout", "PoolClosed", "ConnectError",
     "ConnectionBroken", "ProtocolError", "RPCError", "Busy", "Unavailable", "TooBig", "PeerError",
     "NoMemory",
@@ -207,7 +219,7 @@ class SessionLost(GoxelPoolError):
     status = Status.ELOST
 
 
-_ERRORS: Dict[int, type] = {
+_ERRORS: Dict[int, "type[GoxelPoolError]"] = {
     cls.status: cls for cls in (InvalidArgument, PoolTimeout, PoolClosed, ConnectError,
                                 ConnectionBroken, ProtocolError, RPCError, Busy, Unavailable,
                                 TooBig, PeerError, NoMemory, SessionLost)
@@ -270,6 +282,8 @@ _FUNCTIONS = {
     "goxelpool_health": (_P, [_P]),
     "goxelpool_add_listener": (ctypes.c_int, [_P, ctypes.c_uint, _EVENT_CB, _P, ctypes.POINTER(ctypes.c_int)]),
     "goxelpool_remove_listener": (ctypes.c_int, [_P, ctypes.c_int]),
+    "goxelpool_event_fd": (ctypes.c_int, [_P]),
+    "goxelpool_dispatch": (ctypes.c_int, [_P, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]),
 }
 _JANSSON_FUNCTIONS = {
     "json_loadb": (_P, [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p]),
@@ -291,23 +305,50 @@ _libs: Optional[_Libraries] = None
 _libs_lock = threading.Lock()
 
 
+_SONAME = "libgoxelpool.so.1"
+
+
+def _candidate_paths() -> List[str]:
+    """Where an installed library may be, after the loader's own search path."""
+    dirs = [os.path.join(sys.prefix, "lib"), "/usr/local/lib"]
+    pkg_config = shutil.which("pkg-config")
+    if pkg_config:
+        try:
+            out = subprocess.run([pkg_config, "--variable=libdir", "goxelpool"], capture_output=True,
+                                 text=True, timeout=10, check=False)
+            if out.returncode == 0 and out.stdout.strip():
+                dirs.insert(0, out.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return [os.path.join(d, _SONAME) for d in dirs]
+
+
 def _open_library() -> Tuple[ctypes.CDLL, str]:
     override = os.environ.get("GOXELPOOL_LIBRARY")
     if override:
         return ctypes.CDLL(override), override
     errors = []
+    bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), _SONAME)
+    if os.path.exists(bundled):
+        return ctypes.CDLL(bundled), bundled
     try:
-        return ctypes.CDLL("libgoxelpool.so.1"), "libgoxelpool.so.1"
+        return ctypes.CDLL(_SONAME), _SONAME
     except OSError as e:
         errors.append(str(e))
+    for path in _candidate_paths():
+        if os.path.exists(path):
+            try:
+                return ctypes.CDLL(path), path
+            except OSError as e:
+                errors.append(str(e))
     found = ctypes.util.find_library("goxelpool")
     if found:
         try:
             return ctypes.CDLL(found), found
         except OSError as e:
             errors.append(str(e))
-    raise OSError("cannot load libgoxelpool (set GOXELPOOL_LIBRARY to the path of libgoxelpool.so.1): "
-                  + "; ".join(errors))
+    raise OSError("cannot load libgoxelpool (install it, or set GOXELPOOL_LIBRARY to the path of "
+                  "libgoxelpool.so.1): " + "; ".join(errors))
 
 
 def _load() -> _Libraries:
@@ -317,7 +358,9 @@ def _load() -> _Libraries:
     with _libs_lock:
         if _libs is None:
             gp, path = _open_library()   # CDLL: every call releases the GIL
-            jansson = ctypes.CDLL("libjansson.so.4")
+            # A second handle on the same library: dlsym through it finds jansson's functions in
+            # the library's own dependencies, i.e. in the copy of jansson it links.
+            jansson = ctypes.CDLL(path)
             for lib, table in ((gp, _FUNCTIONS), (jansson, _JANSSON_FUNCTIONS)):
                 for name, (restype, argtypes) in table.items():
                     fn = getattr(lib, name)
@@ -364,7 +407,7 @@ def _to_json(value: Any) -> int:
     if not p:
         detail = error.raw[_JSON_ERROR_TEXT_OFFSET:].split(b"\0", 1)[0].decode("utf-8", "replace")
         raise InvalidArgument(f"value not representable in jansson: {detail}")
-    return p
+    return int(p)
 
 
 def _from_json(p: Optional[int]) -> Any:
@@ -529,12 +572,18 @@ _live: Set[int] = set()           # handles not yet freed
 _exiting = False
 
 
-def _free(state: _State) -> None:
-    """Finalizer: frees the C client (called when the Client is garbage-collected)."""
+def _drop_listeners(state: _State) -> None:
+    """No listener runs after close: drop the callables (they often reference their client)."""
     with _registry_lock:
         for token in state.listeners.values():
             _listeners.pop(token, None)
         state.listeners.clear()
+
+
+def _free(state: _State) -> None:
+    """Finalizer: frees the C client (called when the Client is garbage-collected)."""
+    _drop_listeners(state)
+    with _registry_lock:
         exiting = _exiting
         if not exiting:
             _live.discard(state.handle)
@@ -572,9 +621,98 @@ def _close_all_at_exit() -> None:
             lib.goxelpool_client_close(handle, 0)
 
 
+def _merged_config(config: Optional[Mapping[str, Any]], options: Mapping[str, Any]) -> Dict[str, Any]:
+    merged: Dict[str, Any] = dict(config) if config is not None else {}
+    merged.update(options)
+    if "socket_path" in merged and isinstance(merged["socket_path"], os.PathLike):
+        merged["socket_path"] = os.fspath(merged["socket_path"])
+    return merged
+
+
+def _new_client(config: Dict[str, Any]) -> _State:
+    """goxelpool_client_new; the handle is registered for _close_all_at_exit."""
+    lib = _load().gp
+    p = _to_json(config)
+    handle = _P()
+    errbuf = ctypes.create_string_buffer(512)
+    try:
+        status = lib.goxelpool_client_new(p, ctypes.byref(handle), errbuf, len(errbuf))
+    finally:
+        _decref(p)  # borrowed by goxelpool_client_new
+    if status != Status.OK or not handle.value:
+        raise _error(status, _text(errbuf.value))
+    state = _State(handle.value)
+    with _registry_lock:
+        _live.add(handle.value)
+    return state
+
+
 # ---- the client ---------------------------------------------------------------------------------
 
-class Client:
+class _ClientBase:
+    """What Client and AsyncClient share: the handle, snapshots and listeners."""
+
+    _state: _State
+
+    # -- statistics, health, events ----------------------------------------------------------------
+
+    def stats(self) -> Dict[str, Any]:
+        """A snapshot of the pool's statistics (also valid after close)."""
+        value = _take(_load().gp.goxelpool_stats(self._state.handle))
+        if not isinstance(value, dict):
+            raise NoMemory("goxelpool_stats returned nothing")
+        return value
+
+    def health(self) -> Dict[str, Any]:
+        """A snapshot of the health monitor (pool state, circuit breaker, per-connection health)."""
+        value = _take(_load().gp.goxelpool_health(self._state.handle))
+        if not isinstance(value, dict):
+            raise NoMemory("goxelpool_health returned nothing")
+        return value
+
+    def add_listener(self, listener: Callable[[Dict[str, Any]], None],
+                     kinds: Union[EventKind, int] = EventKind.ALL) -> int:
+        """Calls ``listener(event)`` (a dict with at least "kind", "type", "timestamp_ms") for
+        every event of the given kinds, one at a time, in order: on the client's event thread
+        (Client), or on the event loop's thread (AsyncClient).
+        Returns an id for remove_listener. The listener may use this client, except close()."""
+        if not callable(listener):
+            raise InvalidArgument("listener must be callable")
+        mask = int(kinds)
+        token = next(_tokens)
+        with _registry_lock:
+            _listeners[token] = listener  # before the library can call it
+        listener_id = ctypes.c_int(-1)
+        try:
+            status = _load().gp.goxelpool_add_listener(self._state.handle, ctypes.c_uint(mask & 0xFFFFFFFF),
+                                                       _EVENT_TRAMPOLINE, token, ctypes.byref(listener_id))
+            message = _last_error() if status != Status.OK else ""
+        except BaseException:
+            with _registry_lock:
+                _listeners.pop(token, None)
+            raise
+        if status != Status.OK:
+            with _registry_lock:
+                _listeners.pop(token, None)
+            raise _error(status, message)
+        with _registry_lock:
+            self._state.listeners[listener_id.value] = token
+        return listener_id.value
+
+    def remove_listener(self, listener_id: int) -> None:
+        """Unregisters a listener. When it returns the listener is not running and never runs
+        again (from inside that listener: it is not called again after it returns)."""
+        status = _load().gp.goxelpool_remove_listener(self._state.handle, int(listener_id))
+        message = _last_error() if status != Status.OK else ""
+        with _registry_lock:
+            token = self._state.listeners.pop(int(listener_id), None)
+            if status == Status.OK and token is not None:
+                _listeners.pop(token, None)
+        if status != Status.OK:
+            raise _error(status, message)
+
+
+class Client(_ClientBase):
     """A libgoxelpool client: a pool of connections to the daemon. Thread-safe: share one.
 
     ``Client(socket_path="/tmp/goxel.sock", pool={"max_connections": 4})`` or
@@ -584,23 +722,7 @@ class Client:
     """
 
     def __init__(self, config: Optional[Mapping[str, Any]] = None, /, **options: Any) -> None:
-        merged: Dict[str, Any] = dict(config) if config is not None else {}
-        merged.update(options)
-        if "socket_path" in merged and isinstance(merged["socket_path"], os.PathLike):
-            merged["socket_path"] = os.fspath(merged["socket_path"])
-        lib = _load().gp
-        p = _to_json(merged)
-        handle = _P()
-        errbuf = ctypes.create_string_buffer(512)
-        try:
-            status = lib.goxelpool_client_new(p, ctypes.byref(handle), errbuf, len(errbuf))
-        finally:
-            _decref(p)  # borrowed by goxelpool_client_new
-        if status != Status.OK or not handle.value:
-            raise _error(status, _text(errbuf.value))
-        self._state = _State(handle.value)
-        with _registry_lock:
-            _live.add(handle.value)
+        self._state = _new_client(_merged_config(config, options))
         self._finalizer = weakref.finalize(self, _free, self._state)
         self._finalizer.atexit = False  # _close_all_at_exit handles exit
 
@@ -718,61 +840,27 @@ class Client:
             raise _error(status, message)
         return [_outcome_from_item(item) for item in _take(results.value)]
 
-    # -- statistics, health, events ----------------------------------------------------------------
+    # -- dispatch mode ("callbacks": "dispatch") ----------------------------------------------------
 
-    def stats(self) -> Dict[str, Any]:
-        """A snapshot of the pool's statistics (also valid after close)."""
-        value = _take(_load().gp.goxelpool_stats(self._state.handle))
-        if not isinstance(value, dict):
-            raise NoMemory("goxelpool_stats returned nothing")
-        return value
+    def event_fd(self) -> int:
+        """The client's event fd (``"callbacks": "dispatch"`` only): readable while callbacks or
+        events wait for dispatch(). Owned by the client: never read or close it. Raises
+        InvalidArgument for a client in thread mode. (AsyncClient does all this for asyncio.)"""
+        fd = int(_load().gp.goxelpool_event_fd(self._state.handle))
+        if fd < 0:
+            raise InvalidArgument(_last_error())
+        return fd
 
-    def health(self) -> Dict[str, Any]:
-        """A snapshot of the health monitor (pool state, circuit breaker, per-connection health)."""
-        value = _take(_load().gp.goxelpool_health(self._state.handle))
-        if not isinstance(value, dict):
-            raise NoMemory("goxelpool_health returned nothing")
-        return value
-
-    def add_listener(self, listener: Callable[[Dict[str, Any]], None],
-                     kinds: Union[EventKind, int] = EventKind.ALL) -> int:
-        """Calls ``listener(event)`` (a dict with at least "kind", "type", "timestamp_ms") for
-        every event of the given kinds, on the client's event thread, one at a time, in order.
-        Returns an id for remove_listener. The listener may use this client, except close()."""
-        if not callable(listener):
-            raise InvalidArgument("listener must be callable")
-        mask = int(kinds)
-        token = next(_tokens)
-        with _registry_lock:
-            _listeners[token] = listener  # before the library can call it
-        listener_id = ctypes.c_int(-1)
-        try:
-            status = _load().gp.goxelpool_add_listener(self._state.handle, ctypes.c_uint(mask & 0xFFFFFFFF),
-                                                       _EVENT_TRAMPOLINE, token, ctypes.byref(listener_id))
-            message = _last_error() if status != Status.OK else ""
-        except BaseException:
-            with _registry_lock:
-                _listeners.pop(token, None)
-            raise
+    def dispatch(self, max_items: int = 0) -> int:
+        """Runs queued async callbacks and listener events on the calling thread; returns how many
+        ran. ``max_items`` <= 0: everything queued when the call starts. Dispatch-mode clients
+        only (else InvalidArgument); one thread at a time (else Busy)."""
+        ran = ctypes.c_int(0)
+        status = _load().gp.goxelpool_dispatch(self._state.handle, _timeout(max_items, "max_items"),
+                                               ctypes.byref(ran))
         if status != Status.OK:
-            with _registry_lock:
-                _listeners.pop(token, None)
-            raise _error(status, message)
-        with _registry_lock:
-            self._state.listeners[listener_id.value] = token
-        return listener_id.value
-
-    def remove_listener(self, listener_id: int) -> None:
-        """Unregisters a listener. When it returns the listener is not running and never runs
-        again (from inside that listener: it is not called again after it returns)."""
-        status = _load().gp.goxelpool_remove_listener(self._state.handle, int(listener_id))
-        message = _last_error() if status != Status.OK else ""
-        with _registry_lock:
-            token = self._state.listeners.pop(int(listener_id), None)
-            if status == Status.OK and token is not None:
-                _listeners.pop(token, None)
-        if status != Status.OK:
-            raise _error(status, message)
+            raise _error(status, _last_error())
+        return ran.value
 
     # -- shutdown ----------------------------------------------------------------------------------
 
@@ -786,8 +874,7 @@ class Client:
         message = _last_error() if status != Status.OK else ""
         if status != Status.OK:
             raise _error(status, message)
-        # No listener runs after close: drop the callables (they often reference this client).
-        with _registry_lock:
-            for token in self._state.listeners.values():
-                _listeners.pop(token, None)
-            self._state.listeners.clear()
+        _drop_listeners(self._state)
+
+
+from .aio import AsyncClient  # noqa: E402  (it builds on the helpers above)

@@ -13,98 +13,34 @@ import gc
 import json
 import os
 import re
-import select
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
 import weakref
 from typing import Any, Dict, List, Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-PACKAGE_ROOT = os.path.dirname(HERE)                       # bindings/python
-REPO_ROOT = os.path.dirname(os.path.dirname(PACKAGE_ROOT))  # the project
-sys.path.insert(0, PACKAGE_ROOT)
+import _refd as refd  # noqa: E402  (also puts the package on sys.path, unless testing an install)
+from _refd import PACKAGE_ROOT, REPO_ROOT  # noqa: E402
 
 import goxelpool  # noqa: E402
 from goxelpool import EventKind, Status  # noqa: E402
 
-REFD: Optional[subprocess.Popen] = None
 WORKDIR = ""
 SOCKET = ""
 
 
-def refd_path() -> str:
-    path = os.environ.get("GOXEL_REFD", os.path.join(REPO_ROOT, "build", "bin", "goxel-refd"))
-    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
-
-
 def setUpModule() -> None:
-    global REFD, WORKDIR, SOCKET
-    binary = refd_path()
-    if not os.access(binary, os.X_OK):
-        raise RuntimeError(f"goxel-refd not found at {binary} (build it with `make`, or set GOXEL_REFD)")
-    WORKDIR = tempfile.mkdtemp(prefix="gxpy.")
-    SOCKET = os.path.join(WORKDIR, "refd.sock")
-    REFD = subprocess.Popen([binary, "--socket", SOCKET], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    want = f"goxel-refd listening on {SOCKET}"
-    deadline = time.monotonic() + 10
-    output = b""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([REFD.stdout], [], [], 0.1)
-        if ready:
-            chunk = os.read(REFD.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            output += chunk
-            if want.encode() in output:
-                return
-        if REFD.poll() is not None:
-            break
-    tearDownModule()
-    raise RuntimeError(f"goxel-refd did not start: {output.decode(errors='replace')!r}")
+    global WORKDIR, SOCKET
+    WORKDIR, SOCKET = refd.start("gxpy.")
 
 
 def tearDownModule() -> None:
-    global REFD
-    if REFD is not None:
-        REFD.terminate()
-        try:
-            REFD.wait(5)
-        except subprocess.TimeoutExpired:
-            REFD.kill()
-            REFD.wait()
-        if REFD.stdout:
-            REFD.stdout.close()
-        REFD = None
-    if WORKDIR:
-        shutil.rmtree(WORKDIR, ignore_errors=True)
+    refd.stop()
 
 
-def control(method: str, params: Any = None) -> Any:
-    """One JSON-RPC call on refd's fault-free control socket (SOCKET.ctl), without the library."""
-    request: Dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": method}
-    if params is not None:
-        request["params"] = params
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        s.connect(SOCKET + ".ctl")
-        s.sendall(json.dumps(request).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    answer = json.loads(data)
-    if "error" in answer:
-        raise RuntimeError(f"{method}: {answer['error']}")
-    return answer.get("result")
+control = refd.control
 
 
 def client(**options: Any) -> goxelpool.Client:
@@ -129,6 +65,7 @@ class ModuleTests(unittest.TestCase):
                 m = re.search(r'#define\s+GOXELPOOL_VERSION_STRING\s+"([^"]*)"', f.read())
             self.assertIsNotNone(m)
             self.assertEqual(got, m.group(1))
+            self.assertEqual(goxelpool.__version__, m.group(1), "goxelpool.__version__ (pyproject's version)")
 
     def test_status_names_and_strerror(self) -> None:
         for status in Status:
@@ -155,9 +92,15 @@ class ModuleTests(unittest.TestCase):
 
     def test_event_kind_values_match_header(self) -> None:
         self.assertEqual([int(k) for k in (EventKind.ALERT, EventKind.HEALTH, EventKind.CONNECTION,
-                                           EventKind.POOL, EventKind.REQUEST, EventKind.LOG)],
-                         [1, 2, 4, 8, 16, 32])
+                                           EventKind.POOL, EventKind.REQUEST, EventKind.LOG,
+                                           EventKind.SESSION, EventKind.DAEMON)],
+                         [1, 2, 4, 8, 16, 32, 64, 128])
         self.assertEqual(int(EventKind.ALL), 0xFF)
+        header = os.path.join(REPO_ROOT, "include", "goxelpool.h")
+        if os.path.exists(header):
+            with open(header) as f:
+                text = f.read()
+            self.assertIn("GOXELPOOL_EVENT_ALL = 0xff", text)
 
     def test_decref_is_jansson_decref(self) -> None:
         """_decref releases exactly one reference (through jansson's own atomic json_decref)."""

@@ -149,6 +149,8 @@ pub mod ffi {
             listener_id: *mut c_int,
         ) -> goxelpool_status;
         pub fn goxelpool_remove_listener(client: *mut goxelpool_client, listener_id: c_int) -> goxelpool_status;
+        pub fn goxelpool_event_fd(client: *mut goxelpool_client) -> c_int;
+        pub fn goxelpool_dispatch(client: *mut goxelpool_client, max_items: c_int, ran: *mut c_int) -> goxelpool_status;
 
         // jansson (exported functions only).
         pub fn json_loads(input: *const c_char, flags: usize, error: *mut json_error_t) -> *mut json_t;
