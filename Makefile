@@ -10,8 +10,13 @@
 #   make examples         build every examples-c/*.c against build/stage with pkg-config only
 #   make size             print the stripped size of the library and check it is under a limit
 #   make clean
+#   make deps             install the Debian packages of .ci/packages that are missing (as root),
+#                         or print the one command that does (run first by all, test and demo;
+#                         DEPS=check: never install, DEPS=skip: do not check)
 #
-# Needs: a Swift 6.3 toolchain, libjansson-dev, pkg-config, a C compiler (cc).
+# Needs: a Swift 6.3 toolchain; the Debian packages listed in .ci/packages (libjansson-dev,
+# pkg-config, a C compiler, ...), which `make deps` installs as root; PyPI packages for the tests
+# (.ci/requirements.txt), which `make venv` installs into build/venv.
 #
 # The linker flags (version script, SONAME, static Swift runtime) are passed here and not in
 # Package.swift, where they would leak into the test executables.
@@ -66,9 +71,28 @@ STAGE       := $(abspath $(BUILD)/stage)
 export MAKE
 
 .NOTPARALLEL:
-.PHONY: all install examples demo test size clean
+.DEFAULT_GOAL := all
+.PHONY: deps venv all install examples demo test size clean
 
-all:
+# First prerequisite of all, test and demo: SwiftPM needs jansson before any recipe could say so.
+# The list of Debian packages is .ci/packages (one place; .ci/run uses it too).
+DEPS         ?= auto
+PACKAGES     ?= .ci/packages
+deps:
+	@GOXELPOOL_DEPS=$(DEPS) .ci/ensure-deps --list $(PACKAGES)
+
+# Python packages the tests need (PyPI), one place: .ci/requirements.txt, in a virtual
+# environment under build/ (rebuilt when the list changes). Tests run $(VENV_PYTHON).
+VENV        := $(BUILD)/venv
+VENV_PYTHON := $(abspath $(VENV))/bin/python
+venv: $(VENV)/.installed
+$(VENV)/.installed: .ci/requirements.txt | deps
+	rm -rf $(VENV)
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r .ci/requirements.txt
+	@touch $@
+
+all: deps
 	@if [ "$(HEADER_VERSION_STRING)" != "$(VERSION)" ]; then \
 	  echo "error: GOXELPOOL_VERSION_STRING \"$(HEADER_VERSION_STRING)\" != MAJOR.MINOR.PATCH $(VERSION) in $(HEADER)" >&2; \
 	  exit 1; fi
@@ -123,10 +147,10 @@ examples:
 	  $(CC) -Wall -Wextra -Werror $$src $$($(PKG_CONFIG) --cflags --libs goxelpool) -o $$out; \
 	done
 
-demo: examples
+demo: deps examples
 	Tests/packaging/demo.sh $(STAGE) $(BUILD)/examples/demo $(SOCKET)
 
-test: all
+test: deps all
 	$(SWIFT) build --build-tests
 	@rc=0; $(SWIFT) test || rc=$$?; \
 	if [ $$rc -ne 0 ]; then echo "make test: swift test failed (exit $$rc)"; fi; \
