@@ -11,6 +11,8 @@ public struct PoolStatistics {
     public private(set) var requestLatency = Histogram<UInt64>(highestTrackableValue: 3_600_000_000)
     /// Time spent waiting for a connection, in microseconds.
     public private(set) var acquireWait = Histogram<UInt64>(highestTrackableValue: 3_600_000_000)
+    /// The sum of those waits (a histogram's `_sum` in the metrics).
+    public private(set) var totalAcquireWait = Span.zero
     public var failedRequests: [String: Int] = [:]
     public var rejectedBusy = 0
     public var rejectedUnavailable = 0
@@ -39,6 +41,7 @@ public struct PoolStatistics {
 
     mutating func recordAcquireWait(_ wait: Span) {
         _ = acquireWait.record(Self.micros(wait))
+        totalAcquireWait = Span(nanoseconds: totalAcquireWait.nanoseconds.addingSaturating(wait.nanoseconds))
     }
 
     mutating func recordClose(_ reason: CloseReason) {
@@ -60,12 +63,27 @@ public struct PoolStatistics {
 
     public func uptime(now: Instant) -> Span { (closedAt ?? now) - startedAt }
 
+    public enum Latency: Sendable { case request, acquireWait }
+
+    /// A latency histogram with fixed upper bounds (Prometheus `le` buckets, in seconds):
+    /// cumulative counts at each bound, the total count and the exact sum. A bound is exact to the
+    /// HDR histogram's 3 significant digits (it counts whole HDR buckets).
+    public func distribution(_ latency: Latency, boundsSeconds: [Double]) -> (cumulative: [UInt64], count: UInt64, sum: Span) {
+        let (histogram, sum) = latency == .request ? (requestLatency, totalRequestTime) : (acquireWait, totalAcquireWait)
+        let cumulative = boundsSeconds.map { bound -> UInt64 in
+            guard bound > 0 else { return 0 }
+            return histogram.count(within: 0...UInt64(min(bound * 1e6, 3_600_000_000)))
+        }
+        return (cumulative, histogram.totalCount, sum)
+    }
+
     /// Adds another pool's figures (the totals of a client with several endpoints).
     public mutating func merge(_ other: PoolStatistics) {
         totalRequestsServed += other.totalRequestsServed
         totalRequestTime = Span(nanoseconds: totalRequestTime.nanoseconds.addingSaturating(other.totalRequestTime.nanoseconds))
         requestLatency.add(other.requestLatency)
         acquireWait.add(other.acquireWait)
+        totalAcquireWait = Span(nanoseconds: totalAcquireWait.nanoseconds.addingSaturating(other.totalAcquireWait.nanoseconds))
         failedRequests.merge(other.failedRequests, uniquingKeysWith: +)
         rejectedBusy += other.rejectedBusy
         rejectedUnavailable += other.rejectedUnavailable
