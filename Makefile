@@ -6,7 +6,8 @@
 #                         temporary socket and run examples-c/demo.c against it
 #                         (make demo SOCKET=/path uses a daemon that is already running)
 #   make test             swift build --build-tests, swift test, Tests/packaging/run.sh
-#   make install          PREFIX=/usr/local (default) DESTDIR= (for packagers)
+#   make install          PREFIX=/usr/local (default) DESTDIR= (for packagers): the library, its
+#                         header and goxelpool.pc, goxel-refd, the goxelpool tool and its man page
 #   make examples         build every examples-c/*.c against build/stage with pkg-config only
 #   make size             print the stripped size of the library and check it is under a limit
 #   make clean
@@ -33,6 +34,7 @@ BINDIR     ?= $(PREFIX)/bin
 LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+MANDIR     ?= $(PREFIX)/share/man
 
 # Largest accepted size of the stripped library. The Swift runtime linked in statically is ~6 MB;
 # importing Foundation would make it ~58 MB, which this limit catches.
@@ -118,11 +120,16 @@ size: all
 	  echo "size: FAIL: stripped library is $$s bytes, limit $(MAX_STRIPPED_BYTES) (Foundation linked in?)"; exit 1; \
 	else echo "size: ok: stripped library is $$s bytes, limit $(MAX_STRIPPED_BYTES)"; fi
 
-# Installs the header, the library and its two links, goxelpool.pc and goxel-refd.
+# Installs the header, the library and its two links, goxelpool.pc, goxel-refd, and the
+# goxelpool command-line tool with its man page.
 # goxelpool.pc puts -Wl,-rpath,$(LIBDIR) into Libs so that programs built with
 # `pkg-config --libs goxelpool` find the library at run time without LD_LIBRARY_PATH.
+# The tool is built as any user's program: against the library just installed, with pkg-config
+# and nothing else (PKG_CONFIG_SYSROOT_DIR puts DESTDIR before -I and -L; the rpath stays LIBDIR).
+TOOL_DIR := Sources/goxelpool-cli
 install: all
-	install -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(BINDIR)
+	install -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(BINDIR) \
+	  $(DESTDIR)$(MANDIR)/man1
 	install -m 644 $(HEADER) $(DESTDIR)$(INCLUDEDIR)/goxelpool.h
 	install -m 755 $(BUILD)/lib/$(REALNAME) $(DESTDIR)$(LIBDIR)/$(REALNAME)
 	ln -sfn $(REALNAME) $(DESTDIR)$(LIBDIR)/$(SONAME)
@@ -132,6 +139,12 @@ install: all
 	    pkgconfig/goxelpool.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/goxelpool.pc
 	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/goxelpool.pc
 	install -m 755 $(BUILD)/bin/goxel-refd $(DESTDIR)$(BINDIR)/goxel-refd
+	@mkdir -p $(BUILD)/tool
+	$(CC) -std=c11 -O2 -Wall -Wextra -Werror $(TOOL_DIR)/goxelpool.c \
+	  $$(PKG_CONFIG_PATH=$(DESTDIR)$(PKGCONFIGDIR) PKG_CONFIG_SYSROOT_DIR=$(DESTDIR) $(PKG_CONFIG) --cflags --libs goxelpool) \
+	  -lpthread -o $(BUILD)/tool/goxelpool
+	install -m 755 $(BUILD)/tool/goxelpool $(DESTDIR)$(BINDIR)/goxelpool
+	install -m 644 $(TOOL_DIR)/goxelpool.1 $(DESTDIR)$(MANDIR)/man1/goxelpool.1
 
 # Every example, built as a user would: against an installed prefix, with pkg-config and nothing
 # else. The prefix is build/stage so that the binaries in build/examples stay runnable.
