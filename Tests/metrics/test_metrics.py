@@ -187,6 +187,12 @@ class MetricsTest(unittest.TestCase):
         # One endpoint: no routing figures.
         self.assertEqual(families["goxelpool_routed_calls"].samples, [])
         self.lint(text)
+        # The README's table documents every family (by its name in the text, _total included).
+        readme = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")).read()
+        for line in text.splitlines():
+            if line.startswith("# TYPE "):
+                family = line.split()[2]
+                self.assertTrue("`" + family + "`" in readme, f"{family} is missing from README \"Prometheus metrics\"")
 
     def test_counts_match_the_calls_made(self):
         client = self.client(timeout_ms=5000, pool={"min_connections": 3, "max_connections": 4})
