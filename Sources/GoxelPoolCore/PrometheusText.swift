@@ -5,7 +5,7 @@
 /// The caller keeps each family's samples together and writes `family` before them; names are
 /// the caller's constants (checked in debug builds), label values and help texts are escaped here.
 public struct PrometheusText {
-    public enum Kind: String, Sendable { case counter, gauge, histogram, summary, untyped }
+    public enum Kind: String, Sendable { case counter, gauge, histogram }
 
     public typealias Labels = [(name: String, value: String)]
 

@@ -326,6 +326,12 @@ static int severity_rank(const char *severity) {
     return 1;
 }
 
+/* Control characters (a socket path may hold a line feed) would break the screen: shown as '?'. */
+static void printable(char *text) {
+    for (; *text; text++)
+        if ((unsigned char)*text < 0x20 || *text == 0x7f) *text = '?';
+}
+
 /* "HH:MM:SS.mmm" of an event's timestamp_ms. */
 static void event_clock(const json_t *event, char *out, size_t len) {
     json_int_t ms = json_integer_value(json_object_get(event, "timestamp_ms"));
@@ -377,6 +383,7 @@ static void on_event(const json_t *event, void *userdata) {
     unsigned long slot = events.count % EVENT_LINES;
     snprintf(events.lines[slot], EVENT_LINE_BYTES, "%s %-10s %-20s %s%s%s", clock, kind ? kind : "?",
              type ? type : "?", endpoint ? endpoint : "", endpoint ? "  " : "", what);
+    printable(events.lines[slot]);
     events.severity[slot] = kind && strcmp(kind, "alert") == 0 ? severity_rank(severity) : 0;
     events.count++;
     pthread_mutex_unlock(&events.lock);
@@ -486,8 +493,11 @@ static void draw(struct screen *s, goxelpool_client *client, const char *target,
     line(s, "health checks %.0f (%.0f failed)   reconnections %.0f   connection failures %.0f",
          number(stats, "health_checks"), number(stats, "health_check_failures"),
          number(stats, "reconnection_attempts"), number(stats, "connection_failures"));
-    const char *last_error = json_string_value(json_object_get(stats, "last_connect_error"));
-    line(s, "last connect error: %s", last_error ? last_error : "none");
+    char last_error[256];
+    const char *error_text = json_string_value(json_object_get(stats, "last_connect_error"));
+    snprintf(last_error, sizeof last_error, "%s", error_text ? error_text : "none");
+    printable(last_error);
+    line(s, "last connect error: %s", last_error);
     line(s, "");
 
     line(s, "%s%4s  %-28s %-10s %9s %9s  %-10s %7s %8s%s", s->color ? "\033[1m" : "", "CONN", "ENDPOINT", "TIER",
@@ -508,6 +518,7 @@ static void draw(struct screen *s, goxelpool_client *client, const char *target,
         char where[32];
         size_t len = endpoint ? strlen(endpoint) : 0;
         snprintf(where, sizeof where, "%s%s", len > 28 ? "..." : "", len > 28 ? endpoint + len - 25 : (endpoint ? endpoint : ""));
+        printable(where);
         char avg_text[32] = "-", last_text[32] = "-";
         if (json_is_number(average)) snprintf(avg_text, sizeof avg_text, "%.2f", json_number_value(average));
         if (json_is_number(last)) snprintf(last_text, sizeof last_text, "%.2f", json_number_value(last));
@@ -583,6 +594,7 @@ static int cmd_watch(goxelpool_client *client, const json_t *config, const struc
     s.color = s.tty && !(no_color && *no_color);
     char target[256];
     describe_target(config, target, sizeof target);
+    printable(target);
 
     if (pipe(wake_pipe) != 0) {
         complain("pipe: %s", strerror(errno));

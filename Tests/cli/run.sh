@@ -16,12 +16,7 @@ GP=$STAGE/bin/goxelpool
 MAKE=${MAKE:-make}
 
 WORK=$(mktemp -d "/tmp/goxelpool-cli-$$.XXXXXX")
-cleanup() {
-    stop_refd
-    [ -n "${REFD_LOG:-}" ] && rm -f "$REFD_LOG"
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap stop_refd_and_remove_work EXIT
 trap 'exit 130' INT TERM
 SOCK=$WORK/refd.sock
 NOWHERE=$WORK/nothing-listens-here.sock

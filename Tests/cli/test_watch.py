@@ -9,64 +9,28 @@ home" sequence each refresh starts with, and colours and other escape sequences 
 read the text. Run by `make cli-test` (part of `make test`).
 """
 import fcntl
-import json
 import os
 import pty
 import re
 import select
 import shutil
 import signal
-import socket
 import struct
-import subprocess
+import sys
 import tempfile
 import termios
 import threading
 import time
 import unittest
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "packaging"))
+from refd import Refd  # noqa: E402
+
 TOOL = os.environ.get("GOXELPOOL_TOOL", "build/stage/bin/goxelpool")
 REFD = os.environ.get("GOXEL_REFD", "build/stage/bin/goxel-refd")
 ESCAPE = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 HOME, ERASE_BELOW = b"\x1b[H", b"\x1b[J"
 YELLOW = b"\x1b[33m"
-
-
-class Refd:
-    """goxel-refd --supervise on a temporary socket; faults and crashes through its control
-    socket (PATH.ctl)."""
-
-    def __init__(self, directory):
-        self.path = os.path.join(directory, "refd.sock")
-        self.proc = subprocess.Popen([REFD, "--socket", self.path, "--supervise", "--restart-delay-ms", "200"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        line = self.proc.stdout.readline().decode()
-        assert "listening on" in line, f"goxel-refd did not start: {line!r}"
-
-    def control(self, method, params=None, expect_answer=True):
-        deadline = time.monotonic() + 10
-        while True:  # after a crash the control socket comes back with the restarted daemon
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.settimeout(5)
-                    s.connect(self.path + ".ctl")
-                    request = {"jsonrpc": "2.0", "method": method, "id": 1}
-                    if params is not None:
-                        request["params"] = params
-                    s.sendall(json.dumps(request).encode() + b"\n")
-                    if not expect_answer:
-                        return None
-                    answer = s.makefile("rb").readline()
-                    return json.loads(answer)["result"]
-            except (ConnectionError, FileNotFoundError, json.JSONDecodeError, KeyError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-    def stop(self):
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(10)
-        self.proc.stdout.close()
 
 
 class Terminal:
@@ -166,7 +130,7 @@ def events_pane(text):
 class WatchTest(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix=f"gxp-watch-{os.getpid()}-")
-        self.refd = Refd(self.dir)
+        self.refd = Refd(REFD, self.dir, "--supervise", "--restart-delay-ms", "200")
         self.terminals = []
 
     def tearDown(self):

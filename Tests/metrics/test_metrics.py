@@ -11,17 +11,19 @@ binding is another module). When promtool is on PATH its `check metrics` lint ru
 """
 import ctypes
 import json
-import math
 import os
 import shutil
-import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import unittest
 
 from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "packaging"))
+from refd import Refd  # noqa: E402
 
 LIBRARY = os.environ.get("GOXELPOOL_LIBRARY", "build/stage/lib/libgoxelpool.so.1")
 REFD = os.environ.get("GOXEL_REFD", "build/stage/bin/goxel-refd")
@@ -94,44 +96,10 @@ def value(values, name, **labels):
     return values[(name, frozenset(labels.items()))]
 
 
-class Refd:
-    """goxel-refd on a temporary socket; faults set through its control socket (PATH.ctl), so
-    they cost the client under test no request."""
-
-    def __init__(self, directory):
-        self.path = os.path.join(directory, "refd.sock")
-        self.proc = subprocess.Popen([REFD, "--socket", self.path], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        line = self.proc.stdout.readline().decode()
-        assert "listening on" in line, f"goxel-refd did not start: {line!r}"
-
-    def control(self, method, params=None):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(self.path + ".ctl")
-            request = {"jsonrpc": "2.0", "method": method, "id": 1}
-            if params is not None:
-                request["params"] = params
-            s.sendall(json.dumps(request).encode() + b"\n")
-            answer = b""
-            while not answer.endswith(b"\n"):
-                chunk = s.recv(65536)
-                assert chunk, "control socket closed"
-                answer += chunk
-        reply = json.loads(answer)
-        assert "result" in reply, reply
-        return reply["result"]
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
-        self.proc.stdout.close()
-
-
 class MetricsTest(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix=f"gxp-metrics-{os.getpid()}-")
-        self.refd = Refd(self.dir)
+        self.refd = Refd(REFD, self.dir)
         self.clients = []
 
     def tearDown(self):

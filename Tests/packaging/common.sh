@@ -65,6 +65,14 @@ start_refd() {
     return 1
 }
 
+# stop_refd_and_remove_work: the test scripts' exit trap: stop_refd, then remove $REFD_LOG and the
+# scripts' temporary directory $WORK.
+stop_refd_and_remove_work() {
+    stop_refd
+    [ -n "${REFD_LOG:-}" ] && rm -f "$REFD_LOG"
+    rm -rf "${WORK:?}"
+}
+
 # stop_refd: stops the goxel-refd started by start_refd (its process group), if any.
 stop_refd() {
     local i

@@ -23,12 +23,7 @@ MAX_STRIPPED_BYTES=${MAX_STRIPPED_BYTES:-16777216}
 . Tests/packaging/common.sh
 
 WORK=$(mktemp -d /tmp/goxelpool-packaging.XXXXXX)
-cleanup() {
-    stop_refd
-    [ -n "${REFD_LOG:-}" ] && rm -f "$REFD_LOG"
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap stop_refd_and_remove_work EXIT
 trap 'exit 130' INT TERM
 
 header_macro() {
