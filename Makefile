@@ -140,7 +140,7 @@ install: all
 	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/goxelpool.pc
 	install -m 755 $(BUILD)/bin/goxel-refd $(DESTDIR)$(BINDIR)/goxel-refd
 	@mkdir -p $(BUILD)/tool
-	$(CC) -std=c11 -O2 -Wall -Wextra -Werror $(TOOL_DIR)/goxelpool.c \
+	$(CC) -std=c11 -O2 -Wall -Wextra $(TOOL_DIR)/goxelpool.c \
 	  $$(PKG_CONFIG_PATH=$(DESTDIR)$(PKGCONFIGDIR) PKG_CONFIG_SYSROOT_DIR=$(DESTDIR) $(PKG_CONFIG) --cflags --libs goxelpool) \
 	  -lpthread -o $(BUILD)/tool/goxelpool
 	install -m 755 $(BUILD)/tool/goxelpool $(DESTDIR)$(BINDIR)/goxelpool

@@ -192,6 +192,14 @@ watch_plain() {
     printf '%s\n' "$STDOUT" | grep -q 'connection_added' || { echo "no connection_added event: $STDOUT"; return 1; }
 }
 
+# make install builds the tool without -Werror (a newer compiler must not break an install);
+# here every warning is an error, with more warnings than the install asks for.
+strict_build() {
+    PKG_CONFIG_PATH=$STAGE/lib/pkgconfig ${CC:-cc} -std=c11 -O2 -Wall -Wextra -Werror -Wshadow -Wconversion \
+        -Wno-sign-conversion -Wstrict-prototypes -Wmissing-prototypes Sources/goxelpool-cli/goxelpool.c \
+        $(PKG_CONFIG_PATH=$STAGE/lib/pkgconfig pkg-config --cflags --libs goxelpool) -lpthread -o "$WORK/goxelpool-strict"
+}
+
 installed() {
     local prefix=$WORK/prefix rc=0
     "$MAKE" --no-print-directory -C "$ROOT" install PREFIX="$prefix" DESTDIR= BINDIR="$prefix/bin" LIBDIR="$prefix/lib" \
@@ -225,4 +233,5 @@ check cli:endpoints-and-env endpoints_and_env
 check cli:stats-health-metrics snapshots
 check cli:watch-plain watch_plain
 check cli:install-and-man-page installed
+check cli:strict-build strict_build
 finish
