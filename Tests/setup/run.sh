@@ -33,6 +33,14 @@ chmod 755 "$WORK/bin/apt-get"
 
 IS_ROOT=0
 [ "$(id -u)" = 0 ] && IS_ROOT=1
+# What the unprivileged user runs is a copy, in a directory it can read whatever the clone's
+# (CI may clone under /root): the script, and for make the Makefile with the header it reads.
+TREE=$WORK/tree
+mkdir -p "$TREE/.ci" "$TREE/include"
+cp .ci/ensure-deps .ci/packages "$TREE/.ci/"
+cp Makefile "$TREE/"
+cp include/goxelpool.h "$TREE/include/"
+chmod -R a+rX "$TREE"
 # as_user CMD...: runs CMD as an unprivileged user (nobody) when we are root, else as ourselves.
 as_user() {
     if [ $IS_ROOT = 1 ]; then
@@ -71,12 +79,12 @@ present_quiet() {
 
 present_if_counts() {
     local out
-    out=$(as_user "$ENSURE" --list "$WORK/present-if.list" 2>&1) || { echo "exit $?: $out"; return 1; }
+    out=$(as_user "$TREE/.ci/ensure-deps" --list "$WORK/present-if.list" 2>&1) || { echo "exit $?: $out"; return 1; }
 }
 
 missing_as_user() {
     local out rc=0
-    out=$(as_user "$ENSURE" --list "$WORK/missing.list" 2>&1) || rc=$?
+    out=$(as_user "$TREE/.ci/ensure-deps" --list "$WORK/missing.list" 2>&1) || rc=$?
     printf '%s\n' "$out"
     [ $rc = 1 ] || { echo "exit status $rc, expected 1"; return 1; }
     expect_missing_message "$out"
@@ -121,7 +129,7 @@ usage_errors() {
 # the missing list, and (as root) with the fake apt-get.
 make_stops_first() {
     local target=$1 out rc=0
-    out=$(as_user env -u MAKEFLAGS -u MAKELEVEL "$MAKE" -C "$ROOT" "$target" PACKAGES="$WORK/missing.list" 2>&1 </dev/null) || rc=$?
+    out=$(as_user env -u MAKEFLAGS -u MAKELEVEL "$MAKE" -C "$TREE" "$target" PACKAGES="$WORK/missing.list" 2>&1 </dev/null) || rc=$?
     [ $rc != 0 ] || { echo "make $target succeeded"; printf '%s\n' "$out" | tail -5; return 1; }
     if printf '%s\n' "$out" | grep -qE '^(swift |install -p|rm -rf|cc )|Compiling'; then echo "make $target went on past the check:"; printf '%s\n' "$out" | head -5; return 1; fi
     expect_missing_message "$out"
