@@ -65,16 +65,27 @@ public struct PoolStatistics {
 
     public enum Latency: Sendable { case request, acquireWait }
 
-    /// A latency histogram with fixed upper bounds (Prometheus `le` buckets, in seconds):
+    /// A latency histogram with fixed upper bounds (Prometheus `le` buckets, in seconds, ascending):
     /// cumulative counts at each bound, the total count and the exact sum. A bound is exact to the
     /// HDR histogram's 3 significant digits (it counts whole HDR buckets).
     public func distribution(_ latency: Latency, boundsSeconds: [Double]) -> (cumulative: [UInt64], count: UInt64, sum: Span) {
         let (histogram, sum) = latency == .request ? (requestLatency, totalRequestTime) : (acquireWait, totalAcquireWait)
-        let cumulative = boundsSeconds.map { bound -> UInt64 in
-            guard bound > 0 else { return 0 }
-            return histogram.count(within: 0...UInt64(min(bound * 1e6, 3_600_000_000)))
+        // One walk over the HDR buckets, in disjoint ranges (a range starts past the previous
+        // bound's HDR bucket, so none is counted twice), and none past the last value recorded:
+        // a scrape costs microseconds, not a walk from zero per bound.
+        let total = histogram.totalCount
+        var cumulative: [UInt64] = []
+        cumulative.reserveCapacity(boundsSeconds.count)
+        var counted: UInt64 = 0, from: UInt64 = 0
+        for bound in boundsSeconds {
+            let upper = bound > 0 ? UInt64(min(bound * 1e6, 3_600_000_000)) : 0
+            if counted < total && bound > 0 && upper >= from {
+                counted += histogram.count(within: from...upper)
+                from = histogram.nextNonEquivalentForValue(upper)
+            }
+            cumulative.append(counted)
         }
-        return (cumulative, histogram.totalCount, sum)
+        return (cumulative, total, sum)
     }
 
     /// Adds another pool's figures (the totals of a client with several endpoints).

@@ -75,6 +75,17 @@ final class PrometheusTextTests: XCTestCase {
         XCTAssertEqual(figures.sum.nanoseconds, (80 + 90 + 100) * 1000 + 2 * 30_000_000 + 7_000_000_000)
     }
 
+    func testBoundsInOneHDRBucketCountAValueOnce() {
+        // 25 000 and 25 001 µs share an HDR bucket (16 µs wide there): a value in it is counted
+        // at both bounds, once; a value above the last bound only in the total.
+        var stats = PoolStatistics(startedAt: Instant(nanoseconds: 0))
+        stats.recordRequest(Span(nanoseconds: 25_005_000))
+        stats.recordRequest(.milliseconds(20_000))
+        let figures = stats.distribution(.request, boundsSeconds: [0.001, 0.025, 0.025001, 10])
+        XCTAssertEqual(figures.cumulative, [0, 1, 1, 1])
+        XCTAssertEqual(figures.count, 2)
+    }
+
     func testAcquireWaitDistributionHasItsOwnSum() {
         var stats = PoolStatistics(startedAt: Instant(nanoseconds: 0))
         stats.recordAcquireWait(.zero)
