@@ -6,12 +6,18 @@
 #                         temporary socket and run examples-c/demo.c against it
 #                         (make demo SOCKET=/path uses a daemon that is already running)
 #   make test             swift build --build-tests, swift test, Tests/packaging/run.sh
-#   make install          PREFIX=/usr/local (default) DESTDIR= (for packagers)
+#   make install          PREFIX=/usr/local (default) DESTDIR= (for packagers): the library, its
+#                         header and goxelpool.pc, goxel-refd, the goxelpool tool and its man page
 #   make examples         build every examples-c/*.c against build/stage with pkg-config only
 #   make size             print the stripped size of the library and check it is under a limit
 #   make clean
+#   make deps             install the Debian packages of .ci/packages that are missing (as root),
+#                         or print the one command that does (run first by all, test and demo;
+#                         DEPS=check: never install, DEPS=skip: do not check)
 #
-# Needs: a Swift 6.3 toolchain, libjansson-dev, pkg-config, a C compiler (cc).
+# Needs: a Swift 6.3 toolchain; the Debian packages listed in .ci/packages (libjansson-dev,
+# pkg-config, a C compiler, ...), which `make deps` installs as root; PyPI packages for the tests
+# (.ci/requirements.txt), which `make venv` installs into build/venv.
 #
 # The linker flags (version script, SONAME, static Swift runtime) are passed here and not in
 # Package.swift, where they would leak into the test executables.
@@ -28,6 +34,7 @@ BINDIR     ?= $(PREFIX)/bin
 LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+MANDIR     ?= $(PREFIX)/share/man
 
 # Largest accepted size of the stripped library. The Swift runtime linked in statically is ~6 MB;
 # importing Foundation would make it ~58 MB, which this limit catches.
@@ -66,9 +73,28 @@ STAGE       := $(abspath $(BUILD)/stage)
 export MAKE
 
 .NOTPARALLEL:
-.PHONY: all install examples demo test size clean
+.DEFAULT_GOAL := all
+.PHONY: deps venv all install examples demo test size clean
 
-all:
+# First prerequisite of all, test and demo: SwiftPM needs jansson before any recipe could say so.
+# The list of Debian packages is .ci/packages (one place; .ci/run uses it too).
+DEPS         ?= auto
+PACKAGES     ?= .ci/packages
+deps:
+	@GOXELPOOL_DEPS=$(DEPS) .ci/ensure-deps --list $(PACKAGES)
+
+# Python packages the tests need (PyPI), one place: .ci/requirements.txt, in a virtual
+# environment under build/ (rebuilt when the list changes). Tests run $(VENV_PYTHON).
+VENV        := $(BUILD)/venv
+VENV_PYTHON := $(abspath $(VENV))/bin/python
+venv: $(VENV)/.installed
+$(VENV)/.installed: .ci/requirements.txt | deps
+	rm -rf $(VENV)
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r .ci/requirements.txt
+	@touch $@
+
+all: deps
 	@if [ "$(HEADER_VERSION_STRING)" != "$(VERSION)" ]; then \
 	  echo "error: GOXELPOOL_VERSION_STRING \"$(HEADER_VERSION_STRING)\" != MAJOR.MINOR.PATCH $(VERSION) in $(HEADER)" >&2; \
 	  exit 1; fi
@@ -94,11 +120,16 @@ size: all
 	  echo "size: FAIL: stripped library is $$s bytes, limit $(MAX_STRIPPED_BYTES) (Foundation linked in?)"; exit 1; \
 	else echo "size: ok: stripped library is $$s bytes, limit $(MAX_STRIPPED_BYTES)"; fi
 
-# Installs the header, the library and its two links, goxelpool.pc and goxel-refd.
+# Installs the header, the library and its two links, goxelpool.pc, goxel-refd, and the
+# goxelpool command-line tool with its man page.
 # goxelpool.pc puts -Wl,-rpath,$(LIBDIR) into Libs so that programs built with
 # `pkg-config --libs goxelpool` find the library at run time without LD_LIBRARY_PATH.
+# The tool is built as any user's program: against the library just installed, with pkg-config
+# and nothing else (PKG_CONFIG_SYSROOT_DIR puts DESTDIR before -I and -L; the rpath stays LIBDIR).
+TOOL_DIR := Sources/goxelpool-cli
 install: all
-	install -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(BINDIR)
+	install -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(BINDIR) \
+	  $(DESTDIR)$(MANDIR)/man1
 	install -m 644 $(HEADER) $(DESTDIR)$(INCLUDEDIR)/goxelpool.h
 	install -m 755 $(BUILD)/lib/$(REALNAME) $(DESTDIR)$(LIBDIR)/$(REALNAME)
 	ln -sfn $(REALNAME) $(DESTDIR)$(LIBDIR)/$(SONAME)
@@ -108,6 +139,12 @@ install: all
 	    pkgconfig/goxelpool.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/goxelpool.pc
 	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/goxelpool.pc
 	install -m 755 $(BUILD)/bin/goxel-refd $(DESTDIR)$(BINDIR)/goxel-refd
+	@mkdir -p $(BUILD)/tool
+	$(CC) -std=c11 -O2 -Wall -Wextra $(TOOL_DIR)/goxelpool.c \
+	  $$(PKG_CONFIG_PATH=$(DESTDIR)$(PKGCONFIGDIR) PKG_CONFIG_SYSROOT_DIR=$(DESTDIR) $(PKG_CONFIG) --cflags --libs goxelpool) \
+	  -lpthread -o $(BUILD)/tool/goxelpool
+	install -m 755 $(BUILD)/tool/goxelpool $(DESTDIR)$(BINDIR)/goxelpool
+	install -m 644 $(TOOL_DIR)/goxelpool.1 $(DESTDIR)$(MANDIR)/man1/goxelpool.1
 
 # Every example, built as a user would: against an installed prefix, with pkg-config and nothing
 # else. The prefix is build/stage so that the binaries in build/examples stay runnable. An example
@@ -126,10 +163,10 @@ examples:
 	  $(CC) -Wall -Wextra -Werror $$src $$($(PKG_CONFIG) --cflags --libs $$pkgs) -o $$out; \
 	done
 
-demo: examples
+demo: deps examples
 	Tests/packaging/demo.sh $(STAGE) $(BUILD)/examples/demo $(SOCKET)
 
-test: all
+test: deps all
 	$(SWIFT) build --build-tests
 	@rc=0; $(SWIFT) test || rc=$$?; \
 	if [ $$rc -ne 0 ]; then echo "make test: swift test failed (exit $$rc)"; fi; \

@@ -47,7 +47,7 @@ let package = Package(
         .testTarget(name: "GoxelPoolIntegrationTests",
                     dependencies: ["GoxelPool", "GoxelPoolIO", "GoxelPoolCore", "CGoxelPool", "CJansson"],
                     path: "Tests",
-                    exclude: ["GoxelPoolCoreTests", "bench", "faults", "fuzz", "packaging", "reliability"],
+                    exclude: ["GoxelPoolCoreTests", "bench", "cli", "faults", "fuzz", "metrics", "packaging", "reliability", "setup"],
                     sources: ["GoxelPoolIOTests", "GoxelPoolABITests", "RefDaemonSupport"]),
     ]
 )

@@ -404,6 +404,30 @@ int goxelpool_event_fd(goxelpool_client *client);
  * Returns OK (also when nothing was queued), EINVAL (client NULL, a client in thread mode, or
  * called from one of its own callbacks), EBUSY (another thread is dispatching this client). */
 goxelpool_status goxelpool_dispatch(goxelpool_client *client, int max_items, int *ran);
+ * Prometheus metrics
+ *
+ * The statistics and health of goxelpool_stats / goxelpool_health in the Prometheus text
+ * exposition format 0.0.4, for a service that embeds the library and is scraped by Prometheus
+ * (serve the text with Content-Type "text/plain; version=0.0.4; charset=utf-8"). Names start with
+ * "goxelpool_"; counters end in "_total"; durations are in seconds. Every figure the statistics
+ * have per endpoint carries a label endpoint="unix:/path" or "tcp:host:port" (and never a client
+ * total beside it: sum() over endpoints gives the total); failures carry status="ETIMEDOUT" ...,
+ * closed connections reason="idle" ..., alerts type="...", states state="...". Request latency
+ * and the wait for a connection are histograms (le buckets from 100 us to 10 s, _sum, _count).
+ * The families and their meaning: README "Prometheus metrics".
+ * ------------------------------------------------------------------------------------------- */
+
+/* Writes the client's metrics as text.
+ * out: must not be NULL; on OK receives a NUL-terminated UTF-8 string allocated by the library,
+ *   which the caller owns and releases with goxelpool_free (set to NULL on failure).
+ * May be called from any thread, at any time, as often as wanted (a scrape takes a snapshot, as
+ * goxelpool_stats does), also from a listener or callback of the client and after close.
+ * Returns OK, EINVAL (client or out NULL), ENOMEM. */
+goxelpool_status goxelpool_metrics_text(goxelpool_client *client, char **out);
+
+/* Releases memory the library allocated for the caller (the text of goxelpool_metrics_text).
+ * NULL is fine. Any thread. Never use free() on it: the library may allocate differently. */
+void goxelpool_free(void *p);
 
 #ifdef __cplusplus
 }

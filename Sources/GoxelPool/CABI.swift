@@ -40,12 +40,12 @@ final class ClientHandle: @unchecked Sendable {
 
 private func status(_ value: CallStatus) -> goxelpool_status { goxelpool_status(rawValue: UInt32(value.rawValue)) }
 
-private func failed(_ failure: CallFailure) -> goxelpool_status {
+func failed(_ failure: CallFailure) -> goxelpool_status {
     LastError.set(failure.message)
     return status(failure.status)
 }
 
-private func invalid(_ message: String) -> goxelpool_status { failed(CallFailure(.invalid, message)) }
+func invalid(_ message: String) -> goxelpool_status { failed(CallFailure(.invalid, message)) }
 
 private func staticCString(_ text: StaticString) -> UnsafePointer<CChar> {
     UnsafeRawPointer(text.utf8Start).assumingMemoryBound(to: CChar.self)
@@ -130,8 +130,11 @@ private func checkCall(_ client: OpaquePointer?, _ method: UnsafePointer<CChar>?
 
 // MARK: - Version and status
 
+/// Equals GOXELPOOL_VERSION_STRING (Tests/packaging checks it at run time).
+let libraryVersion: StaticString = "1.1.0"
+
 @c @implementation
-public func goxelpool_version() -> UnsafePointer<CChar>! { staticCString("1.1.0") }
+public func goxelpool_version() -> UnsafePointer<CChar>! { staticCString(libraryVersion) }
 
 @c @implementation
 public func goxelpool_strerror(_ value: goxelpool_status) -> UnsafePointer<CChar>! {

@@ -16,7 +16,7 @@ public struct CircuitBreaker: Sendable {
         public init() {}
     }
 
-    public enum State: String, Sendable, Equatable {
+    public enum State: String, Sendable, Equatable, CaseIterable {
         case closed, open
         case halfOpen = "half_open"
     }

@@ -1,6 +1,6 @@
 /// Health tiers of the seed: healthy (latency ≤ healthy threshold), degraded (≤ degraded
 /// threshold), unhealthy (slower, or failed).
-public enum HealthTier: String, Sendable, Equatable {
+public enum HealthTier: String, Sendable, Equatable, CaseIterable {
     case healthy, degraded, unhealthy
 }
 

@@ -27,7 +27,7 @@ public enum PoolFailure: Sendable, Equatable {
 
 /// The pool's overall health: ready (≥ 80 % of open connections healthy), degraded (≥ 50 %),
 /// unhealthy (below, or no connection at all), closed.
-public enum PoolState: String, Sendable, Equatable {
+public enum PoolState: String, Sendable, Equatable, CaseIterable {
     case ready, degraded, unhealthy, closed
 }
 

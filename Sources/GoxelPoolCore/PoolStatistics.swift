@@ -11,6 +11,8 @@ public struct PoolStatistics {
     public private(set) var requestLatency = Histogram<UInt64>(highestTrackableValue: 3_600_000_000)
     /// Time spent waiting for a connection, in microseconds.
     public private(set) var acquireWait = Histogram<UInt64>(highestTrackableValue: 3_600_000_000)
+    /// The sum of those waits (a histogram's `_sum` in the metrics).
+    public private(set) var totalAcquireWait = Span.zero
     public var failedRequests: [String: Int] = [:]
     public var rejectedBusy = 0
     public var rejectedUnavailable = 0
@@ -41,6 +43,7 @@ public struct PoolStatistics {
 
     mutating func recordAcquireWait(_ wait: Span) {
         _ = acquireWait.record(Self.micros(wait))
+        totalAcquireWait = Span(nanoseconds: totalAcquireWait.nanoseconds.addingSaturating(wait.nanoseconds))
     }
 
     mutating func recordClose(_ reason: CloseReason) {
@@ -62,12 +65,38 @@ public struct PoolStatistics {
 
     public func uptime(now: Instant) -> Span { (closedAt ?? now) - startedAt }
 
+    public enum Latency: Sendable { case request, acquireWait }
+
+    /// A latency histogram with fixed upper bounds (Prometheus `le` buckets, in seconds, ascending):
+    /// cumulative counts at each bound, the total count and the exact sum. A bound is exact to the
+    /// HDR histogram's 3 significant digits (it counts whole HDR buckets).
+    public func distribution(_ latency: Latency, boundsSeconds: [Double]) -> (cumulative: [UInt64], count: UInt64, sum: Span) {
+        let (histogram, sum) = latency == .request ? (requestLatency, totalRequestTime) : (acquireWait, totalAcquireWait)
+        // One walk over the HDR buckets, in disjoint ranges (a range starts past the previous
+        // bound's HDR bucket, so none is counted twice), and none past the last value recorded:
+        // a scrape costs microseconds, not a walk from zero per bound.
+        let total = histogram.totalCount
+        var cumulative: [UInt64] = []
+        cumulative.reserveCapacity(boundsSeconds.count)
+        var counted: UInt64 = 0, from: UInt64 = 0
+        for bound in boundsSeconds {
+            let upper = bound > 0 ? UInt64(min(bound * 1e6, 3_600_000_000)) : 0
+            if counted < total && bound > 0 && upper >= from {
+                counted += histogram.count(within: from...upper)
+                from = histogram.nextNonEquivalentForValue(upper)
+            }
+            cumulative.append(counted)
+        }
+        return (cumulative, total, sum)
+    }
+
     /// Adds another pool's figures (the totals of a client with several endpoints).
     public mutating func merge(_ other: PoolStatistics) {
         totalRequestsServed += other.totalRequestsServed
         totalRequestTime = Span(nanoseconds: totalRequestTime.nanoseconds.addingSaturating(other.totalRequestTime.nanoseconds))
         requestLatency.add(other.requestLatency)
         acquireWait.add(other.acquireWait)
+        totalAcquireWait = Span(nanoseconds: totalAcquireWait.nanoseconds.addingSaturating(other.totalAcquireWait.nanoseconds))
         failedRequests.merge(other.failedRequests, uniquingKeysWith: +)
         rejectedBusy += other.rejectedBusy
         rejectedUnavailable += other.rejectedUnavailable

@@ -1,4 +1,40 @@
-# Helpers shared by Tests/packaging/run.sh and Tests/packaging/demo.sh (sourced, not run).
+# Helpers shared by Tests/packaging/run.sh, Tests/packaging/demo.sh and the other shell test
+# scripts (sourced, not run).
+
+# Counting checks: pass NAME, fail NAME [WHY], check NAME FUNCTION [ARGS...]; the scripts end
+# with "N passed, N failed".
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+OUT=
+
+pass() { echo "PASS $1"; PASSED=$((PASSED + 1)); }
+fail() {
+    echo "FAIL $1${2:+: $2}"
+    FAILED=$((FAILED + 1))
+    FAILED_NAMES+=("$1")
+}
+# check NAME FUNCTION [ARGS...]: runs FUNCTION, PASS if it returns 0; on failure its output is
+# shown indented. Its output is kept in $OUT either way.
+check() {
+    local name=$1
+    shift
+    if OUT=$("$@" 2>&1); then
+        pass "$name"
+    else
+        fail "$name"
+        [ -n "$OUT" ] && printf '%s\n' "$OUT" | sed 's/^/    /'
+    fi
+    return 0
+}
+# finish: names the failed checks, prints "N passed, N failed"; non-zero status if any failed.
+finish() {
+    if [ "$FAILED" -gt 0 ]; then
+        echo "failed: ${FAILED_NAMES[*]}"
+    fi
+    echo "$PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ]
+}
 
 # start_refd BINARY SOCKET [ARGS...]: starts goxel-refd in its own process group and waits (10 s
 # at most) for its "goxel-refd listening on SOCKET" line. Sets REFD_PID and REFD_LOG.
@@ -27,6 +63,14 @@ start_refd() {
     sed 's/^/  refd| /' "$REFD_LOG"
     stop_refd
     return 1
+}
+
+# stop_refd_and_remove_work: the test scripts' exit trap: stop_refd, then remove $REFD_LOG and the
+# scripts' temporary directory $WORK.
+stop_refd_and_remove_work() {
+    stop_refd
+    [ -n "${REFD_LOG:-}" ] && rm -f "$REFD_LOG"
+    rm -rf "${WORK:?}"
 }
 
 # stop_refd: stops the goxel-refd started by start_refd (its process group), if any.

@@ -22,38 +22,8 @@ HEADER=include/goxelpool.h
 MAX_STRIPPED_BYTES=${MAX_STRIPPED_BYTES:-16777216}
 . Tests/packaging/common.sh
 
-PASSED=0
-FAILED=0
-FAILED_NAMES=()
-OUT=
-
-pass() { echo "PASS $1"; PASSED=$((PASSED + 1)); }
-fail() {
-    echo "FAIL $1${2:+: $2}"
-    FAILED=$((FAILED + 1))
-    FAILED_NAMES+=("$1")
-}
-# check NAME FUNCTION [ARGS...]: runs FUNCTION, PASS if it returns 0; on failure its output is
-# shown indented. Its output is kept in $OUT either way.
-check() {
-    local name=$1
-    shift
-    if OUT=$("$@" 2>&1); then
-        pass "$name"
-    else
-        fail "$name"
-        [ -n "$OUT" ] && printf '%s\n' "$OUT" | sed 's/^/    /'
-    fi
-    return 0
-}
-
 WORK=$(mktemp -d /tmp/goxelpool-packaging.XXXXXX)
-cleanup() {
-    stop_refd
-    [ -n "${REFD_LOG:-}" ] && rm -f "$REFD_LOG"
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap stop_refd_and_remove_work EXIT
 trap 'exit 130' INT TERM
 
 header_macro() {
@@ -397,8 +367,4 @@ if [ "$REFD_OK" = 1 ] && ! kill -0 "$REFD_PID" 2>/dev/null; then
     sed 's/^/    refd| /' "$REFD_LOG"
 fi
 
-if [ "$FAILED" -gt 0 ]; then
-    echo "failed: ${FAILED_NAMES[*]}"
-fi
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
+finish

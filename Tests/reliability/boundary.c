@@ -179,6 +179,12 @@ static void test_null_client(void) {
     result(results == NULL, "call_batch(NULL client) clears results", NULL);
     result(goxelpool_stats(NULL) == NULL, "stats(NULL) is NULL", NULL);
     result(goxelpool_health(NULL) == NULL, "health(NULL) is NULL", NULL);
+    char *text = (char *)"sentinel";
+    expect("metrics_text(NULL client)", goxelpool_metrics_text(NULL, &text), GOXELPOOL_EINVAL);
+    result(text == NULL, "metrics_text(NULL client) clears out", NULL);
+    expect("metrics_text(NULL client, NULL out)", goxelpool_metrics_text(NULL, NULL), GOXELPOOL_EINVAL);
+    goxelpool_free(NULL);
+    result(1, "goxelpool_free(NULL) is a no-op", NULL);
     int id = 12345;
     expect("add_listener(NULL client)", goxelpool_add_listener(NULL, GOXELPOOL_EVENT_ALL, ev_noop, NULL, &id), GOXELPOOL_EINVAL);
     expect("remove_listener(NULL client)", goxelpool_remove_listener(NULL, 1), GOXELPOOL_EINVAL);
@@ -752,6 +758,11 @@ static void test_after_close(void) {
     json_t *health = goxelpool_health(client);
     result(health != NULL, "health after close", NULL);
     json_decref(health);
+    char *text = NULL;
+    expect("metrics_text after close", goxelpool_metrics_text(client, &text), GOXELPOOL_OK);
+    result(text && strstr(text, "goxelpool_client_state{state=\"closed\"} 1\n"), "metrics after close: client_state closed", NULL);
+    goxelpool_free(text);
+    expect("metrics_text(NULL out)", goxelpool_metrics_text(client, NULL), GOXELPOOL_EINVAL);
     int id = 0;
     expect("add_listener after close", goxelpool_add_listener(client, GOXELPOOL_EVENT_ALL, ev_noop, NULL, &id), GOXELPOOL_ECLOSED);
     expect("remove_listener(unknown) after close", goxelpool_remove_listener(client, 77), GOXELPOOL_EINVAL);
@@ -884,6 +895,9 @@ static void cb_call_inside(goxelpool_status s, const json_t *r, const json_t *e,
     goxelpool_status st = goxelpool_call(b->client, "echo", NULL, -1, &result, NULL);
     json_decref(result);
     json_t *stats = goxelpool_stats(b->client), *health = goxelpool_health(b->client);
+    char *metrics = NULL;
+    goxelpool_status st4 = goxelpool_metrics_text(b->client, &metrics);
+    goxelpool_free(metrics);
     goxelpool_status st2 = goxelpool_call_async(b->client, "ping", NULL, -1, cb_count, &b->other_count);
     json_t *requests = json_pack("[{s:s},{s:s}]", "method", "ping", "method", "version"), *results = NULL;
     goxelpool_status st3 = goxelpool_call_batch(b->client, requests, -1, &results);
@@ -891,9 +905,10 @@ static void cb_call_inside(goxelpool_status s, const json_t *r, const json_t *e,
     json_decref(results);
     pthread_mutex_lock(&b->m);
     b->status = s;
-    b->inner = (st == GOXELPOOL_OK && stats && health && st2 == GOXELPOOL_OK && st3 == GOXELPOOL_OK) ? GOXELPOOL_OK : GOXELPOOL_EIO;
-    snprintf(b->message, sizeof b->message, "call %s, async %s, batch %s", goxelpool_status_name(st),
-             goxelpool_status_name(st2), goxelpool_status_name(st3));
+    b->inner = (st == GOXELPOOL_OK && stats && health && st2 == GOXELPOOL_OK && st3 == GOXELPOOL_OK && st4 == GOXELPOOL_OK)
+                   ? GOXELPOOL_OK : GOXELPOOL_EIO;
+    snprintf(b->message, sizeof b->message, "call %s, async %s, batch %s, metrics %s", goxelpool_status_name(st),
+             goxelpool_status_name(st2), goxelpool_status_name(st3), goxelpool_status_name(st4));
     b->count++;
     pthread_mutex_unlock(&b->m);
     json_decref(stats);
