@@ -170,7 +170,7 @@ func statisticsJSON(_ multi: MultiPoolClient.Snapshot) -> UnsafeMutablePointer<j
         let item = poolStatisticsJSON(endpoint.pool)
         item.set("endpoint", endpoint.endpoint.description)
         item.set("max_connections", endpoint.maxConnections)
-        item.set("sessions", multi.sessions.perEndpoint[endpoint.id] ?? 0)
+        item.set("sessions", endpoint.sessions)
         if let member = endpoint.balancer {
             item.set("outstanding_calls", member.outstanding)
             item.set("peak_ewma_latency_ms", member.peakEWMA / 1e6)

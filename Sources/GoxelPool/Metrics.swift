@@ -177,6 +177,16 @@ let metricFamilies: [Metric] = [
     .routing("ejected", .gauge, "1 while the endpoint is ejected by outlier detection") { flag($0.ejectedUntil != nil) },
     .routing("ejections_total", .counter, "Times the endpoint was ejected") { Double($0.ejections) },
     .routing("draining", .gauge, "1 while the endpoint is being removed") { flag($0.draining) },
+
+    // Sessions (documents pinned to a daemon; see README "Sessions").
+    .gauge("sessions", "Open sessions placed on the endpoint") { endpoint in Double(endpoint.sessions) },
+    .client("sessions_waiting", .gauge, "Session opens waiting for a free daemon") { [([], Double($0.sessions.waiting))] },
+    .client("sessions_opened_total", .counter, "Sessions opened") { [([], Double($0.sessions.opened))] },
+    .client("session_restores_total", .counter, "Durable sessions restored after their daemon restarted (or moved)") { [([], Double($0.sessions.restores))] },
+    .client("sessions_lost_total", .counter, "Sessions whose document could not be restored") { [([], Double($0.sessions.lost))] },
+    .client("session_checkpoints_total", .counter, "Checkpoints written by durable sessions") { [([], Double($0.sessions.checkpoints))] },
+    .client("session_checkpoint_failures_total", .counter, "Checkpoints that failed") { [([], Double($0.sessions.checkpointFailures))] },
+    .client("session_journal_entries", .gauge, "Calls journaled since the last checkpoint, over all durable sessions") { [([], Double($0.sessions.journalEntries))] },
 ]
 
 /// The whole exposition for one snapshot.

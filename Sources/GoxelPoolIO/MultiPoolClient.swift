@@ -265,6 +265,8 @@ public final class MultiPoolClient: @unchecked Sendable {
         public var pool: PoolClient.Snapshot
         public var balancer: EndpointBalancer.Member?
         public var maxConnections: Int
+        /// Open sessions placed on this endpoint.
+        public var sessions = 0
     }
 
     public struct Snapshot {

@@ -18,12 +18,11 @@ WHEEL_TOOLS := $(WHEEL_WORK)/tools
 DIST        := dist
 
 .PHONY: python-test wheel python-package
-python-test: examples
-	@if ! command -v $(PYTHON) >/dev/null 2>&1; then \
-	  echo "python-test: SKIP ($(PYTHON) not found)"; exit 0; fi; \
+# In build/venv: the same interpreter, plus prometheus_client to parse metrics_text().
+python-test: examples venv
 	GOXELPOOL_LIBRARY=$(STAGE)/lib/libgoxelpool.so.1 GOXEL_REFD=$(STAGE)/bin/goxel-refd \
 	PYTHONDONTWRITEBYTECODE=1 \
-	  $(PYTHON) -m unittest discover -s bindings/python/tests -t bindings/python/tests -v
+	  $(VENV_PYTHON) -m unittest discover -s bindings/python/tests -t bindings/python/tests -v
 
 wheel: all
 	rm -rf $(WHEEL_WORK)/src $(WHEEL_WORK)/raw

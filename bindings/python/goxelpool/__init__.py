@@ -284,6 +284,8 @@ _FUNCTIONS = {
     "goxelpool_remove_listener": (ctypes.c_int, [_P, ctypes.c_int]),
     "goxelpool_event_fd": (ctypes.c_int, [_P]),
     "goxelpool_dispatch": (ctypes.c_int, [_P, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]),
+    "goxelpool_metrics_text": (ctypes.c_int, [_P, ctypes.POINTER(ctypes.c_void_p)]),
+    "goxelpool_free": (None, [ctypes.c_void_p]),
 }
 _JANSSON_FUNCTIONS = {
     "json_loadb": (_P, [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p]),
@@ -669,6 +671,19 @@ class _ClientBase:
         if not isinstance(value, dict):
             raise NoMemory("goxelpool_health returned nothing")
         return value
+
+    def metrics_text(self) -> str:
+        """The statistics and health in the Prometheus text exposition format 0.0.4 (also valid
+        after close): what a service returns from its /metrics endpoint."""
+        out = ctypes.c_void_p()
+        lib = _load().gp
+        status = lib.goxelpool_metrics_text(self._state.handle, ctypes.byref(out))
+        if status != Status.OK:
+            raise _error(status, _last_error())
+        try:
+            return ctypes.string_at(out.value).decode("utf-8") if out.value else ""
+        finally:
+            lib.goxelpool_free(out)
 
     def add_listener(self, listener: Callable[[Dict[str, Any]], None],
                      kinds: Union[EventKind, int] = EventKind.ALL) -> int:

@@ -517,6 +517,27 @@ class LifetimeTests(Base):
             self.assertIsInstance(health.get("connections"), list)
 
 
+    def test_metrics_text_parses_with_the_official_prometheus_parser(self) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+        with client() as c:
+            for _ in range(7):
+                c.call("ping")
+            with self.assertRaises(RPCError):
+                c.call("no.such.method")
+            text = c.metrics_text()
+            families = {f.name: f for f in text_string_to_metric_families(text)}
+            served = families["goxelpool_requests"]
+            self.assertEqual(served.type, "counter")
+            self.assertGreaterEqual(sum(s.value for s in served.samples if s.name.endswith("_total")), 8)
+            failed = [s for s in families["goxelpool_requests_failed"].samples
+                      if s.name.endswith("_total") and s.labels.get("status") == "ERPC"]
+            self.assertEqual([s.value for s in failed], [1.0])
+            self.assertTrue(all(s.labels.get("endpoint", "").startswith("unix:")
+                                for s in served.samples))
+        # After close the figures stay readable.
+        self.assertIn("goxelpool_requests_total", c.metrics_text())
+
+
 class ExampleTests(Base):
     def test_example_runs(self) -> None:
         example = os.path.join(PACKAGE_ROOT, "example.py")
