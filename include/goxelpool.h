@@ -404,6 +404,8 @@ int goxelpool_event_fd(goxelpool_client *client);
  * Returns OK (also when nothing was queued), EINVAL (client NULL, a client in thread mode, or
  * called from one of its own callbacks), EBUSY (another thread is dispatching this client). */
 goxelpool_status goxelpool_dispatch(goxelpool_client *client, int max_items, int *ran);
+
+/* ---------------------------------------------------------------------------------------------
  * Prometheus metrics
  *
  * The statistics and health of goxelpool_stats / goxelpool_health in the Prometheus text
