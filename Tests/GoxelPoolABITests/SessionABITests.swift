@@ -296,7 +296,9 @@ final class SessionABITests: XCTestCase {
         XCTAssertEqual(status, GOXELPOOL_OK, String(cString: goxelpool_last_error()))
         defer { goxelpool_session_close(session) }
         for n in 0..<12 { XCTAssertEqual(scall(session, "goxel.add_voxel", "[\(n), 0, 0, 9, 9, 9, 255, 0]").0, GOXELPOOL_OK) }
-        XCTAssertTrue(waitFor { (Int(self.info(session, "checkpoints")) ?? 0) >= 3 }, text(goxelpool_session_info(session)))
+        // The initial checkpoint and at least one holding voxels (when the worker gets to it, it
+        // folds whatever is journaled then: one checkpoint may hold all twelve).
+        XCTAssertTrue(waitFor { (Int(self.info(session, "checkpoints")) ?? 0) >= 2 }, text(goxelpool_session_info(session)))
         let path = String(info(session, "checkpoint_path").dropFirst().dropLast())  // JSON string: drop the quotes
         XCTAssertTrue(path.hasPrefix(checkpointDir), path)
         // Damage the checkpoint the restore will load.

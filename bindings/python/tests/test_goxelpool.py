@@ -522,7 +522,7 @@ class LifetimeTests(Base):
         with client() as c:
             for _ in range(7):
                 c.call("ping")
-            with self.assertRaises(RPCError):
+            with self.assertRaises(goxelpool.RPCError):
                 c.call("no.such.method")
             text = c.metrics_text()
             families = {f.name: f for f in text_string_to_metric_families(text)}
