@@ -300,7 +300,7 @@ final class SessionABITests: XCTestCase {
         // folds whatever is journaled then: one checkpoint may hold all twelve).
         XCTAssertTrue(waitFor { (Int(self.info(session, "checkpoints")) ?? 0) >= 2 }, text(goxelpool_session_info(session)))
         let path = String(info(session, "checkpoint_path").dropFirst().dropLast())  // JSON string: drop the quotes
-        XCTAssertTrue(path.hasPrefix(checkpointDir), path)
+        guard path.hasPrefix(checkpointDir + "/") else { return XCTFail("checkpoint path \(path) is not in \(checkpointDir)") }
         // Damage the checkpoint the restore will load.
         let file = fopen(path, "w")
         XCTAssertNotNil(file)
