@@ -186,11 +186,14 @@ public struct DaemonSupervision {
         public let failure: StartFailure
     }
 
-    /// What a call that finds no ready daemon should do.
+    /// What a call that finds no endpoint to go to should do.
     public enum Availability: Sendable, Equatable {
-        /// A daemon is ready, starting or about to restart: wait (within the call's deadline).
-        case waiting
-        /// Every slot without a ready daemon failed its last start: fail now with this.
+        /// Every slot has a ready daemon: no other endpoint is coming.
+        case serving
+        /// A slot has no ready daemon and its start is under way or due: wait for it (within
+        /// the call's deadline).
+        case starting
+        /// No slot has a ready daemon and the last start of each failed: fail now with this.
         case failing(DaemonID, slot: Int, StartFailure)
         case stopped
     }
@@ -229,16 +232,14 @@ public struct DaemonSupervision {
 
     public var availability: Availability {
         if isStopping { return .stopped }
-        var failing: Availability?
-        for slot in slots {
-            if current(ofSlot: slot.index) != nil { return .waiting }
-            if let last = slot.lastFailure {
-                if failing == nil { failing = .failing(last.daemon, slot: slot.index, last.failure) }
-            } else {
-                return .waiting
-            }
+        let waitingForADaemon = slots.filter { current(ofSlot: $0.index) == nil }
+        if waitingForADaemon.isEmpty { return .serving }
+        if waitingForADaemon.contains(where: { $0.lastFailure == nil }) { return .starting }
+        if waitingForADaemon.count == slots.count, let slot = waitingForADaemon.first, let last = slot.lastFailure {
+            return .failing(last.daemon, slot: slot.index, last.failure)
         }
-        return failing ?? .waiting
+        // Some serve, the others keep failing: calls go to those that serve.
+        return .serving
     }
 
     /// The earliest instant at which `tick` has something to do.

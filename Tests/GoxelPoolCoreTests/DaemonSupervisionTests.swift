@@ -51,7 +51,7 @@ final class DaemonSupervisionTests: XCTestCase {
     func testStartSpawnsEveryInstanceAndAddsEachEndpointWhenItAnswers() {
         var m = Machine(policy: policy(instances: 2))
         XCTAssertEqual(m.start(now: at(0)), [.spawn(did(1), slot: 0), .spawn(did(2), slot: 1)])
-        XCTAssertEqual(m.availability, .waiting, "calls made now wait for a daemon")
+        XCTAssertEqual(m.availability, .starting, "calls made now wait for a daemon")
         XCTAssertEqual(m.spawned(did(1), pid: 501, now: at(1)), [])
         XCTAssertEqual(m.nextDeadline(), at(6), "first probe 5 ms after the start")
         XCTAssertEqual(m.tick(now: at(6)), [.probe(did(1), timeout: .milliseconds(1000))])
@@ -145,12 +145,24 @@ final class DaemonSupervisionTests: XCTestCase {
         XCTAssertEqual(spawns(m.tick(now: at(1000))), [2])
         _ = makeReady(&m, 2, spawnedAt: 1000, readyAt: 1010)
         XCTAssertNil(m.slots[0].lastFailure)
-        XCTAssertEqual(m.availability, .waiting)
+        XCTAssertEqual(m.availability, .serving)
         // Up for the stable time: the backoff starts again from its initial delay.
         XCTAssertEqual(m.nextDeadline(), at(11_010))
         _ = m.tick(now: at(11_010))
         let crash = m.exited(did(2), status: .signaled(11), now: at(20_000))
         XCTAssertEqual(spawns(crash), [3], "restarted at once")
+    }
+
+    func testAvailabilityWithSomeSlotsFailing() {
+        var m = Machine(policy: policy(instances: 2))
+        _ = m.start(now: at(0))
+        _ = m.spawnFailed(did(1), reason: "x", now: at(0))
+        XCTAssertEqual(m.availability, .starting, "slot 1 is still starting")
+        _ = m.spawnFailed(did(2), reason: "y", now: at(0))
+        XCTAssertEqual(m.availability, .failing(did(1), slot: 0, .spawnFailed("x")))
+        _ = m.tick(now: at(1000))
+        _ = makeReady(&m, 3, spawnedAt: 1000, readyAt: 1010)
+        XCTAssertEqual(m.availability, .serving, "slot 0 serves; slot 1 keeps failing")
     }
 
     // MARK: Crashes
@@ -183,7 +195,7 @@ final class DaemonSupervisionTests: XCTestCase {
         let second = m.exited(did(2), status: .signaled(11), now: at(200))
         XCTAssertEqual(spawns(second), [])
         XCTAssertEqual(events(second).last, .crashLoop(slot: 0, consecutiveExits: 2, retryIn: .milliseconds(1000)))
-        XCTAssertEqual(m.availability, .waiting, "a crash is not a start failure: calls wait for the restart")
+        XCTAssertEqual(m.availability, .starting, "a crash is not a start failure: calls wait for the restart")
         XCTAssertEqual(spawns(m.tick(now: at(1200))), [3])
         _ = makeReady(&m, 3, spawnedAt: 1200, readyAt: 1210)
         let third = m.exited(did(3), status: .signaled(11), now: at(1300))
@@ -274,7 +286,7 @@ final class DaemonSupervisionTests: XCTestCase {
         let failed = m.spawnFailed(did(2), reason: "gone", now: at(100))
         XCTAssertEqual(events(failed).count, 1)
         XCTAssertEqual(m.current(ofSlot: 0)?.id, did(1))
-        XCTAssertEqual(m.availability, .waiting)
+        XCTAssertEqual(m.availability, .serving)
         XCTAssertEqual(spawns(m.tick(now: at(1100))), [3])
     }
 
