@@ -264,6 +264,9 @@ public final class DaemonSupervisor: @unchecked Sendable {
             let actions = body(&machine)
             return (actions, machine.availability)
         }
+        // Calls must never see "serving" without an endpoint: a daemon lost is published before
+        // its endpoint goes, a daemon ready after its endpoint is added.
+        if availability != .serving { publish(availability) }
         for action in actions { perform(action) }
         publish(availability)
     }
@@ -453,7 +456,8 @@ public final class DaemonSupervisor: @unchecked Sendable {
 
     /// A start failure as a sentence: the command, the exit status and the last output.
     private func describe(_ id: DaemonID, slot: Int, _ failure: DaemonSupervision.StartFailure) -> String {
-        let detail = failureDetails[slot]
+        // The process, while it is still known (its exit is being handled), else what was kept.
+        let detail = processes[id].map { (command: $0.commandLine, output: Array($0.lastLines)) } ?? failureDetails[slot]
         let command = Self.shellLine(detail?.command ?? spawn.command)
         let output: String
         if spawn.output == .null {
@@ -473,8 +477,13 @@ public final class DaemonSupervisor: @unchecked Sendable {
         }
     }
 
+    /// The command as a shell would take it (quoted where needed), cut at 300 bytes.
     static func shellLine(_ command: [String]) -> String {
-        let line = command.map { $0.contains(" ") || $0.isEmpty ? "'\($0)'" : $0 }.joined(separator: " ")
+        let plain = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%{}")
+        let line = command.map { argument in
+            argument.allSatisfy(plain.contains) && !argument.isEmpty
+                ? argument : "'" + argument.replacing("'", with: "'\\''") + "'"
+        }.joined(separator: " ")
         return line.utf8.count > 300 ? String(line.prefix(300)) + "..." : line
     }
 

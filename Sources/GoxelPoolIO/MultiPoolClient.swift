@@ -121,11 +121,12 @@ public final class MultiPoolClient: @unchecked Sendable {
 
     /// The request did not reach its daemon (no connection, circuit open, queue full, or the
     /// endpoint was removed while the call waited), or the method is idempotent and the
-    /// connection broke: another daemon may serve it.
+    /// connection broke or its endpoint was removed under it: another daemon may serve it.
     private func mayGoElsewhere(_ failure: CallFailure, method: String, notification: Bool) -> Bool {
         let neverSent = failure.status == .connect || failure.status == .unavailable || failure.status == .busy || rerouted(failure)
         let idempotent = !notification && configuration.isIdempotent(method: method)
-        return neverSent || (idempotent && failure.status == .io)
+        let cutOff = failure.status == .io || (failure.status == .closed && !isClosing)
+        return neverSent || (idempotent && cutOff)
     }
 
     /// Its endpoint was removed (replaced, or its daemon died) before the request was sent: going
