@@ -3,16 +3,18 @@ import DequeModule
 import Glibc
 import GoxelPoolCore
 
-/// One managed daemon process: started by `spawn`, its output read line by line, signalled and
-/// reaped by the supervisor thread only (not thread-safe).
+/// One managed daemon process, under its reaper (see daemon_spawn.h): started by `spawn`, its
+/// output read line by line, signalled and reaped by the supervisor thread only (not thread-safe).
 final class DaemonProcess {
     let id: DaemonID
     let pid: pid_t
     let socketPath: String
     /// argv as run, for messages.
     let commandLine: [String]
-    /// Readable once the process has exited (-1: pidfd_open unavailable; reaped by polling).
-    private(set) var exitFD: Int32
+    private var handle: gxp_daemon
+    private var released = false
+    /// Readable once the daemon has ended (its reaper's report).
+    var exitFD: Int32 { released ? -1 : handle.status_fd }
     /// The read end of its stdout + stderr pipe (-1: output to /dev/null, or EOF seen).
     private(set) var outputFD: Int32
     private var partialLine: [UInt8] = []
@@ -24,9 +26,9 @@ final class DaemonProcess {
     static let keptLines = 20
     static let maxLineBytes = 1024
 
-    private init(id: DaemonID, pid: pid_t, socketPath: String, commandLine: [String], exitFD: Int32, outputFD: Int32, now: Instant) {
-        self.id = id; self.pid = pid; self.socketPath = socketPath; self.commandLine = commandLine
-        self.exitFD = exitFD; self.outputFD = outputFD
+    private init(id: DaemonID, handle: gxp_daemon, socketPath: String, commandLine: [String], outputFD: Int32, now: Instant) {
+        self.id = id; self.handle = handle; pid = handle.pid; self.socketPath = socketPath; self.commandLine = commandLine
+        self.outputFD = outputFD
         limiter = LineRateLimiter(now: now)
     }
 
@@ -66,21 +68,19 @@ final class DaemonProcess {
             return .failure(SpawnError("out of memory"))
         }
         var request = gxp_spawn_request(path: nil, argv: nil, envp: nil, stdin_fd: input, stdout_fd: writeEnd, stderr_fd: writeEnd)
-        var pid: pid_t = 0
+        var handle = gxp_daemon()
         let rc = path.withCString { cPath in
             request.path = cPath
             request.argv = UnsafePointer(argv.pointer)
             request.envp = UnsafePointer(environment.pointer)
-            return gxp_spawn(&request, &pid)
+            return gxp_spawn(&request, &handle)
         }
         close(writeEnd)
         guard rc == 0 else {
             if readEnd >= 0 { close(readEnd) }
             return .failure(SpawnError("cannot run \(path): \(errnoText(rc))"))
         }
-        let exitFD = gxp_pidfd_open(pid)
-        return .success(DaemonProcess(id: id, pid: pid, socketPath: socketPath, commandLine: command,
-                                      exitFD: exitFD, outputFD: readEnd, now: now))
+        return .success(DaemonProcess(id: id, handle: handle, socketPath: socketPath, commandLine: command, outputFD: readEnd, now: now))
     }
 
     struct SpawnError: Error, Equatable {
@@ -148,40 +148,37 @@ final class DaemonProcess {
 
     // MARK: - Signals and exit
 
-    /// Signals its process group (a shell wrapper's children too), until it has been reaped.
+    /// Signals its process group (a shell wrapper's children too). Safe until it is released:
+    /// its reaper keeps it unreaped until then, so the pid cannot have been reused.
     func signal(_ signal: Int32) {
-        guard exitStatus == nil else { return }
+        guard !released, exitStatus == nil else { return }
         if kill(-pid, signal) != 0 { _ = kill(pid, signal) }
     }
 
-    /// Reaps it if it has exited (nil: still running). ECHILD (someone else reaped it) is an
-    /// exit of unknown status.
+    /// How it ended, once its reaper has said so (nil: still running).
     func reap() -> DaemonSupervision.ExitStatus? {
         if let exitStatus { return exitStatus }
-        var status: Int32 = 0
-        let r = gxp_wait(pid, &status, 1)
-        if r == 0 { return nil }
-        var value: Int32 = 0
-        if r < 0 {
-            exitStatus = .unknown
-        } else if gxp_exit_code(status, &value) != 0 {
-            exitStatus = .exited(value)
-        } else if gxp_exit_signal(status, &value) != 0 {
-            exitStatus = .signaled(value)
-        } else {
-            return nil  // stopped or continued: not an exit
+        guard !released else { return .unknown }
+        var exited: Int32 = 0, value: Int32 = 0
+        switch gxp_daemon_poll(&handle, &exited, &value) {
+        case 0: return nil
+        case 1: exitStatus = exited != 0 ? .exited(value) : .signaled(value)
+        default: exitStatus = .unknown
         }
-        if exitFD >= 0 { close(exitFD); exitFD = -1 }
         return exitStatus
     }
 
-    /// Closes what is still open (after the exit, once its output has been read).
-    func closeDescriptors() {
-        if exitFD >= 0 { close(exitFD); exitFD = -1 }
+    /// Lets the reaper go and closes the pipes (after the exit, once its output has been read;
+    /// a daemon still running is killed).
+    func release() {
+        if !released {
+            released = true
+            gxp_daemon_release(&handle)
+        }
         if outputFD >= 0 { close(outputFD); outputFD = -1 }
     }
 
-    deinit { closeDescriptors() }
+    deinit { release() }
 
     // MARK: - Helpers
 

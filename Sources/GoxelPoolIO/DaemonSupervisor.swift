@@ -20,12 +20,13 @@ public protocol ManagedDaemonObserver: AnyObject, Sendable {
 /// Runs DaemonSupervision: starts the `spawn` daemons in a private directory, probes them,
 /// makes them the client's endpoints, restarts and recycles them, and stops them at close.
 ///
-/// Threads: one supervisor thread (every process is started from it, so PR_SET_PDEATHSIG ties
-/// the daemons to it, and it lives until close; it polls the processes' pidfds and output pipes
-/// and feeds the state machine), and a few workers for the blocking steps (readiness probes,
-/// endpoint removal with its drain). The state machine is changed on the supervisor thread only;
-/// the lock guards it for snapshots. No signal handler is installed and nothing but our own pids
-/// is waited for.
+/// Threads and processes: one supervisor thread (every daemon is started from it, so its reaper's
+/// PR_SET_PDEATHSIG ties the daemons to it; it lives until close), which polls each daemon's
+/// status pipe (its reaper reports the end) and output pipe and feeds the state machine; a few
+/// workers for the blocking steps (readiness probes, endpoint removal with its drain); per daemon,
+/// the daemon and its reaper (daemon_spawn.h). The state machine is changed on the supervisor
+/// thread only; the lock guards it for snapshots. No signal handler is installed and no wait
+/// but for the library's own reapers is made.
 public final class DaemonSupervisor: @unchecked Sendable {
     private let configuration: ClientConfiguration
     private let spawn: ClientConfiguration.SpawnConfiguration
@@ -184,7 +185,7 @@ public final class DaemonSupervisor: @unchecked Sendable {
             for (id, count) in counts { modify { $0.connectionsOpened(id, count: count, now: Clock.now()) } }
             modify { $0.tick(now: Clock.now()) }
         }
-        for process in processes.values { process.closeDescriptors() }
+        for process in processes.values { process.release() }
         processes.removeAll()
         removeDirectory()
     }
@@ -192,23 +193,17 @@ public final class DaemonSupervisor: @unchecked Sendable {
     /// Sleeps in poll until a deadline, a wake-up, output, or an exit.
     private func waitForActivity(until deadline: Instant?) {
         var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
-        var polling = false
         for process in processes.values {
             if process.outputFD >= 0 { fds.append(pollfd(fd: process.outputFD, events: Int16(POLLIN), revents: 0)) }
-            if process.exitFD >= 0 {
-                fds.append(pollfd(fd: process.exitFD, events: Int16(POLLIN), revents: 0))
-            } else if process.exitStatus == nil {
-                polling = true
-            }
+            if process.exitFD >= 0 { fds.append(pollfd(fd: process.exitFD, events: Int16(POLLIN), revents: 0)) }
         }
         var timeout: Int32 = -1
         if let deadline {
             let ms = (deadline - Clock.now()).nanoseconds / 1_000_000 + 1
             timeout = Int32(clamping: max(0, ms))
         }
-        // Without pidfd (Linux before 5.3) exits are found by polling waitpid(pid, WNOHANG); without
-        // the wake-up descriptor, messages are picked up the same way.
-        if polling || wakeFD < 0 { timeout = timeout < 0 ? 50 : min(timeout, 50) }
+        // Without the wake-up descriptor, messages are picked up every 50 ms.
+        if wakeFD < 0 { timeout = timeout < 0 ? 50 : min(timeout, 50) }
         _ = fds.withUnsafeMutableBufferPointer { poll($0.baseAddress, nfds_t($0.count), timeout) }
         var counter: UInt64 = 0
         _ = read(wakeFD, &counter, 8)
@@ -235,7 +230,7 @@ public final class DaemonSupervisor: @unchecked Sendable {
             emitOutput(process, process.readOutput(), now: now)
             lock.withLock { pids[id] = nil }
             modify { $0.exited(id, status: status, now: Clock.now()) }
-            process.closeDescriptors()
+            process.release()
             processes[id] = nil
             removeFiles(of: id)
         }

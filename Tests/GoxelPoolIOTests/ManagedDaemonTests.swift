@@ -263,6 +263,28 @@ final class ManagedDaemonTests: XCTestCase {
         // Its own process group, not the host's.
         XCTAssertEqual(getpgid(pid), pid)
         XCTAssertNotEqual(getpgid(pid), getpgrp())
+        // Its parent is its reaper, the library's child, which holds nothing of the host's either.
+        let reaper = parentPID(of: pid)
+        XCTAssertNotEqual(reaper, getpid())
+        XCTAssertEqual(parentPID(of: reaper), getpid())
+        XCTAssertTrue(childProcesses().contains(reaper))
+        XCTAssertFalse(childProcesses().contains(pid), "the daemon is not the host's child")
+        let reaperHolds = descriptors(of: reaper)
+        XCTAssertFalse(reaperHolds.isEmpty)
+        XCTAssertFalse(reaperHolds.values.contains(marker), "\(reaperHolds)")
+        XCTAssertTrue(reaperHolds.values.allSatisfy { $0.hasPrefix("pipe:") || $0 == "/dev/null" }, "\(reaperHolds)")
+    }
+
+    func parentPID(of pid: Int32) -> Int32 {
+        guard let file = fopen("/proc/\(pid)/stat", "r") else { return -1 }
+        defer { fclose(file) }
+        var buffer = [CChar](repeating: 0, count: 1024)
+        guard fgets(&buffer, 1024, file) != nil else { return -1 }
+        // "pid (comm) state ppid ...": comm may hold spaces, so read after the last ')'.
+        let line = String(cString: buffer)
+        guard let close = line.lastIndex(of: ")") else { return -1 }
+        let fields = line[line.index(after: close)...].split(separator: " ")
+        return fields.count > 1 ? Int32(fields[1]) ?? -1 : -1
     }
 
     func testEnvironmentIsInheritedWithTheConfiguredVariablesAdded() throws {
