@@ -402,18 +402,18 @@ public struct ClientConfiguration: Sendable, Equatable {
         spawn.drainTimeoutMs = try s.int("drain_timeout_ms", spawn.drainTimeoutMs, 0...msMax)
         spawn.output = try s.choice("output", spawn.output)
         try s.finish()
-        if !s.has("command") { throw s.fail("command", "required: the daemon's argv, e.g. [\"goxel-daemon\", \"--foreground\", \"--socket\", \"{socket}\"]") }
-        if spawn.command.isEmpty { throw s.fail("command", "must not be empty") }
-        let placeholder = SpawnConfiguration.socketPlaceholder
-        if !spawn.command.contains(where: { $0.contains(placeholder) }) && !spawn.environment.contains(where: { $0.value.contains(placeholder) }) {
-            throw s.fail("command", "no argument (nor env value) contains \(placeholder): the daemon would not listen on the socket the library chose")
-        }
         // After it is ready a daemon has had its readiness probe and the pool's min_connections;
         // recycling starts at most half-way to the limit, so the limit must leave room for both.
         let least = 2 * (pool.minConnections + 2)
         if spawn.maxConnectionsPerProcess != 0 && spawn.maxConnectionsPerProcess < least {
             throw s.fail("max_connections_per_process",
                          "must be 0 (no limit) or at least \(least) (twice pool.min_connections + 2, so that a daemon is replaced in time), got \(spawn.maxConnectionsPerProcess)")
+        }
+        if !s.has("command") { throw s.fail("command", "required: the daemon's argv, e.g. [\"goxel-daemon\", \"--foreground\", \"--socket\", \"{socket}\"]") }
+        if spawn.command.isEmpty { throw s.fail("command", "must not be empty") }
+        let placeholder = SpawnConfiguration.socketPlaceholder
+        if !spawn.command.contains(where: { $0.contains(placeholder) }) && !spawn.environment.contains(where: { $0.value.contains(placeholder) }) {
+            throw s.fail("command", "no argument (nor env value) contains \(placeholder): the daemon would not listen on the socket the library chose")
         }
         return spawn
     }
