@@ -154,9 +154,11 @@ goxelpool_status goxelpool_call_async(goxelpool_client *client, const char *meth
                                       const json_t *params, int timeout_ms,
                                       goxelpool_call_cb cb, void *userdata);
 
-/* Sends a JSON-RPC notification (a request without id). The real daemon still answers it with
- * `"id": null`; the library reads and drops that answer so the connection stays in step.
- * Returns as goxelpool_call (never ERPC). Notifications are never retried. */
+/* Sends a JSON-RPC notification (a request without id) and returns once it is written: it never
+ * waits for an answer. The real daemon still answers a notification with `"id": null`, a JSON-RPC
+ * 2.0 daemon does not; the next exchange on that connection skips such an answer, so the
+ * connection stays in step with both. Returns as goxelpool_call (never ERPC, never ETIMEDOUT for
+ * a missing answer). Notifications are never retried. */
 goxelpool_status goxelpool_notify(goxelpool_client *client, const char *method,
                                   const json_t *params);
 
@@ -219,7 +221,8 @@ enum {
     GOXELPOOL_EVENT_POOL = 1u << 3,       /* "pool": pool_state_changed */
     GOXELPOOL_EVENT_REQUEST = 1u << 4,    /* "request": request_queued / request_served (hot) */
     GOXELPOOL_EVENT_LOG = 1u << 5,        /* "log": level, message (see config log_level) */
-    GOXELPOOL_EVENT_SESSION = 1u << 6,    /* "session": opened, closed, restoring, restored, checkpoint */
+    GOXELPOOL_EVENT_SESSION = 1u << 6,    /* "session": session_opened, session_closed, session_restoring,
+                                           * session_restored, checkpoint (with session_id, endpoint) */
     GOXELPOOL_EVENT_DAEMON = 1u << 7,     /* "daemon": a managed daemon started, exited, recycled */
     GOXELPOOL_EVENT_ALL = 0xff
 };
@@ -241,6 +244,106 @@ goxelpool_status goxelpool_add_listener(goxelpool_client *client, unsigned kinds
  * except when called from that listener itself (it then is not called again after it returns).
  * Returns OK, EINVAL (NULL client or unknown id). */
 goxelpool_status goxelpool_remove_listener(goxelpool_client *client, int listener_id);
+
+/* ---------------------------------------------------------------------------------------------
+ * Sessions: a document pinned to one daemon
+ *
+ * A daemon holds ONE document for all its connections (a goxel.create_project from any
+ * connection wipes what the others built), so a program's work belongs on one daemon, held
+ * alone. A session is that: every call of a session goes to its daemon, over that daemon's
+ * pooled connections. goxelpool_call (no session) keeps spreading calls over all endpoints and
+ * may reach a daemon that holds a session: keep document-changing calls inside sessions.
+ *
+ * Exclusive sessions (the default) hold their daemon alone; shared ones ("exclusive": false) may
+ * share a daemon with other shared sessions. Sessions with the same "key" go to the same daemon
+ * (rendezvous hashing over the available endpoints: the same key finds the same daemon in every
+ * process, and few keys move when endpoints come and go).
+ *
+ * A durable session ("durable": true) survives its daemon's crashes (the real daemon dies 300 s
+ * after goxel.create_project): every call that changes the document (all but ping, version,
+ * status, echo, list_methods, goxel.get_*, goxel.list_* and the configured idempotent_methods)
+ * is journaled once the daemon answered it with a result; every checkpoint_every calls or
+ * checkpoint_interval_ms (and right after goxel.create_project) the library checkpoints the
+ * document (goxel.save_project into checkpoint_dir, alternating between two files) and folds the
+ * journal. The daemon's identity is its process: connections learn its pid (`status`); when a
+ * call, a new connection or a broken one shows a new pid, the session is restored before any
+ * other call of it goes on: goxel.load_project of the last checkpoint, then the journal replayed
+ * in order; calls that arrive meanwhile wait within their own deadlines. A call that was in
+ * flight when the daemon died was never journaled, so after the restore it runs again: within a
+ * durable session every call runs exactly once, and a caller sees at worst a slower call. A
+ * restore that fails (checkpoint unreadable, a replayed call rejected, the daemon still down
+ * after restore_timeout_ms) loses the session: its calls return GOXELPOOL_ELOST.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct goxelpool_session goxelpool_session;
+
+/* Opens a session: places it on a daemon (waiting, FIFO, while every suitable daemon is held),
+ * learns the daemon's pid, and for a durable session writes its first checkpoint.
+ *
+ * client: the client (borrowed; the session keeps what it needs, so it may outlive
+ *   goxelpool_client_free: its calls then return ECLOSED).
+ * options: borrowed; a JSON object or NULL for all defaults. Keys (all optional; unknown keys,
+ *   wrong types and out-of-range values are EINVAL with a message naming the key):
+ *     "key": string               sessions with the same key go to the same daemon
+ *     "exclusive": bool           true: no other session is placed on this daemon while it is open
+ *     "durable": bool             false: journal + checkpoints, restored after a daemon restart
+ *                                 (a durable session must be exclusive)
+ *     "checkpoint_dir": string    absolute directory on the DAEMON's machine where it writes the
+ *                                 checkpoints (goxel.save_project paths); required for a durable
+ *                                 session. Two files per session, goxelpool-<pid>-<id>-<n>-{0,1}.gox;
+ *                                 removed at goxelpool_session_close when the daemon is on a Unix
+ *                                 socket (same machine), left behind otherwise.
+ *     "checkpoint_every": int     10000 journaled calls (1..10000000)
+ *     "checkpoint_interval_ms": int  60000 (0: by count only): the oldest journaled call's age
+ *     "max_journal_entries": int  100000: while checkpoints fail the journal grows up to this; past
+ *                                 it, document-changing calls fail with EBUSY (never silently
+ *                                 undurable)
+ *     "restore_timeout_ms": int   30000: how long a restore waits for the daemon to come back
+ * timeout_ms: deadline for the whole open, waiting for a free daemon included (< 0: the configured
+ *   timeout_ms).
+ * out: receives the session (NULL on failure). Must not be NULL.
+ * Returns OK; EINVAL (NULL client or out, bad options, or the daemon cannot write checkpoint_dir:
+ *   the message says why); ETIMEDOUT (no daemon became free, or it did not answer, in time);
+ *   EBUSY (pool.max_waiters opens already waiting); ECLOSED; ECONNECT, EUNAVAILABLE, EIO, EPEER
+ *   (the daemon could not be reached); EPROTO (a durable session on a daemon whose `status`
+ *   reports no pid); ENOMEM.
+ * Any thread. It blocks up to timeout_ms; from a callback of the client it blocks that callback. */
+goxelpool_status goxelpool_session_open(goxelpool_client *client, const json_t *options,
+                                        int timeout_ms, goxelpool_session **out);
+
+/* Calls `method` on the session's daemon and waits for the answer. Arguments, ownership and
+ * statuses are those of goxelpool_call, plus:
+ *   ELOST: the session's document was lost (goxelpool_last_error says why; every later call of
+ *     the session returns ELOST too); also a session that is not durable whose endpoint was
+ *     removed;
+ *   ECLOSED: the session or its client is closed;
+ *   EBUSY: a durable session's journal is full (max_journal_entries) because checkpoints fail;
+ *   ETIMEDOUT: also while waiting for a restore or a checkpoint of the session.
+ * In a durable session a crash of the daemon is not an error: the call waits (within timeout_ms)
+ * for the daemon to come back and the document to be restored, and runs on the restored document
+ * exactly once. A call that timed out, or broke on a daemon that did NOT restart, may have run:
+ * the library then checkpoints the daemon's document as it is, so the journal stays true to it.
+ * Several threads may call one session at once; the daemon's own order applies to concurrent
+ * calls (a restore replays them in the order their answers arrived: keep calls that must be
+ * ordered on one thread). Any thread. */
+goxelpool_status goxelpool_session_call(goxelpool_session *session, const char *method,
+                                        const json_t *params, int timeout_ms,
+                                        json_t **result, json_t **rpc_error);
+
+/* A snapshot of the session (new reference; NULL if session is NULL or out of memory):
+ * "id", "key" (or null), "endpoint", "daemon_pid", "state" ("active" | "restoring" | "lost" |
+ * "closed"), "exclusive", "durable", "calls", "restores", "calls_replayed", "moves",
+ * "journal_length", "checkpoints", "checkpoint_failures", "last_checkpoint_ms" (Unix ms or null),
+ * "checkpoint_path" (the last good checkpoint, or null), "opened_ms", "last_error" (or null).
+ * Any thread. */
+json_t *goxelpool_session_info(goxelpool_session *session);
+
+/* Closes the session and frees it: its daemon is free for the next session, and its checkpoint
+ * files are removed when they can be (see checkpoint_dir). Calls of the session waiting for a
+ * restore or checkpoint return ECLOSED. NULL is fine. The caller must make sure no other thread
+ * uses the session during or after this call. May be called before or after goxelpool_client_free
+ * of its client. Returns OK (also for NULL). */
+goxelpool_status goxelpool_session_close(goxelpool_session *session);
 
 #ifdef __cplusplus
 }

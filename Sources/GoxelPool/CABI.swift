@@ -207,7 +207,14 @@ public func goxelpool_call(_ client: OpaquePointer?, _ method: UnsafePointer<CCh
     case .success(let checked): (handle, name) = checked
     case .failure(let failure): return failed(failure)
     }
-    switch handle.client.call(method: name, params: paramsPointer(params), timeout: timeoutSpan(timeoutMs)) {
+    return deliver(handle.client.call(method: name, params: paramsPointer(params), timeout: timeoutSpan(timeoutMs)),
+                   result, rpcError)
+}
+
+/// Hands a synchronous call's outcome to the caller's out pointers (dropping what they don't want).
+private func deliver(_ outcome: CallOutcome, _ result: UnsafeMutablePointer<UnsafeMutablePointer<json_t>?>?,
+                     _ rpcError: UnsafeMutablePointer<UnsafeMutablePointer<json_t>?>?) -> goxelpool_status {
+    switch outcome {
     case .result(let value):
         if let result { result.pointee = UnsafeMutablePointer(value) } else { json_decref(UnsafeMutablePointer(value)) }
         return GOXELPOOL_OK
@@ -452,5 +459,78 @@ public func goxelpool_remove_listener(_ client: OpaquePointer?, _ listenerID: In
     LastError.clear()
     guard let handle = ClientHandle.from(client) else { return invalid("client is NULL") }
     guard handle.client.events.remove(id: Int(listenerID)) else { return invalid("no listener with id \(listenerID)") }
+    return GOXELPOOL_OK
+}
+
+// MARK: - Sessions
+
+/// What a goxelpool_session pointer points at. It keeps its client's handle (and so the client's
+/// objects) alive, so a session may be closed after goxelpool_client_free.
+final class SessionHandle: @unchecked Sendable {
+    let session: Session
+    let client: ClientHandle
+
+    init(session: Session, client: ClientHandle) { self.session = session; self.client = client }
+
+    static func from(_ pointer: OpaquePointer?) -> SessionHandle? {
+        guard let pointer else { return nil }
+        return Unmanaged<SessionHandle>.fromOpaque(UnsafeRawPointer(pointer)).takeUnretainedValue()
+    }
+}
+
+@c @implementation
+public func goxelpool_session_open(_ client: OpaquePointer?, _ options: UnsafePointer<json_t>?, _ timeoutMs: Int32,
+                                   _ out: UnsafeMutablePointer<OpaquePointer?>?) -> goxelpool_status {
+    LastError.clear()
+    out?.pointee = nil
+    guard let handle = ClientHandle.from(client) else { return invalid("client is NULL") }
+    guard let out else { return invalid("out is NULL") }
+    if let options, options.pointee.type != JSON_OBJECT { return invalid("options must be a JSON object or NULL") }
+    guard let value = configValue(from: options) else { return invalid("options: nested too deeply") }
+    let parsed: SessionOptions
+    do {
+        parsed = try SessionOptions.parse(value, defaultCheckpointDir: handle.client.sessions.defaultCheckpointDir)
+    } catch {
+        return invalid("options.\(error.description)")
+    }
+    switch handle.client.sessions.open(options: parsed, timeout: timeoutSpan(timeoutMs)) {
+    case .success(let session):
+        out.pointee = OpaquePointer(Unmanaged.passRetained(SessionHandle(session: session, client: handle)).toOpaque())
+        return GOXELPOOL_OK
+    case .failure(let failure):
+        return failed(failure)
+    }
+}
+
+@c @implementation
+public func goxelpool_session_call(_ session: OpaquePointer?, _ method: UnsafePointer<CChar>?, _ params: UnsafePointer<json_t>?,
+                                   _ timeoutMs: Int32, _ result: UnsafeMutablePointer<UnsafeMutablePointer<json_t>?>?,
+                                   _ rpcError: UnsafeMutablePointer<UnsafeMutablePointer<json_t>?>?) -> goxelpool_status {
+    LastError.clear()
+    result?.pointee = nil
+    rpcError?.pointee = nil
+    guard let handle = SessionHandle.from(session) else { return invalid("session is NULL") }
+    let name: String
+    switch methodName(method) {
+    case .success(let value): name = value
+    case .failure(let failure): return failed(failure)
+    }
+    if let failure = checkParams(params) { return failed(failure) }
+    return deliver(handle.session.call(method: name, params: paramsPointer(params), timeout: timeoutSpan(timeoutMs)),
+                   result, rpcError)
+}
+
+@c @implementation
+public func goxelpool_session_info(_ session: OpaquePointer?) -> UnsafeMutablePointer<json_t>? {
+    guard let handle = SessionHandle.from(session) else { return nil }
+    return sessionInfoJSON(handle.session.info()).raw
+}
+
+@c @implementation
+public func goxelpool_session_close(_ session: OpaquePointer?) -> goxelpool_status {
+    LastError.clear()
+    guard let session, let handle = SessionHandle.from(session) else { return GOXELPOOL_OK }
+    handle.client.client.sessions.close(handle.session)
+    Unmanaged<SessionHandle>.passUnretained(handle).release()
     return GOXELPOOL_OK
 }

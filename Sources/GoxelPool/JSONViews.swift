@@ -64,6 +64,7 @@ func poolStatisticsJSON(_ snapshot: PoolClient.Snapshot) -> JSONObject {
     for reason in CloseReason.allCases { closed[reason.rawValue] = stats.connectionsClosed[reason] ?? 0 }
     object.set("connections_closed", counts: closed)
     object.set("retries", stats.retries)
+    object.set("notifications_sent", stats.notificationsSent)
     object.set("bytes_sent", stats.bytesSent)
     object.set("bytes_received", stats.bytesReceived)
     object.set("health_checks", stats.healthChecks)
@@ -194,14 +195,18 @@ func circuitSummary(_ multi: MultiPoolClient.Snapshot) -> String {
 
 func statisticsJSON(_ multi: MultiPoolClient.Snapshot) -> UnsafeMutablePointer<json_t>? {
     guard let total = aggregate(multi) else { return json_object() }
-    let object = poolStatisticsJSON(total)
+    var withSessionAlerts = total
+    withSessionAlerts.statistics.alertsGenerated.merge(multi.sessions.alerts, uniquingKeysWith: +)
+    let object = poolStatisticsJSON(withSessionAlerts)
     object.set("circuit_state", circuitSummary(multi))
     object.set("panic_mode", multi.inPanic)
+    object.set("sessions", sessionStatisticsJSON(multi.sessions).raw)
     let list = json_array()
     for endpoint in multi.endpoints {
         let item = poolStatisticsJSON(endpoint.pool)
         item.set("endpoint", endpoint.endpoint.description)
         item.set("max_connections", endpoint.maxConnections)
+        item.set("sessions", multi.sessions.perEndpoint[endpoint.id] ?? 0)
         if let member = endpoint.balancer {
             item.set("outstanding_calls", member.outstanding)
             item.set("peak_ewma_latency_ms", member.peakEWMA / 1e6)
@@ -246,6 +251,54 @@ func healthJSON(_ multi: MultiPoolClient.Snapshot) -> UnsafeMutablePointer<json_
     }
     object.set("connections", connections)
     object.set("endpoints", endpoints)
+    let sessions = json_array()
+    for info in multi.sessions.sessions { if let raw = sessionInfoJSON(info).raw { json_array_append_new(sessions, raw) } }
+    object.set("sessions", sessions)
     if let daemons = multi.daemons { object.set("daemons", daemonsJSON(daemons)) }
     return object.raw
+}
+
+// MARK: - Sessions
+
+func sessionInfoJSON(_ info: Session.Info) -> JSONObject {
+    let object = JSONObject()
+    object.set("id", info.id.value)
+    object.set("key", info.key)
+    object.set("endpoint", info.endpoint.description)
+    object.set("daemon_pid", info.pid.map { json_integer(json_int_t($0)) } ?? json_null())
+    object.set("state", info.state.name)
+    object.set("exclusive", info.exclusive)
+    object.set("durable", info.durable)
+    object.set("calls", info.calls)
+    object.set("restores", info.restores)
+    object.set("calls_replayed", info.callsReplayed)
+    object.set("moves", info.moves)
+    object.set("journal_length", info.journalLength)
+    object.set("checkpoints", info.checkpoints)
+    object.set("checkpoint_failures", info.checkpointFailures)
+    object.set("last_checkpoint_ms", info.lastCheckpointWallMs.map { json_integer(json_int_t($0)) } ?? json_null())
+    object.set("checkpoint_path", info.checkpointPath)
+    object.set("opened_ms", json_integer(json_int_t(info.openedWallMs)))
+    object.set("last_error", info.lastError)
+    return object
+}
+
+func sessionStatisticsJSON(_ snapshot: SessionManager.Snapshot) -> JSONObject {
+    let object = JSONObject()
+    object.set("open", snapshot.open)
+    object.set("exclusive", snapshot.exclusive)
+    object.set("durable", snapshot.durable)
+    object.set("waiting", snapshot.waiting)
+    object.set("opened", snapshot.opened)
+    object.set("closed", snapshot.closed)
+    object.set("restores", snapshot.restores)
+    object.set("lost", snapshot.lost)
+    object.set("moves", snapshot.moves)
+    object.set("rejected_busy", snapshot.rejectedBusy)
+    object.set("timed_out", snapshot.timedOut)
+    object.set("checkpoints", snapshot.checkpoints)
+    object.set("checkpoint_failures", snapshot.checkpointFailures)
+    object.set("journal_entries", snapshot.journalEntries)
+    object.set("max_journal_length", snapshot.sessions.map(\.journalLength).max() ?? 0)
+    return object
 }

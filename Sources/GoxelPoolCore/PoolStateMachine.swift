@@ -81,6 +81,8 @@ public enum ReleaseOutcome: Sendable, Equatable {
     case answered(latency: Span)
     /// The connection was not used (e.g. the caller's deadline passed as it was handed over).
     case unused
+    /// A notification was written; nobody waits for its answer (no latency to record).
+    case sent
     /// The connection can't be reused (I/O error, protocol error, timeout): it is closed.
     case broken(reason: String)
 }
@@ -355,6 +357,11 @@ public struct PoolStateMachine {
                 closeReason = .health
             }
         case .unused:
+            breaker.probeAbandoned()
+        case .sent:
+            connection.requestsServed += 1
+            countInWindow(connection, now: now)
+            statistics.notificationsSent += 1
             breaker.probeAbandoned()
         case .broken(let reason):
             poolHealth.record(success: false, latency: .zero, at: now, error: reason)

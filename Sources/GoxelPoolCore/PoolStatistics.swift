@@ -27,6 +27,8 @@ public struct PoolStatistics {
     public var bytesSent = 0
     public var bytesReceived = 0
     public var retries = 0
+    /// Notifications written (their answers, if any, are not waited for).
+    public var notificationsSent = 0
     public var alertsGenerated: [String: Int] = [:]
 
     public init(startedAt: Instant) { self.startedAt = startedAt }
@@ -82,6 +84,7 @@ public struct PoolStatistics {
         bytesSent &+= other.bytesSent
         bytesReceived &+= other.bytesReceived
         retries += other.retries
+        notificationsSent += other.notificationsSent
         alertsGenerated.merge(other.alertsGenerated, uniquingKeysWith: +)
     }
 }

@@ -28,6 +28,13 @@ public final class DaemonConnection {
     private var writeBuffer: UnsafeMutableRawBufferPointer
     private let maxRequestBytes: Int
     private var nextRequestID: Int64 = 1
+    /// Answers still owed to notifications sent on this connection. The real daemon answers a
+    /// notification with `"id": null`; a JSON-RPC 2.0 daemon sends nothing. A notification never
+    /// waits for its answer: the next exchange skips null-id lines while any are owed.
+    private var owedNotificationAnswers = 0
+    /// The daemon process on the other end (its `status` pid), once learned: a connection is
+    /// bound to one process for life, so a new pid on a new connection means a restarted daemon.
+    public internal(set) var daemonPid: Int64?
     /// Bytes moved since the last `takeByteCounts`, for the statistics.
     private var bytesSent = 0
     private var bytesReceived = 0
@@ -50,8 +57,9 @@ public final class DaemonConnection {
     /// Opens a connection: connect within `connectTimeout`, check who serves the socket, and
     /// (when `validateMethod` is set) make one call so that a connection the daemon never reads,
     /// or an exhausted daemon that closes it at once, is found before a caller gets it.
+    /// With `identify`, the validation call is `status` and the daemon's pid is learned with it.
     public static func open(id: ConnectionID, endpoint: Endpoint, connectTimeout: Span, maxMessageSize: Int,
-                            verifyPeer: Bool, validateMethod: String?) throws(CallFailure) -> DaemonConnection {
+                            verifyPeer: Bool, validateMethod: String?, identify: Bool = false) throws(CallFailure) -> DaemonConnection {
         let socket = try StreamSocket.connect(endpoint, timeout: connectTimeout)
         // Peer credentials exist for Unix sockets only (TCP is loopback or trusted network).
         if verifyPeer, case .unix(let path) = endpoint {
@@ -62,7 +70,11 @@ public final class DaemonConnection {
             }
         }
         let connection = DaemonConnection(id: id, socket: socket, maxMessageSize: maxMessageSize)
-        if let validateMethod {
+        if identify {
+            if case .failure(let failure) = connection.identify(deadline: Clock.now() + connectTimeout) {
+                throw CallFailure(.connect, "new connection failed its first call: \(failure.message)")
+            }
+        } else if let validateMethod {
             switch connection.exchange(method: validateMethod, params: nil, notification: false,
                                        deadline: Clock.now() + connectTimeout) {
             case .result(let value): json_decref(UnsafeMutablePointer(value))
@@ -75,6 +87,27 @@ public final class DaemonConnection {
             }
         }
         return connection
+    }
+
+    /// Asks the daemon for its pid (`status`) and remembers it. `.success(nil)`: the daemon's
+    /// status has no pid (then restarts cannot be told apart from reconnects).
+    public func identify(deadline: Instant) -> Result<Int64?, CallFailure> {
+        switch exchange(method: "status", params: nil, notification: false, deadline: deadline) {
+        case .result(let value):
+            defer { json_decref(UnsafeMutablePointer(value)) }
+            let pid = json_object_get(UnsafeMutablePointer(value), "pid")
+            if let pid, pid.pointee.type == JSON_INTEGER {
+                daemonPid = Int64(json_integer_value(pid))
+            }
+            return .success(daemonPid)
+        case .rpcError(let value, _):
+            json_decref(UnsafeMutablePointer(value))
+            return .failure(CallFailure(.proto, "the daemon answered 'status' with an error"))
+        case .notified:
+            return .failure(CallFailure(.proto, "'status' was not answered"))
+        case .failed(let failure, _):
+            return .failure(failure)
+        }
     }
 
     /// Sends one request and reads its answer by `deadline`. After any `.failed` (and after an
@@ -96,7 +129,11 @@ public final class DaemonConnection {
             }
         }
         bytesSent &+= length
-        return readAnswer(expecting: notification ? nil : requestID, deadline: deadline)
+        if notification {
+            owedNotificationAnswers += 1
+            return .notified
+        }
+        return readAnswer(expecting: requestID, deadline: deadline)
     }
 
     private func readAnswer(expecting requestID: Int64?, deadline: Instant) -> Exchange {
@@ -105,6 +142,14 @@ public final class DaemonConnection {
             case .line(let range):
                 let line = framer.bytes(range)
                 bytesReceived &+= line.count + 1
+                if owedNotificationAnswers > 0 {
+                    if Self.hasNullID(line) {
+                        owedNotificationAnswers -= 1
+                        continue
+                    }
+                    // Answers come in order: this daemon does not answer notifications.
+                    owedNotificationAnswers = 0
+                }
                 return Self.decodeAnswer(line, expecting: requestID)
             case .tooLong:
                 return .failed(CallFailure(.tooBig, "answer longer than max_message_size (\(framer.maxLineLength) bytes)"), written: true)
@@ -199,6 +244,16 @@ public final class DaemonConnection {
             return .rpcError(OpaquePointer(rpcError), inStep: true)
         }
         return .failed(CallFailure(.proto, rpcError == nil ? "answer has neither result nor error" : "error is not an object with an integer code"), written: true)
+    }
+
+    /// An answer to a notification: a JSON object whose id is null or missing.
+    static func hasNullID(_ line: UnsafeRawBufferPointer) -> Bool {
+        guard let base = line.baseAddress,
+              let root = json_loadb(base.assumingMemoryBound(to: CChar.self), line.count, 0, nil) else { return false }
+        defer { json_decref(root) }
+        guard root.pointee.type == JSON_OBJECT else { return false }
+        let id = json_object_get(root, "id")
+        return id == nil || id?.pointee.type == JSON_NULL
     }
 
     private static func isErrorObject(_ value: UnsafeMutablePointer<json_t>) -> Bool {

@@ -6,6 +6,8 @@ import GoxelPoolCore
 public final class MultiPoolClient: @unchecked Sendable {
     public let configuration: ClientConfiguration
     public let events: EventDispatcher
+    /// Sessions: documents pinned to one endpoint each (SessionManager).
+    public let sessions: SessionManager
     /// Async calls and batch items: one thread per connection the pools may open (a worker
     /// blocks on its call), at most 64.
     private let asyncWorkers: WorkerGroup
@@ -60,11 +62,13 @@ public final class MultiPoolClient: @unchecked Sendable {
         let perEndpoint = Self.share(of: configuration, among: planned)
         asyncWorkers = WorkerGroup(threads: min(perEndpoint * planned, 64),
                                    capacity: max(configuration.pool.maxWaiters, 1))
+        sessions = SessionManager(configuration: configuration, events: events)
         for endpoint in endpoints { _ = addLocked(endpoint, max: perEndpoint) }
         if configuration.spawn != nil {
             managedAvailability = .starting
             supervisor = DaemonSupervisor(configuration: configuration, client: self)
         }
+        sessions.availability = { [weak self] in self?.sessionAvailability() ?? [:] }
     }
 
     /// One endpoint's pool.max_connections within max_total_connections, shared out evenly.
@@ -84,12 +88,14 @@ public final class MultiPoolClient: @unchecked Sendable {
         if configuration.hasSeveralEndpointSources { settings.retryAttempts = min(1, configuration.retryAttempts) }
         settings.pool.maxConnections = maxConnections
         settings.pool.minConnections = min(configuration.pool.minConnections, maxConnections)
-        let pool = PoolClient(configuration: settings, endpoint: endpoint, events: events,
-                              connectionBudget: connectionBudget, attemptObserver: attemptObserver)
         let id = nextMemberID
         nextMemberID += 1
+        let pool = PoolClient(configuration: settings, endpoint: endpoint, events: events, onDaemonIdentified: { [weak sessions] pid in
+            sessions?.daemonIdentified(endpointID: id, pid: pid)
+        }, connectionBudget: connectionBudget, attemptObserver: attemptObserver)
         members[id] = Member(endpoint: endpoint, pool: pool, maxConnections: maxConnections, managed: managed)
         balancer.add(id: id, now: Clock.now())
+        sessions.endpointAdded(id: id, endpoint: endpoint, pool: pool)
         endpointsChanged.broadcast()
         return id
     }
@@ -290,6 +296,8 @@ public final class MultiPoolClient: @unchecked Sendable {
         }
         balancer.drain(id: id)
         lock.unlock()
+        // Durable sessions move to another daemon first (checkpoint, then restore there).
+        sessions.endpointRemoving(id: id)
         member.pool.close(drain: drain)
         lock.withLock {
             members[id] = nil
@@ -301,6 +309,22 @@ public final class MultiPoolClient: @unchecked Sendable {
     // MARK: - Shutdown, threads, snapshots
 
     public var isClosing: Bool { lock.withLock { closing } }
+
+    /// Which endpoints may take a new session: not draining, not ejected, circuit not open.
+    func sessionAvailability() -> [Int: Bool] {
+        let list: [(Int, PoolClient, Bool)] = lock.withLock {
+            members.map { id, member in
+                let routable = balancer.member(id).map { !$0.draining && $0.ejectedUntil == nil } ?? false
+                return (id, member.pool, routable && !closing)
+            }
+        }
+        return Dictionary(uniqueKeysWithValues: list.map { ($0.0, $0.2 && $0.1.acceptsCalls) })
+    }
+
+    /// The endpoint id of `endpoint`, if it is one of this client's.
+    public func endpointID(of endpoint: Endpoint) -> Int? {
+        lock.withLock { members.first { $0.value.endpoint == endpoint }?.key }
+    }
 
     public func isLibraryThread() -> Bool {
         if events.isDispatcherThread() || asyncWorkers.isWorkerThread() { return true }
@@ -319,11 +343,14 @@ public final class MultiPoolClient: @unchecked Sendable {
             return members.keys.sorted().compactMap { members[$0]?.pool }
         }
         guard let pools else { return }
+        // Sessions refuse calls first; their workers are joined once the pools cannot block them.
+        let sessionWorkers = sessions.beginClose()
         // Shut every endpoint down together: the drain deadline is shared, not added up.
         let threads = pools.map { pool in LibraryThread { pool.close(drain: drain) } }
         for (thread, pool) in zip(threads, pools) {
             if thread.isRunning { thread.join() } else { pool.close(drain: drain) }
         }
+        for worker in sessionWorkers { worker.join() }
         supervisor?.stop()
         // Queued async calls run now and fail fast with ECLOSED (their callbacks still run once).
         asyncWorkers.stopAndJoin()
@@ -331,6 +358,7 @@ public final class MultiPoolClient: @unchecked Sendable {
     }
 
     public struct EndpointSnapshot {
+        public var id: Int
         public var endpoint: Endpoint
         public var pool: PoolClient.Snapshot
         public var balancer: EndpointBalancer.Member?
@@ -342,6 +370,7 @@ public final class MultiPoolClient: @unchecked Sendable {
         public var inPanic: Bool
         public var eventsDelivered, eventsDropped: Int
         public var uptime: Span
+        public var sessions: SessionManager.Snapshot
         /// The managed daemons (spawn), nil without.
         public var daemons: DaemonSupervisor.Snapshot?
     }
@@ -352,11 +381,12 @@ public final class MultiPoolClient: @unchecked Sendable {
         }
         let counters = events.counters()
         let endpoints = list.map { id, member in
-            EndpointSnapshot(endpoint: member.endpoint, pool: member.pool.snapshot(), balancer: balancerState.member(id),
+            EndpointSnapshot(id: id, endpoint: member.endpoint, pool: member.pool.snapshot(), balancer: balancerState.member(id),
                              maxConnections: member.maxConnections)
         }
         return Snapshot(endpoints: endpoints, inPanic: balancerState.inPanic, eventsDelivered: counters.delivered,
-                        eventsDropped: counters.dropped, uptime: Clock.now() - startedAt, daemons: supervisor?.snapshot())
+                        eventsDropped: counters.dropped, uptime: Clock.now() - startedAt, sessions: sessions.snapshot(),
+                        daemons: supervisor?.snapshot())
     }
 
     private func report(_ changes: [EndpointBalancer.Change]) {

@@ -1,6 +1,7 @@
 import CJansson
 import Glibc
 import GoxelPoolCore
+import Synchronization
 
 /// The outcome of one call. Result and error values are new references owned by the receiver.
 public enum CallOutcome {
@@ -8,6 +9,21 @@ public enum CallOutcome {
     case rpcError(OpaquePointer)
     case notified
     case failure(CallFailure)
+}
+
+/// What a session asks of the connection its call runs on: learn which daemon process it reaches
+/// (`status` pid, once per connection), and optionally refuse to send if it is not `expect`.
+public enum DaemonCheck: Sendable, Equatable {
+    case learn
+    case expect(Int64)
+}
+
+/// The outcome of a call made with a DaemonCheck.
+public enum PinnedOutcome {
+    /// The call ran (or failed) on the daemon with this pid (nil: unknown).
+    case done(CallOutcome, pid: Int64?)
+    /// The connection reaches another daemon process than expected: nothing was sent.
+    case daemonChanged(pid: Int64)
 }
 
 /// The client: runs the pool state machine. Every decision is the state machine's; this class
@@ -50,6 +66,11 @@ public final class PoolClient: @unchecked Sendable {
     private var wasReady = false
     /// The last connection attempt failed the peer-credential check: callers get EPEER, not ECONNECT.
     private var lastOpenRejectedPeer = false
+    /// New connections learn the daemon's pid (their first call is `status`): set while a durable
+    /// session lives on this endpoint, so a restarted daemon is noticed as soon as it is reached.
+    private let identifying = Atomic<Bool>(false)
+    /// Told (on a library thread, no lock held) each pid a new connection learned.
+    private let onDaemonIdentified: (@Sendable (Int64) -> Void)?
 
     final class WaiterBox {
         let wakeup = Condition()
@@ -72,8 +93,10 @@ public final class PoolClient: @unchecked Sendable {
     /// `connectionBudget`: connections the pool may ever open (0: no limit), and
     /// `attemptObserver` is told the count as it grows (managed daemons).
     public init(configuration: ClientConfiguration, endpoint: Endpoint? = nil, events shared: EventDispatcher? = nil,
+                onDaemonIdentified: (@Sendable (Int64) -> Void)? = nil,
                 connectionBudget: Int = 0, attemptObserver: ((Int) -> Void)? = nil) {
         self.configuration = configuration
+        self.onDaemonIdentified = onDaemonIdentified
         self.attemptObserver = attemptObserver
         self.endpoint = endpoint ?? .unix(path: configuration.socketPath)
         eventLabel = shared == nil ? nil : self.endpoint.description
@@ -117,6 +140,23 @@ public final class PoolClient: @unchecked Sendable {
 
     /// A synchronous call on the calling thread. `timeout` nil: the configured timeout_ms.
     public func call(method: String, params: OpaquePointer?, timeout: Span?, notification: Bool = false) -> CallOutcome {
+        switch perform(method: method, params: params, timeout: timeout, notification: notification, check: nil) {
+        case .done(let outcome, _): return outcome
+        case .daemonChanged: return .failure(CallFailure(.proto, "internal error: daemon check without a check"))
+        }
+    }
+
+    /// A call for a session: the connection's daemon pid is learned (once per connection) and,
+    /// with `.expect`, nothing is sent to another process than the expected one.
+    public func call(method: String, params: OpaquePointer?, timeout: Span?, check: DaemonCheck) -> PinnedOutcome {
+        perform(method: method, params: params, timeout: timeout, notification: false, check: check)
+    }
+
+    /// Whether new connections learn their daemon's pid (see `identifying`).
+    public func setIdentifying(_ on: Bool) { identifying.store(on, ordering: .relaxed) }
+
+    private func perform(method: String, params: OpaquePointer?, timeout: Span?, notification: Bool,
+                         check: DaemonCheck?) -> PinnedOutcome {
         let deadline = Clock.now() + (timeout ?? .milliseconds(configuration.timeoutMs))
         // Only needed once a call fails: not worked out on the hot path.
         var idempotent: Bool { !notification && configuration.isIdempotent(method: method) }
@@ -125,29 +165,52 @@ public final class PoolClient: @unchecked Sendable {
             let connection: DaemonConnection
             switch acquire(deadline: deadline) {
             case .success(let leased): connection = leased
-            case .failure(let failure): return fail(failure)
+            case .failure(let failure): return .done(fail(failure), pid: nil)
             }
+            if let check {
+                if connection.daemonPid == nil {
+                    if case .failure(let failure) = connection.identify(deadline: deadline) {
+                        // A daemon whose status fails or has no pid: the connection is fine, its
+                        // process just cannot be told; anything else broke the connection.
+                        let broken = failure.status == .io || failure.status == .timedOut || failure.status == .tooBig
+                        release(connection, broken ? .broken(reason: failure.message) : .unused)
+                        if broken && failure.status == .io && retries < configuration.retryAttempts && Clock.now() < deadline {
+                            retries += 1
+                            continue
+                        }
+                        if broken { return .done(fail(failure), pid: nil) }
+                        log(.warn, "cannot learn the daemon's pid at \(endpoint): \(failure.message)")
+                        return .done(fail(CallFailure(.proto, "the daemon at \(endpoint) does not report its pid (status): \(failure.message)")), pid: nil)
+                    }
+                }
+                if case .expect(let expected) = check, let pid = connection.daemonPid, pid != expected {
+                    release(connection, .unused)
+                    return .daemonChanged(pid: pid)
+                }
+            }
+            let pid = connection.daemonPid
             let began = Clock.now()
             let exchange = connection.exchange(method: method, params: params, notification: notification, deadline: deadline)
             let latency = Clock.now() - began
             switch exchange {
             case .result(let value):
                 release(connection, .answered(latency: latency))
-                return .result(value)
+                return .done(.result(value), pid: pid)
             case .rpcError(let value, let inStep):
                 release(connection, inStep ? .answered(latency: latency) : .broken(reason: "daemon answered with id null: out of step"))
                 recordFailure(.rpc)
-                return .rpcError(value)
+                return .done(.rpcError(value), pid: pid)
             case .notified:
-                release(connection, .answered(latency: latency))
-                return .notified
+                // Sent; its answer (if the daemon sends one) is skipped by the next exchange.
+                release(connection, .sent)
+                return .done(.notified, pid: pid)
             case .failed(let failure, let written):
                 // Refused before sending (too big, not encodable): the connection is untouched.
                 let untouched = !written && failure.status != .io && failure.status != .timedOut
                 release(connection, untouched ? .unused : .broken(reason: failure.message))
                 // Cut off by close (the drain deadline passed): ECLOSED, as documented.
                 if written && isClosing {
-                    return fail(CallFailure(.closed, "client closed while the call was in flight (it may have run)", mayHaveRun: true))
+                    return .done(fail(CallFailure(.closed, "client closed while the call was in flight (it may have run)", mayHaveRun: true)), pid: pid)
                 }
                 // Safe to try again: the request never left, or the method has no side effects
                 // and the connection broke (never after a timeout: no time is left, and a late
@@ -161,12 +224,12 @@ public final class PoolClient: @unchecked Sendable {
                     continue
                 }
                 if failure.status == .io && written && !idempotent && !notification {
-                    return fail(CallFailure(.io, "\(failure.message); the request may have run, so it was not repeated (\(method) is not idempotent)",
-                                            mayHaveRun: true))
+                    return .done(fail(CallFailure(.io, "\(failure.message); the request may have run, so it was not repeated (\(method) is not idempotent)",
+                                                  mayHaveRun: true)), pid: pid)
                 }
                 var reported = failure
                 reported.mayHaveRun = written
-                return fail(reported)
+                return .done(fail(reported), pid: pid)
             }
         }
     }
@@ -310,16 +373,21 @@ public final class PoolClient: @unchecked Sendable {
             return
         }
         let validate = configuration.pool.validateOnConnect ? configuration.health.method : nil
+        let identify = identifying.load(ordering: .relaxed)
         do {
             let connection = try DaemonConnection.open(
                 id: id, endpoint: endpoint, connectTimeout: .milliseconds(configuration.pool.connectTimeoutMs),
-                maxMessageSize: configuration.maxMessageSize, verifyPeer: configuration.verifyPeer, validateMethod: validate)
+                maxMessageSize: configuration.maxMessageSize, verifyPeer: configuration.verifyPeer, validateMethod: validate,
+                identify: identify)
+            // Read before the connection is published: from then on its lessee owns it.
+            let learnedPid = connection.daemonPid
             lock.lock()
             connections[id] = connection
             lastOpenRejectedPeer = false
             let deferred = apply(machine.connectionOpened(id, now: Clock.now()))
             lock.unlock()
             perform(deferred)
+            if let learnedPid { onDaemonIdentified?(learnedPid) }
         } catch {
             if error.status == .peer {
                 post(ClientEvent(kind: .alert, type: "peer_rejected",
@@ -372,6 +440,9 @@ public final class PoolClient: @unchecked Sendable {
     // MARK: - Shutdown
 
     public var isClosing: Bool { lock.withLock { closing } }
+
+    /// Open for calls: not closing, circuit not open (sessions are placed where calls can go).
+    public var acceptsCalls: Bool { lock.withLock { !closing && machine.breaker.state != .open } }
 
     /// True on one of this client's own threads (callbacks and listeners run there).
     public func isLibraryThread() -> Bool {

@@ -344,6 +344,10 @@ final class Connection: @unchecked Sendable {
             }
         }
         defer { json_decref(response) }
+        if f.silentNotifications && json_object_get(root, "id") == nil {
+            vlog("connection #\(number): notification \(name) run, not answered (silent_notifications)")
+            return true
+        }
 
         if reset {
             return halfLineThenClose(response, reset: true)

@@ -21,6 +21,8 @@ struct Faults: Sendable {
     var oversizeRate: Double = 0          // one valid line of `oversizeBytes` bytes
     var oversizeBytes: Int = 2 * 1024 * 1024
     var resetRate: Double = 0             // half a line, then ECONNRESET
+    var crashAfterCreateMs: Double = 0    // > 0: die this long after the last goxel.create_project (real: 300 s)
+    var silentNotifications = false       // answer no notification (JSON-RPC 2.0; the real daemon answers id null)
 
     enum Kind { case rate, milliseconds, count, bytes, flag }
 
@@ -42,6 +44,8 @@ struct Faults: Sendable {
         ("oversize_rate", "--oversize-rate", .rate),
         ("oversize_bytes", "--oversize-bytes", .bytes),
         ("reset_rate", "--reset-rate", .rate),
+        ("crash_after_create_ms", "--crash-after-create-ms", .milliseconds),
+        ("silent_notifications", "--silent-notifications", .flag),
     ]
 
     /// Sets one numeric/boolean setting by its JSON key. The value has already been validated.
@@ -62,6 +66,8 @@ struct Faults: Sendable {
         case "oversize_rate": oversizeRate = number
         case "oversize_bytes": oversizeBytes = Int(number)
         case "reset_rate": resetRate = number
+        case "crash_after_create_ms": crashAfterCreateMs = number
+        case "silent_notifications": silentNotifications = flag
         default: break
         }
     }
@@ -99,6 +105,8 @@ struct Faults: Sendable {
         jSet(o, "oversize_rate", jReal(oversizeRate))
         jSet(o, "oversize_bytes", jInt(oversizeBytes))
         jSet(o, "reset_rate", jReal(resetRate))
+        jSet(o, "crash_after_create_ms", jReal(crashAfterCreateMs))
+        jSet(o, "silent_notifications", jBool(silentNotifications))
         return o
     }
 

@@ -8,6 +8,7 @@
 
 import CJansson
 import Glibc
+import Synchronization
 
 enum MethodOutcome {
     case result(JSONRef)            // new reference
@@ -30,6 +31,8 @@ final class VoxelProject: @unchecked Sendable {
     private var name = "Untitled"
     private var width: Int32 = 64, height: Int32 = 64, depth: Int32 = 64
     private var voxels: [VoxelKey: VoxelValue] = [:]
+    /// Layer 0 always exists; `goxel.create_layer` adds more (not idempotent: each call adds one).
+    private var layers: [(id: Int32, name: String)] = [(0, "Layer 1")]
 
     func create(name: String, width: Int32, height: Int32, depth: Int32) {
         lock.withLock {
@@ -38,6 +41,7 @@ final class VoxelProject: @unchecked Sendable {
             self.height = height
             self.depth = depth
             voxels.removeAll(keepingCapacity: true)
+            layers = [(0, "Layer 1")]
         }
     }
 
@@ -53,8 +57,91 @@ final class VoxelProject: @unchecked Sendable {
         lock.withLock { voxels[key] }
     }
 
-    func status() -> (name: String, width: Int32, height: Int32, depth: Int32, count: Int) {
-        lock.withLock { (name, width, height, depth, voxels.count) }
+    func addLayer(name: String?) -> (id: Int32, name: String) {
+        lock.withLock {
+            let id = (layers.map(\.id).max() ?? 0) + 1
+            let layer = (id: id, name: name ?? "Layer \(id + 1)")
+            layers.append(layer)
+            return layer
+        }
+    }
+
+    func layerList() -> [(id: Int32, name: String)] { lock.withLock { layers } }
+
+    func status() -> (name: String, width: Int32, height: Int32, depth: Int32, count: Int, layers: Int) {
+        lock.withLock { (name, width, height, depth, voxels.count, layers.count) }
+    }
+
+    /// The document as JSON (new reference): refd's own file format for save/load_project
+    /// (the real daemon writes .gox; nothing outside refd reads these files).
+    func toJSON() -> JSONRef {
+        lock.withLock {
+            let o = jObject()
+            jSet(o, "format", jString("goxel-refd-project"))
+            jSet(o, "version", jInt(1))
+            jSet(o, "name", jString(name))
+            jSet(o, "width", jInt(Int(width)))
+            jSet(o, "height", jInt(Int(height)))
+            jSet(o, "depth", jInt(Int(depth)))
+            let layerArray = jArray()
+            for layer in layers {
+                let l = jObject()
+                jSet(l, "id", jInt(Int(layer.id)))
+                jSet(l, "name", jString(layer.name))
+                jAppend(layerArray, l)
+            }
+            jSet(o, "layers", layerArray)
+            let voxelArray = jArray()
+            for (key, value) in voxels {
+                let v = jArray()
+                for n in [Int(key.x), Int(key.y), Int(key.z), Int(value.rgba.0), Int(value.rgba.1), Int(value.rgba.2),
+                          Int(value.rgba.3), Int(value.layer)] { jAppend(v, jInt(n)) }
+                jAppend(voxelArray, v)
+            }
+            jSet(o, "voxels", voxelArray)
+            return o
+        }
+    }
+
+    /// Replaces the document with a saved one (borrowed); nil on success, else what is wrong.
+    func load(_ document: JSONRef) -> String? {
+        guard jType(document) == JSON_OBJECT,
+              jStringValue(json_object_get(document, "format")) == "goxel-refd-project" else { return "not a goxel-refd project file" }
+        guard let w = jInt32(json_object_get(document, "width")), let h = jInt32(json_object_get(document, "height")),
+              let d = jInt32(json_object_get(document, "depth")), let newName = jStringValue(json_object_get(document, "name")),
+              let layerArray = json_object_get(document, "layers"), jType(layerArray) == JSON_ARRAY,
+              let voxelArray = json_object_get(document, "voxels"), jType(voxelArray) == JSON_ARRAY else {
+            return "project file is missing name, size, layers or voxels"
+        }
+        var newLayers: [(id: Int32, name: String)] = []
+        for index in 0..<json_array_size(layerArray) {
+            let l = json_array_get(layerArray, index)
+            guard let l, let id = jInt32(json_object_get(l, "id")), let layerName = jStringValue(json_object_get(l, "name")) else {
+                return "layer \(index) is malformed"
+            }
+            newLayers.append((id, layerName))
+        }
+        var newVoxels: [VoxelKey: VoxelValue] = [:]
+        for index in 0..<json_array_size(voxelArray) {
+            guard let v = json_array_get(voxelArray, index), jType(v) == JSON_ARRAY, json_array_size(v) == 8 else {
+                return "voxel \(index) is malformed"
+            }
+            var n: [Int32] = []
+            for i in 0..<8 {
+                guard let value = jInt32(json_array_get(v, i)) else { return "voxel \(index) is malformed" }
+                n.append(value)
+            }
+            guard (3...6).allSatisfy({ n[$0] >= 0 && n[$0] <= 255 }) else { return "voxel \(index) has a bad colour" }
+            newVoxels[VoxelKey(x: n[0], y: n[1], z: n[2])] =
+                VoxelValue(rgba: (UInt8(n[3]), UInt8(n[4]), UInt8(n[5]), UInt8(n[6])), layer: n[7])
+        }
+        lock.withLock {
+            name = newName
+            width = w; height = h; depth = d
+            layers = newLayers.isEmpty ? [(0, "Layer 1")] : newLayers
+            voxels = newVoxels
+        }
+        return nil
     }
 }
 
@@ -72,14 +159,23 @@ let methodList: [(name: String, description: String)] = [
     ("goxel.get_voxel", "Get a voxel [x, y, z]"),
     ("goxel.get_status", "Project status"),
     ("goxel.list_layers", "List the project's layers"),
+    ("goxel.create_layer", "Add a layer [name]"),
+    ("goxel.save_project", "Save the project to a file [path]"),
+    ("goxel.load_project", "Load a project from a file [path]"),
 ]
 
 final class Methods: @unchecked Sendable {
     let project = VoxelProject()
     let startTime = monotonicSeconds()
     let stats: ServerStats
+    let faults: FaultStore
+    /// Bumped by every goxel.create_project: a pending crash timer fires only if it is the last.
+    private let createGeneration = Atomic<UInt64>(0)
 
-    init(stats: ServerStats) { self.stats = stats }
+    init(stats: ServerStats, faults: FaultStore) {
+        self.stats = stats
+        self.faults = faults
+    }
 
     func call(_ name: String, _ params: JSONRef?) -> MethodOutcome {
         switch name {
@@ -129,19 +225,36 @@ final class Methods: @unchecked Sendable {
             jSet(o, "height", jInt(Int(s.height)))
             jSet(o, "depth", jInt(Int(s.depth)))
             jSet(o, "voxel_count", jInt(s.count))
-            jSet(o, "layers", jInt(1))
+            jSet(o, "layers", jInt(s.layers))
             return .result(o)
         case "goxel.list_layers":
-            let layer = jObject()
-            jSet(layer, "id", jInt(0))
-            jSet(layer, "name", jString("Layer 1"))
-            jSet(layer, "visible", jBool(true))
             let a = jArray()
-            jAppend(a, layer)
+            let layers = project.layerList()
+            for entry in layers {
+                let layer = jObject()
+                jSet(layer, "id", jInt(Int(entry.id)))
+                jSet(layer, "name", jString(entry.name))
+                jSet(layer, "visible", jBool(true))
+                jAppend(a, layer)
+            }
             let o = jObject()
             jSet(o, "layers", a)
-            jSet(o, "count", jInt(1))
+            jSet(o, "count", jInt(layers.count))
             return .result(o)
+        case "goxel.create_layer":
+            var name: String?
+            if let j = arg(params, 0, "name") {
+                guard let text = jStringValue(j) else { return .error(-32602, "Invalid params: name must be a string") }
+                name = text
+            }
+            let layer = project.addLayer(name: name)
+            let o = jObject()
+            jSet(o, "success", jBool(true))
+            jSet(o, "layer_id", jInt(Int(layer.id)))
+            jSet(o, "name", jString(layer.name))
+            return .result(o)
+        case "goxel.save_project": return saveProject(params)
+        case "goxel.load_project": return loadProject(params)
         default:
             return .error(-32601, "Method not found: \(name)")
         }
@@ -239,12 +352,74 @@ final class Methods: @unchecked Sendable {
             dims.append(v)
         }
         project.create(name: name, width: dims[0], height: dims[1], depth: dims[2])
+        armCrashTimer()
         let o = jObject()
         jSet(o, "success", jBool(true))
         jSet(o, "name", jString(name))
         jSet(o, "width", jInt(Int(dims[0])))
         jSet(o, "height", jInt(Int(dims[1])))
         jSet(o, "depth", jInt(Int(dims[2])))
+        return .result(o)
+    }
+
+    /// The real daemon SIGSEGVs 300 s after the last goxel.create_project (load_project does not
+    /// arm it). refd does the same after `crash_after_create_ms` when that fault is set.
+    private func armCrashTimer() {
+        let delay = faults.snapshot().crashAfterCreateMs
+        let generation = createGeneration.add(1, ordering: .acquiringAndReleasing).newValue
+        guard delay > 0 else { return }
+        _ = startDetachedThread(stackSize: 64 * 1024) { [self] in
+            sleepMilliseconds(delay)
+            guard createGeneration.load(ordering: .acquiring) == generation else { return }
+            vlog("crash timer: \(delay) ms after the last goxel.create_project: crashing like the real daemon")
+            crashNow()
+        }
+    }
+
+    /// `goxel.save_project [path]`: the document to `path` on this machine, written to a temporary
+    /// file first and renamed, so a crash mid-save leaves the previous file whole.
+    private func saveProject(_ params: JSONRef?) -> MethodOutcome {
+        guard let path = jStringValue(arg(params, 0, "path")), !path.isEmpty else {
+            return .error(-32602, "Invalid params: expected [path]")
+        }
+        let document = project.toJSON()
+        defer { json_decref(document) }
+        let temporary = path + ".tmp-\(getpid())"
+        guard json_dump_file(document, temporary, Int(JSON_COMPACT)) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(temporary)
+            return .error(-1011, "Failed to save project to \(path): \(reason)")
+        }
+        guard rename(temporary, path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(temporary)
+            return .error(-1011, "Failed to save project to \(path): \(reason)")
+        }
+        let o = jObject()
+        jSet(o, "success", jBool(true))
+        jSet(o, "path", jString(path))
+        return .result(o)
+    }
+
+    /// `goxel.load_project [path]`: replaces the document. Does not arm the crash timer.
+    private func loadProject(_ params: JSONRef?) -> MethodOutcome {
+        guard let path = jStringValue(arg(params, 0, "path")), !path.isEmpty else {
+            return .error(-32602, "Invalid params: expected [path]")
+        }
+        var error = json_error_t()
+        guard let document = json_load_file(path, 0, &error) else {
+            let detail = withUnsafeBytes(of: &error.text) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            return .error(-1012, "Failed to load project from \(path): \(detail)")
+        }
+        defer { json_decref(document) }
+        if let problem = project.load(document) {
+            return .error(-1012, "Failed to load project from \(path): \(problem)")
+        }
+        let s = project.status()
+        let o = jObject()
+        jSet(o, "success", jBool(true))
+        jSet(o, "path", jString(path))
+        jSet(o, "voxel_count", jInt(s.count))
         return .result(o)
     }
 

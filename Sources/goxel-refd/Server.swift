@@ -41,7 +41,7 @@ final class Server: @unchecked Sendable {
         self.controlSocketPath = controlSocketPath
         self.faults = FaultStore(faults)
         self.seed = seed
-        self.methods = Methods(stats: stats)
+        self.methods = Methods(stats: stats, faults: self.faults)
     }
 
     /// Unlinks whatever is at the path, binds, chmod 0660, listens (backlog 128).

@@ -29,6 +29,8 @@ let usage = """
       --oversize-rate R                answer one valid line of --oversize-bytes bytes
       --oversize-bytes N               (default 2097152)
       --reset-rate R                   half a line, then ECONNRESET
+      --crash-after-create-ms MS       die MS after the last goxel.create_project (the real daemon: 300000)
+      --silent-notifications           answer no notification (JSON-RPC 2.0; the real daemon answers id null)
       --seed N                         PRNG seed for the fault rates (default: time ^ pid)
       --verbose                        log to stderr
       --supervise                      run the daemon as a child and restart it when it dies
@@ -104,18 +106,15 @@ func parseOptions(_ args: [String]) -> Options {
             guard let p = Int32(v) else { usageError("bad --parent-pid: \(v)") }
             o.parentPid = p
             childCopy = false
-        case "--stall":
-            if let inline {
-                guard inline == "true" || inline == "false" || inline == "1" || inline == "0" else {
-                    usageError("bad --stall value: \(inline)")
-                }
-                o.faults.stall = inline == "true" || inline == "1"
-            } else {
-                o.faults.stall = true
-            }
         default:
-            guard let entry = Faults.keys.first(where: { $0.flag == name }), entry.kind != .flag else {
+            guard let entry = Faults.keys.first(where: { $0.flag == name }) else {
                 usageError("unknown option: \(raw)")
+            }
+            if entry.kind == .flag {
+                // --stall, --silent-notifications: on; --flag=true|false|1|0 sets it.
+                if let inline, !["true", "false", "1", "0"].contains(inline) { usageError("bad \(name) value: \(inline)") }
+                o.faults.set(entry.key, number: 0, flag: inline.map { $0 == "true" || $0 == "1" } ?? true)
+                break
             }
             let v = value(name, inline)
             guard let d = Double(v) else { usageError("bad \(name): \(v)") }
