@@ -125,6 +125,9 @@ public final class MultiPoolClient: @unchecked Sendable {
                           tried: [], lastFailure: nil, retries: 0)
     }
 
+    /// How long a call that failed on every managed daemon waits for news of a daemon's death.
+    static let deathNoticeGrace = Span.milliseconds(250)
+
     /// The request did not reach its daemon (no connection, circuit open, queue full, or the
     /// endpoint was removed while the call waited), or the method is idempotent and the
     /// connection broke or its endpoint was removed under it: another daemon may serve it.
@@ -146,6 +149,7 @@ public final class MultiPoolClient: @unchecked Sendable {
         var tried = initiallyTried
         var lastFailure = initialFailure
         var retries = initialRetries
+        var graced = false
         while true {
             lock.lock()
             if closing {
@@ -170,6 +174,13 @@ public final class MultiPoolClient: @unchecked Sendable {
                 case .stopped?:
                     lock.unlock()
                     return .failure(CallFailure(.closed, "client is closed"))
+                case .serving? where lastFailure != nil && !graced && Clock.now() < deadline:
+                    // A daemon that dies closes its connections before its exit reaches the
+                    // supervisor: give it a moment to say so (then the call waits for the restart).
+                    graced = true
+                    endpointsChanged.wait(lock, until: min(deadline, Clock.now() + Self.deathNoticeGrace))
+                    lock.unlock()
+                    continue
                 case .serving?, nil:
                     lock.unlock()
                     return .failure(lastFailure ?? CallFailure(.unavailable, "no endpoint is available"))

@@ -96,6 +96,7 @@ final class ManagedDaemonTests: XCTestCase {
         for thread in threads { thread.join() }
         XCTAssertEqual(failures.value, 0, "of \(calls.value) idempotent calls across the kill")
         XCTAssertGreaterThan(calls.value, 100)
+        print("managed kill -9: \(calls.value) calls from 4 threads across the kill, \(failures.value) failed")
         // The library reaped it (no zombie), with its real status, and removed its socket.
         XCTAssertFalse(processExists(victim))
         XCTAssertNotEqual(access(String(socket), F_OK), 0)
@@ -135,6 +136,7 @@ final class ManagedDaemonTests: XCTestCase {
         }
         XCTAssertEqual(failures.value, 0, "no call fails because of a recycle")
         let recycles = client.snapshot().daemons?.slots.first?.recycles ?? 0
+        print("managed recycling: 600 calls (300 writes) from 4 threads, \(failures.value) failed, \(recycles) recycles")
         XCTAssertGreaterThanOrEqual(recycles, 3, "driven past several recycles")
         XCTAssertTrue(eventually(5) { recorder.all("daemon_retired").count >= recycles - 1 })
         XCTAssertTrue(recorder.all("daemon_recycling").allSatisfy { $0.contains("\"reason\":\"connections\"") })
