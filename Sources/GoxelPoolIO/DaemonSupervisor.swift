@@ -245,7 +245,7 @@ public final class DaemonSupervisor: @unchecked Sendable {
             case .emit(let dropped):
                 let fields: [(String, EventValue)] = [("pid", .int(Int64(process.pid))), ("endpoint", .string(endpoint(of: process.id).description)),
                                                       ("source", .string("daemon"))]
-                if dropped > 0 { log(.info, "(\(dropped) lines of output of pid \(process.pid) dropped: over 20 lines a second)", fields) }
+                if dropped > 0 { log(.info, "(\(dropped) lines of output of pid \(process.pid) dropped: more than 20 lines a second)", fields) }
                 log(.info, line, fields)
             }
         }
@@ -494,17 +494,12 @@ public final class DaemonSupervisor: @unchecked Sendable {
             log(.info, "managed daemon pid \(processes[id]?.pid ?? 0) ready on \(endpoint(of: id)) in \(Int(startup.milliseconds)) ms"
                 + (replaces.map { ", replacing \($0)" } ?? ""))
         case .exited(let id, let slot, let status, let expected, let uptime):
-            var fields: [(String, EventValue)] = [
+            let fields: [(String, EventValue)] = [
                 ("pid", pid(id)), ("endpoint", name(id)), ("slot", .int(Int64(slot))), ("daemon_id", .int(Int64(id.value))),
                 ("status", .string(status.description)), ("expected", .bool(expected)),
                 ("uptime_ms", uptime.map { .double($0.milliseconds) } ?? .null),
             ]
-            switch status {
-            case .exited(let code): fields += [("exit_status", .int(Int64(code))), ("signal", .null)]
-            case .signaled(let signal): fields += [("exit_status", .null), ("signal", .int(Int64(signal)))]
-            case .unknown: fields += [("exit_status", .null), ("signal", .null)]
-            }
-            post(ClientEvent(kind: .daemon, type: "daemon_exited", fields: fields))
+            post(ClientEvent(kind: .daemon, type: "daemon_exited", fields: fields + Self.exitFields(status)))
             log(expected ? .info : .warn, "managed daemon pid \(processes[id]?.pid ?? 0) (\(endpoint(of: id))) exited: \(status)")
         case .recycling(let id, let slot, let reason, let connections, let age):
             post(ClientEvent(kind: .daemon, type: "daemon_recycling", fields: [
@@ -520,20 +515,14 @@ public final class DaemonSupervisor: @unchecked Sendable {
         case .startFailed(let id, let slot, let failure, let failures, let retryIn):
             let process = processes[id]
             failureDetails[slot] = (process?.commandLine ?? failureDetails[slot]?.command ?? spawn.command, process.map { Array($0.lastLines) } ?? [])
-            let message = describe(id, slot, failure) + "; retrying in \(Int(retryIn.milliseconds)) ms"
+            let message = describe(id, slot: slot, failure) + "; retrying in \(Int(retryIn.milliseconds)) ms"
             var fields: [(String, EventValue)] = [
                 ("slot", .int(Int64(slot))), ("daemon_id", .int(Int64(id.value))), ("endpoint", name(id)), ("pid", pid(id)),
                 ("consecutive_failures", .int(Int64(failures))), ("retry_in_ms", .double(retryIn.milliseconds)),
                 ("command", .string(Self.shellLine(failureDetails[slot]?.command ?? spawn.command))),
                 ("output", .string((failureDetails[slot]?.output ?? []).joined(separator: "\n"))),
             ]
-            if case .exited(let status, _) = failure {
-                switch status {
-                case .exited(let code): fields += [("exit_status", .int(Int64(code))), ("signal", .null)]
-                case .signaled(let signal): fields += [("exit_status", .null), ("signal", .int(Int64(signal)))]
-                case .unknown: fields += [("exit_status", .null), ("signal", .null)]
-                }
-            }
+            if case .exited(let status, _) = failure { fields += Self.exitFields(status) }
             alert("daemon_start_failed", "critical", message, fields)
             log(.error, message)
         case .crashed(let id, let slot, let status, let uptime, let restartIn):
@@ -549,8 +538,13 @@ public final class DaemonSupervisor: @unchecked Sendable {
         }
     }
 
-    private func describe(_ id: DaemonID, _ slot: Int, _ failure: DaemonSupervision.StartFailure) -> String {
-        describe(id, slot: slot, failure)
+    /// "exit_status" and "signal" of an event (one of them null).
+    private static func exitFields(_ status: DaemonSupervision.ExitStatus) -> [(String, EventValue)] {
+        switch status {
+        case .exited(let code): [("exit_status", .int(Int64(code))), ("signal", .null)]
+        case .signaled(let signal): [("exit_status", .null), ("signal", .int(Int64(signal)))]
+        case .unknown: [("exit_status", .null), ("signal", .null)]
+        }
     }
 
     private func alert(_ type: String, _ severity: String, _ message: String, _ fields: [(String, EventValue)]) {

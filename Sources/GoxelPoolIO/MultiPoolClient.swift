@@ -64,11 +64,12 @@ public final class MultiPoolClient: @unchecked Sendable {
                                    capacity: max(configuration.pool.maxWaiters, 1))
         sessions = SessionManager(configuration: configuration, events: events)
         for endpoint in endpoints { _ = addLocked(endpoint, max: perEndpoint) }
+        sessions.availability = { [weak self] in self?.sessionAvailability() ?? [:] }
+        // Last: its thread starts at once and adds endpoints as daemons answer.
         if configuration.spawn != nil {
             managedAvailability = .starting
             supervisor = DaemonSupervisor(configuration: configuration, client: self)
         }
-        sessions.availability = { [weak self] in self?.sessionAvailability() ?? [:] }
     }
 
     /// One endpoint's pool.max_connections within max_total_connections, shared out evenly.
