@@ -129,7 +129,7 @@ public final class Session: @unchecked Sendable {
                 switch state {
                 case .closed(let why): lock.unlock(); return .failure(CallFailure(.closed, why))
                 case .lost(let why): lock.unlock(); return .failure(CallFailure(.lost, why))
-                case .active where !checkpointing && recovery == nil: break
+                case .active where !checkpointing: break
                 default:
                     if !changed.wait(lock, until: deadline) && Clock.now() >= deadline {
                         let what = state == .restoring ? "the session's document to be restored" : "the session's checkpoint"
@@ -158,9 +158,18 @@ public final class Session: @unchecked Sendable {
                 outcome = .done(pool.call(method: method, params: params, timeout: remaining), pid: nil)
             }
 
+            // Serialized before taking the lock (the lock is the session's: its threads queue on it).
+            var entry: JournalEntry?
+            var unjournaled = false
+            if changes, case .done(.result, _) = outcome {
+                entry = JournalEntry(method: method, params: params)
+                unjournaled = entry == nil
+            }
+
             lock.lock()
             activeCalls -= 1
-            if activeCalls == 0 { changed.broadcast() }
+            // Only the worker waits for the last call (to checkpoint or restore): no wake-up otherwise.
+            if activeCalls == 0 && (checkpointing || state == .restoring) { changed.broadcast() }
             switch outcome {
             case .daemonChanged(let newPid):
                 // Nothing was sent: restore first, then run it on the restored document.
@@ -169,15 +178,14 @@ public final class Session: @unchecked Sendable {
             case .done(let result, _):
                 switch result {
                 case .result:
-                    if changes {
-                        if let entry = JournalEntry(method: method, params: params) {
-                            journal.append(entry, method: method, now: Clock.now())
-                            if journal.checkpointDue(now: Clock.now()) { changed.broadcast() }
-                        } else {
-                            // Not journaled: the daemon's document is ahead of the journal.
-                            journal.requestCheckpoint()
-                            changed.broadcast()
-                        }
+                    if let entry {
+                        let now = Clock.now()
+                        journal.append(entry, method: method, now: now)
+                        if journal.checkpointDue(now: now) { changed.broadcast() }
+                    } else if unjournaled {
+                        // Out of memory for the entry: the daemon's document is ahead of the journal.
+                        journal.requestCheckpoint()
+                        changed.broadcast()
                     }
                     lock.unlock()
                     return result
@@ -200,9 +208,9 @@ public final class Session: @unchecked Sendable {
                         // (and restores); if it did, the document is back to before this call,
                         // which runs again: exactly once.
                         if generation == before { requestRecovery(.verify, reason: failure.message) }
-                        while recovery != nil && Clock.now() < deadline { changed.wait(lock, until: deadline) }
+                        while state == .restoring && Clock.now() < deadline { changed.wait(lock, until: deadline) }
                         if generation != before { continue }
-                        if recovery != nil { lock.unlock(); return result }
+                        if state == .restoring { lock.unlock(); return result }
                         if !failure.mayHaveRun || !changes { continue }
                         // Same daemon, and the call may have run: its outcome is unknown.
                         journal.requestCheckpoint()
@@ -225,10 +233,13 @@ public final class Session: @unchecked Sendable {
         }
     }
 
-    /// Under the lock.
+    /// Under the lock. A pending move is kept (it restores too).
     private func requestRecovery(_ what: Recovery, reason: String) {
-        guard case .active = state else { return }
-        if recovery == nil || { if case .move = what { true } else { false } }() { recovery = what }
+        switch state {
+        case .active, .restoring: break
+        default: return
+        }
+        if recovery == nil { recovery = what }
         state = .restoring
         lastError = reason
         changed.broadcast()
@@ -246,15 +257,15 @@ public final class Session: @unchecked Sendable {
     func move(to endpointID: Int, endpoint: Endpoint, pool: PoolClient) {
         lock.lock()
         defer { lock.unlock() }
-        guard case .active = state else {
-            if case .restoring = state { recovery = .move(endpointID: endpointID, endpoint: endpoint, pool: pool) }
-            while case .restoring = state { changed.wait(lock, until: nil) }
-            return
+        switch state {
+        case .active, .restoring: break
+        default: return
         }
+        // Taken by the worker after what it is doing now (a restore in progress finishes first).
         recovery = .move(endpointID: endpointID, endpoint: endpoint, pool: pool)
         state = .restoring
         changed.broadcast()
-        while case .restoring = state { changed.wait(lock, until: nil) }
+        while state == .restoring { changed.wait(lock, until: nil) }
     }
 
     /// A non-durable session whose endpoint was removed: it ends (there is no document to carry).
@@ -286,6 +297,7 @@ public final class Session: @unchecked Sendable {
             if let what = recovery {
                 // Calls in flight come back first (they fail or finish and are journaled).
                 while activeCalls > 0 { changed.wait(lock, until: nil) }
+                recovery = nil  // taken: a request arriving meanwhile runs after this one
                 lock.unlock()
                 recover(what)
                 lock.lock()
@@ -479,8 +491,8 @@ public final class Session: @unchecked Sendable {
 
     private func finishRecovery() {
         lock.withLock {
-            recovery = nil
-            if case .restoring = state { state = .active }
+            // Still restoring if another request came meanwhile: the worker takes it next.
+            if state == .restoring && recovery == nil { state = .active }
             changed.broadcast()
         }
     }

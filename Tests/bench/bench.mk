@@ -1,4 +1,6 @@
-# Benchmarks: make bench (about 6 minutes), make bench BENCH_QUICK=1 (about 15 s), make bench-smoke.
+# Benchmarks: make bench (about 7 minutes), make bench BENCH_QUICK=1 (about 25 s), make bench-smoke.
+# Two programs: Tests/bench/bench.c (the pool against a raw client) and Tests/bench/session_bench.c
+# (sessions against plain calls, and the restore time of a durable session).
 #
 #   make bench                       the full run: tables + one JSON line per row on stdout
 #   make bench BENCH_QUICK=1         a short run (1 round, T = 1 and 8, 20 000 calls for memory)
@@ -15,27 +17,44 @@
 
 BENCH_DIR  := $(BUILD)/bench
 BENCH_BIN  := $(BENCH_DIR)/bench
+SESSION_BENCH_BIN := $(BENCH_DIR)/session_bench
 BENCH_ARGS ?=
 BENCH_QUICK ?=
 
-.PHONY: bench bench-build bench-smoke
+.PHONY: bench bench-build bench-smoke session-bench-smoke
 
 bench-build: examples
 	@mkdir -p $(BENCH_DIR)
 	PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(CC) -std=c11 -O2 -Wall -Wextra -Werror Tests/bench/bench.c \
 	  $$(PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(PKG_CONFIG) --cflags --libs goxelpool) -lpthread -o $(BENCH_BIN)
+	PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(CC) -std=c11 -O2 -Wall -Wextra -Werror Tests/bench/session_bench.c \
+	  $$(PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(PKG_CONFIG) --cflags --libs goxelpool) -lpthread -o $(SESSION_BENCH_BIN)
 
 bench: bench-build
 	BENCH_QUICK=$(BENCH_QUICK) SOCKET=$(SOCKET) $(BENCH_BIN) --refd $(STAGE)/bin/goxel-refd $(BENCH_ARGS)
+	@# Sessions: a session and a durable session's journal against plain calls; restore time.
+	BENCH_QUICK=$(BENCH_QUICK) $(SESSION_BENCH_BIN) --refd $(STAGE)/bin/goxel-refd
 	@# acquire + release inside the library (state machine and lock, no I/O): a Swift program,
 	@# since the C API has no bare acquire.
 	$(SWIFT) build --scratch-path $(SCRATCH) -c release --product goxelpool-corebench
 	$(SCRATCH)/release/goxelpool-corebench $(if $(BENCH_QUICK),200000,2000000)
 
-bench-smoke: bench-build
+bench-smoke: bench-build session-bench-smoke
 	@out=$$(mktemp /tmp/goxelpool-bench-smoke.XXXXXX); \
 	if ! BENCH_QUICK=1 SOCKET= $(BENCH_BIN) --refd $(STAGE)/bin/goxel-refd > $$out; then \
 	  echo "bench-smoke: FAIL: the benchmark exited with an error"; cat $$out; rm -f $$out; exit 1; fi; \
 	if python3 -c 'import json, sys; rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]; kinds = {r["bench"] for r in rows}; need = {"throughput", "scaling", "health", "health_idle", "acquire", "batch", "memory", "size", "endpoints"}; sys.exit(0 if need <= kinds and all(r.get("errors", 0) == 0 for r in rows) else "missing rows or errors: %s" % sorted(need - kinds))' $$out; then \
 	  echo "bench-smoke: ok: $$(grep -c '^{' $$out) JSON rows"; rm -f $$out; \
 	else echo "bench-smoke: FAIL: invalid or missing JSON rows"; cat $$out; rm -f $$out; exit 1; fi
+
+# The sessions benchmark in its quick form is part of `make test`: its restore row checks that a
+# durable session with 10 000 journaled calls comes back whole after kill -9 (no threshold on time).
+session-bench-smoke: bench-build
+	@out=$$(mktemp /tmp/goxelpool-bench-smoke.XXXXXX); \
+	if ! BENCH_QUICK=1 $(SESSION_BENCH_BIN) --refd $(STAGE)/bin/goxel-refd > $$out 2>/dev/null; then \
+	  echo "bench-smoke: FAIL: the sessions benchmark exited with an error"; cat $$out; rm -f $$out; exit 1; fi; \
+	if python3 -c 'import json, sys; rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]; kinds = {r["bench"] for r in rows}; sys.exit(0 if {"session_cost", "session_restore"} <= kinds and all(r.get("errors", 0) == 0 for r in rows) else "missing session rows")' $$out; then \
+	  echo "bench-smoke: ok: sessions, $$(grep -c '^{' $$out) JSON rows"; rm -f $$out; \
+	else echo "bench-smoke: FAIL: invalid or missing session rows"; cat $$out; rm -f $$out; exit 1; fi
+
+test-extra: session-bench-smoke

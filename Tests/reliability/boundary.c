@@ -659,6 +659,70 @@ static void test_bad_calls(void) {
     goxelpool_client_free(client);
 }
 
+/* ---- 5b. sessions: NULL handles, bad options, use after the client closed ------------------- */
+
+static void test_sessions(void) {
+    goxelpool_session *session = (goxelpool_session *)0x1;
+    json_t *res = NULL, *rerr = NULL;
+    expect("session_open(NULL client)", goxelpool_session_open(NULL, NULL, 100, &session), GOXELPOOL_EINVAL);
+    result(session == NULL, "session_open(NULL client) clears out", NULL);
+    expect("session_call(NULL session)", goxelpool_session_call(NULL, "ping", NULL, 100, &res, &rerr), GOXELPOOL_EINVAL);
+    result(res == NULL && rerr == NULL, "session_call(NULL) clears result and rpc_error", NULL);
+    result(goxelpool_session_info(NULL) == NULL, "session_info(NULL) is NULL", NULL);
+    expect("session_close(NULL)", goxelpool_session_close(NULL), GOXELPOOL_OK);
+
+    goxelpool_client *client = make_client(NULL);
+    expect("session_open(out NULL)", goxelpool_session_open(client, NULL, 100, NULL), GOXELPOOL_EINVAL);
+    static const struct { const char *name, *options, *key; } bad[] = {
+        {"session options: an array", "[]", "options"},
+        {"session options: JSON null", "null", "options"},
+        {"session options: unknown key", "{\"colour\": 1}", "colour"},
+        {"session options: key not a string", "{\"key\": 7}", "key"},
+        {"session options: empty key", "{\"key\": \"\"}", "key"},
+        {"session options: exclusive not a boolean", "{\"exclusive\": \"yes\"}", "exclusive"},
+        {"session options: durable not a boolean", "{\"durable\": 1}", "durable"},
+        {"session options: durable without checkpoint_dir", "{\"durable\": true}", "checkpoint_dir"},
+        {"session options: durable and shared", "{\"durable\": true, \"exclusive\": false, \"checkpoint_dir\": \"/tmp\"}", "exclusive"},
+        {"session options: relative checkpoint_dir", "{\"checkpoint_dir\": \"cp\"}", "checkpoint_dir"},
+        {"session options: checkpoint_every 0", "{\"checkpoint_every\": 0}", "checkpoint_every"},
+        {"session options: checkpoint_every real", "{\"checkpoint_every\": 1.5}", "checkpoint_every"},
+        {"session options: checkpoint_interval_ms -1", "{\"checkpoint_interval_ms\": -1}", "checkpoint_interval_ms"},
+        {"session options: max_journal_entries 0", "{\"max_journal_entries\": 0}", "max_journal_entries"},
+        {"session options: restore_timeout_ms huge", "{\"restore_timeout_ms\": 99999999999}", "restore_timeout_ms"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        json_t *options = json_loads(bad[i].options, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        session = (goxelpool_session *)0x1;
+        goxelpool_status st = goxelpool_session_open(client, options, 200, &session);
+        const char *message = goxelpool_last_error();
+        result(st == GOXELPOOL_EINVAL && session == NULL && strstr(message, bad[i].key) != NULL, bad[i].name,
+               "%s: %s", goxelpool_status_name(st), message);
+        if (st == GOXELPOOL_OK) goxelpool_session_close(session);
+        json_decref(options);
+    }
+    /* A good session: bad calls on it, then the client closes under it. */
+    expect("session_open", goxelpool_session_open(client, NULL, 2000, &session), GOXELPOOL_OK);
+    expect("session_call(method NULL)", goxelpool_session_call(session, NULL, NULL, -1, NULL, NULL), GOXELPOOL_EINVAL);
+    expect("session_call(method \"\")", goxelpool_session_call(session, "", NULL, -1, NULL, NULL), GOXELPOOL_EINVAL);
+    json_t *scalar = json_integer(1);
+    expect("session_call(scalar params)", goxelpool_session_call(session, "echo", scalar, -1, NULL, NULL), GOXELPOOL_EINVAL);
+    json_decref(scalar);
+    expect("session_call(unknown method) ERPC", goxelpool_session_call(session, "no.such", NULL, -1, &res, &rerr), GOXELPOOL_ERPC);
+    result(res == NULL && rerr != NULL, "session_call ERPC gives rpc_error only", NULL);
+    json_decref(rerr);
+    rerr = NULL;
+    expect("session_call(timeout_ms 0)", goxelpool_session_call(session, "ping", NULL, 0, NULL, NULL), GOXELPOOL_ETIMEDOUT);
+    goxelpool_session *second = NULL;
+    expect("second exclusive session on the only daemon: ETIMEDOUT", goxelpool_session_open(client, NULL, 100, &second), GOXELPOOL_ETIMEDOUT);
+    goxelpool_client_free(client);
+    expect("session_call after client_free", goxelpool_session_call(session, "ping", NULL, -1, NULL, NULL), GOXELPOOL_ECLOSED);
+    json_t *info = goxelpool_session_info(session);
+    const char *state = json_string_value(json_object_get(info, "state"));
+    result(state && strcmp(state, "closed") == 0, "session_info after client_free: closed", "%s", state ? state : "?");
+    json_decref(info);
+    expect("session_close after client_free", goxelpool_session_close(session), GOXELPOOL_OK);
+}
+
 /* ---- 5. use after close, double close -------------------------------------------------------- */
 
 static void cb_count(goxelpool_status s, const json_t *r, const json_t *e, void *u) {
@@ -978,6 +1042,7 @@ int main(int argc, char **argv) {
     test_config();
     test_bad_calls();
     test_after_close();
+    test_sessions();
     test_reentrancy();
     test_no_params_in_logs();
     /* Clients freed from their own callbacks are closed and freed on detached library threads:
