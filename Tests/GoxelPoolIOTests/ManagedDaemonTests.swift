@@ -410,13 +410,6 @@ func childProcesses() -> [Int32] {
     return children
 }
 
-final class Flag: @unchecked Sendable {
-    private let lock = PthreadMutex()
-    private var on = false
-    func set() { lock.withLock { on = true } }
-    var isSet: Bool { lock.withLock { on } }
-}
-
 /// Checks the order the sessions hook is promised: when willRetire runs, the replacement takes
 /// calls and the old daemon is still an endpoint.
 final class RetirementRecorder: ManagedDaemonObserver, @unchecked Sendable {
