@@ -48,7 +48,7 @@ let package = Package(
         .testTarget(name: "GoxelPoolIntegrationTests",
                     dependencies: ["GoxelPool", "GoxelPoolIO", "GoxelPoolCore", "CGoxelPool", "CJansson"],
                     path: "Tests",
-                    exclude: ["GoxelPoolCoreTests", "bench", "faults", "fuzz", "packaging", "reliability"],
+                    exclude: ["GoxelPoolCoreTests", "bench", "faults", "fuzz", "packaging", "reliability", "spawn"],
                     sources: ["GoxelPoolIOTests", "GoxelPoolABITests", "RefDaemonSupport"]),
     ]
 )

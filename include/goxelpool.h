@@ -393,6 +393,9 @@ goxelpool_status goxelpool_session_close(goxelpool_session *session);
  *     of its own (a Ctrl-C to the host's terminal does not reach it);
  *   - when the host dies (even by SIGKILL) its daemons die too (PR_SET_PDEATHSIG); their private
  *     directory is then left in /tmp, as any crash leaves its files.
+ * Under valgrind (which cannot run the reaper's kind of clone) the reaper is a thread instead,
+ * and the daemons are direct children of the host: a host's waitpid(-1) could then take their
+ * exit status (the exit is reported with an unknown status, and handled all the same).
  * ------------------------------------------------------------------------------------------- */
 
 #ifdef __cplusplus

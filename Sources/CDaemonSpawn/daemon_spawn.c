@@ -4,6 +4,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <string.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -72,12 +74,15 @@ enum { STACK_BYTES = 64 * 1024 };
 struct spawn_state {
     const gxp_spawn_request *request; /* valid until the STARTED or FAILED record is read */
     pid_t host;
-    pid_t reaper_self;                /* written by the reaper, read by the daemon */
-    int status_w;                     /* the reaper's ends of the two pipes */
+    pid_t daemon_parent;              /* what the daemon's getppid() must say */
+    int status_w;                     /* the reaper's ends of the pipes */
     int ack_r;
-    volatile int exec_error;          /* written by the daemon when execve fails */
+    int exec_r;                       /* execve's failure (an errno), or EOF once it succeeded */
+    int exec_w;
     void *stacks;                     /* [reaper's stack | daemon's stack] */
     int ended;                        /* the library has read the daemon's end */
+    int in_thread;                    /* the reaper is a thread of the host (under valgrind) */
+    pthread_t thread;
 };
 
 CHILD_CODE static void child_exit(int code) {
@@ -123,61 +128,73 @@ CHILD_CODE static int daemon_main(void *raw) {
     /* Every signal is still blocked: reset every handler to the default, then unblock. */
     struct kernel_sigaction dfl = {0, 0, 0, 0};
     for (int sig = 1; sig <= 64; sig++) raw_syscall(SYS_rt_sigaction, sig, (long)&dfl, 0, KERNEL_SIGSET_BYTES, 0);
-    /* Dies with its reaper, which dies with the library's thread. */
+    /* Dies with the thread or process that waits for it, which dies with the library's thread. */
     if ((rc = raw_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)) != 0) goto fail;
-    if (raw_syscall(SYS_getppid, 0, 0, 0, 0, 0) != s->reaper_self) { rc = -ESRCH; goto fail; }
+    if (raw_syscall(SYS_getppid, 0, 0, 0, 0, 0) != s->daemon_parent) { rc = -ESRCH; goto fail; }
     raw_syscall(SYS_setpgid, 0, 0, 0, 0, 0);
     /* The request's descriptors are >= 3, never equal to their targets (dup3 refuses that). */
     if ((rc = raw_syscall(SYS_dup3, r->stdin_fd, 0, 0, 0, 0)) < 0) goto fail;
     if ((rc = raw_syscall(SYS_dup3, r->stdout_fd, 1, 0, 0, 0)) < 0) goto fail;
     if ((rc = raw_syscall(SYS_dup3, r->stderr_fd, 2, 0, 0, 0)) < 0) goto fail;
-    int stdio[3] = {0, 1, 2};
-    close_all_but(stdio, 3);
+    /* Nothing of the host's survives; exec_w is close-on-exec: execve closes it, which says
+     * "started" to the reaper. */
+    int keep[4] = {0, 1, 2, s->exec_w};
+    close_all_but(keep, 4);
     uint64_t none = 0;
     raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, (long)&none, 0, KERNEL_SIGSET_BYTES, 0);
     rc = raw_syscall(SYS_execve, (long)r->path, (long)r->argv, (long)r->envp, 0, 0);
-fail:
-    s->exec_error = rc < 0 ? (int)-rc : EINVAL;
+fail:;
+    int error = rc < 0 ? (int)-rc : EINVAL;
+    raw_syscall(SYS_write, s->exec_w, (long)&error, sizeof error, 0, 0);
     child_exit(127);
     return 127;
 }
 
-/* The reaper: starts the daemon, reports its pid, waits for it, reports how it ended, waits
- * for the library's acknowledgement (EOF on the ack pipe), reaps it, exits. */
-CHILD_CODE static int reaper_main(void *raw) {
-    struct spawn_state *s = raw;
+/* Starts the daemon, reports its pid, waits for it, reports how it ended, waits for the
+ * library's acknowledgement (EOF on the ack pipe), reaps it. Then the reaper exits (a process)
+ * or returns (a thread). */
+CHILD_CODE static void reaper_body(struct spawn_state *s) {
     const gxp_spawn_request *r = s->request;
-    /* Signals stay blocked here for good (no handler of the host may run on this stack); only
-     * SIGCHLD's disposition matters: ignored, the kernel would reap the daemon away. */
-    struct kernel_sigaction dfl = {0, 0, 0, 0};
-    raw_syscall(SYS_rt_sigaction, SIGCHLD, (long)&dfl, 0, KERNEL_SIGSET_BYTES, 0);
-    if (raw_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 ||
-        raw_syscall(SYS_getppid, 0, 0, 0, 0, 0) != s->host) {
-        send_record(s->status_w, RECORD_FAILED, ESRCH);
-        child_exit(1);
+    if (!s->in_thread) {
+        /* Signals stay blocked here for good (no handler of the host may run on this stack);
+         * only SIGCHLD's disposition matters: ignored, the kernel would reap the daemon away. */
+        struct kernel_sigaction dfl = {0, 0, 0, 0};
+        raw_syscall(SYS_rt_sigaction, SIGCHLD, (long)&dfl, 0, KERNEL_SIGSET_BYTES, 0);
+        if (raw_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 ||
+            raw_syscall(SYS_getppid, 0, 0, 0, 0, 0) != s->host) {
+            send_record(s->status_w, RECORD_FAILED, ESRCH);
+            child_exit(1);
+        }
+        /* This process got a copy of the host's descriptor table: keep nothing of the host's
+         * open (a host's socket or pipe held here would not see its peer close). */
+        int keep[7] = {s->status_w, s->ack_r, s->exec_r, s->exec_w, r->stdin_fd, r->stdout_fd, r->stderr_fd};
+        close_all_but(keep, 7);
+        s->daemon_parent = (pid_t)raw_syscall(SYS_getpid, 0, 0, 0, 0, 0);
+    } else {
+        s->daemon_parent = s->host;
     }
-    /* This process got a copy of the host's descriptor table: keep nothing of the host's open
-     * (a host's socket or pipe held here would not see its peer close). */
-    int keep[5] = {s->status_w, s->ack_r, r->stdin_fd, r->stdout_fd, r->stderr_fd};
-    close_all_but(keep, 5);
-    s->reaper_self = (pid_t)raw_syscall(SYS_getpid, 0, 0, 0, 0, 0);
 
     /* glibc's clone: the only libc call here (an assembly stub; errno only on failure). */
     pid_t pid = clone(daemon_main, (char *)s->stacks + 2 * STACK_BYTES, CLONE_VM | CLONE_VFORK | SIGCHLD, s);
+    raw_syscall(SYS_close, s->exec_w, 0, 0, 0, 0);
+    siginfo_t info;
+    long rc;
     if (pid < 0) {
         send_record(s->status_w, RECORD_FAILED, EAGAIN);
-        child_exit(1);
+        goto done;
     }
-    siginfo_t info;
-    if (s->exec_error != 0) {
+    /* EOF: execve succeeded (it closed exec_w); else the errno it failed with. (Under valgrind,
+     * which runs CLONE_VFORK as a fork, this read is what waits for the exec.) */
+    int error = 0;
+    while ((rc = raw_syscall(SYS_read, s->exec_r, (long)&error, sizeof error, 0, 0)) == -EINTR) {}
+    if (rc == (long)sizeof error) {
         while (raw_syscall(SYS_waitid, P_PID, pid, (long)&info, WEXITED, 0) == -EINTR) {}
-        send_record(s->status_w, RECORD_FAILED, s->exec_error);
-        child_exit(0);
+        send_record(s->status_w, RECORD_FAILED, error > 0 ? error : EINVAL);
+        goto done;
     }
     send_record(s->status_w, RECORD_STARTED, pid);
     /* WNOWAIT: the daemon stays unreaped, so its pid is not reused while the library may still
      * signal it. */
-    long rc;
     while ((rc = raw_syscall(SYS_waitid, P_PID, pid, (long)&info, WEXITED | WNOWAIT, 0)) == -EINTR) {}
     if (rc != 0) send_record(s->status_w, RECORD_UNKNOWN, 0);
     else if (info.si_code == CLD_EXITED) send_record(s->status_w, RECORD_EXITED, info.si_status);
@@ -185,8 +202,32 @@ CHILD_CODE static int reaper_main(void *raw) {
     char byte;
     while ((rc = raw_syscall(SYS_read, s->ack_r, (long)&byte, 1, 0, 0)) > 0 || rc == -EINTR) {}
     while (raw_syscall(SYS_waitid, P_PID, pid, (long)&info, WEXITED, 0) == -EINTR) {}
+done:
+    raw_syscall(SYS_close, s->exec_r, 0, 0, 0, 0);
+    if (!s->in_thread) child_exit(0);
+    /* A thread shares the host's descriptor table: its ends are closed here. */
+    raw_syscall(SYS_close, s->status_w, 0, 0, 0, 0);
+    raw_syscall(SYS_close, s->ack_r, 0, 0, 0, 0);
+}
+
+CHILD_CODE static int reaper_process_main(void *raw) {
+    reaper_body(raw);
     child_exit(0);
     return 0;
+}
+
+static void *reaper_thread_main(void *raw) {
+    reaper_body(raw);
+    return NULL;
+}
+
+/* valgrind cannot run a clone(CLONE_VM) that is neither a thread nor a vfork ("Unsupported
+ * clone() flags"): under it the reaper is a thread, and the daemon a direct child of the host
+ * (whose waitpid(-1) could then take its status: reported as unknown). valgrind loads its
+ * preload libraries through LD_PRELOAD. */
+static int under_valgrind(void) {
+    const char *preload = getenv("LD_PRELOAD");
+    return preload && strstr(preload, "/vgpreload_") != NULL;
 }
 
 /* A descriptor number >= 3 (a host with its standard descriptors closed gets 0..2 back). */
@@ -219,6 +260,11 @@ static void free_state(struct spawn_state *s) {
     free(s);
 }
 
+static void close_pair(int fds[2]) {
+    if (fds[0] >= 0) close(fds[0]);
+    if (fds[1] >= 0) close(fds[1]);
+}
+
 int gxp_spawn(const gxp_spawn_request *request, gxp_daemon *daemon) {
     if (!request || !daemon || !request->path || !request->argv || !request->envp || request->stdin_fd < 3 ||
         request->stdout_fd < 3 || request->stderr_fd < 3)
@@ -231,16 +277,12 @@ int gxp_spawn(const gxp_spawn_request *request, gxp_daemon *daemon) {
         free_state(s);
         return ENOMEM;
     }
-    int status[2], ack[2];
-    if (pipe_above2(status) != 0) {
+    int status[2] = {-1, -1}, ack[2] = {-1, -1}, exec[2] = {-1, -1};
+    if (pipe_above2(status) != 0 || pipe_above2(ack) != 0 || pipe_above2(exec) != 0) {
         int e = errno;
-        free_state(s);
-        return e;
-    }
-    if (pipe_above2(ack) != 0) {
-        int e = errno;
-        close(status[0]);
-        close(status[1]);
+        close_pair(status);
+        close_pair(ack);
+        close_pair(exec);
         free_state(s);
         return e;
     }
@@ -248,23 +290,36 @@ int gxp_spawn(const gxp_spawn_request *request, gxp_daemon *daemon) {
     s->host = getpid();
     s->status_w = status[1];
     s->ack_r = ack[0];
+    s->exec_r = exec[0];
+    s->exec_w = exec[1];
+    s->in_thread = under_valgrind();
 
     /* Every signal blocked, glibc's internal ones too (hence the raw call): the reaper starts
      * (and stays) with them blocked, so no handler of the host ever runs on its stack. */
     uint64_t all = ~(uint64_t)0, old = 0;
     raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, (long)&all, (long)&old, KERNEL_SIGSET_BYTES, 0);
-    /* No exit signal (the low byte of the flags): a clone child, no SIGCHLD to the host. */
-    pid_t reaper = clone(reaper_main, (char *)s->stacks + STACK_BYTES, CLONE_VM, s);
-    int clone_error = errno;
+    pid_t reaper = 0;
+    int start_error = 0;
+    if (s->in_thread) {
+        start_error = pthread_create(&s->thread, NULL, reaper_thread_main, s);
+    } else {
+        /* No exit signal (the low byte of the flags): a clone child, no SIGCHLD to the host. */
+        reaper = clone(reaper_process_main, (char *)s->stacks + STACK_BYTES, CLONE_VM, s);
+        if (reaper < 0) start_error = errno;
+    }
     raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, (long)&old, 0, KERNEL_SIGSET_BYTES, 0);
-    /* The reaper has copies of its ends (no CLONE_FILES). */
-    close(status[1]);
-    close(ack[0]);
-    if (reaper < 0) {
-        close(status[0]);
-        close(ack[1]);
+    if (start_error != 0) {
+        close_pair(status);
+        close_pair(ack);
+        close_pair(exec);
         free_state(s);
-        return clone_error;
+        return start_error;
+    }
+    /* A reaper process has copies of its ends (no CLONE_FILES); a thread closes them itself. */
+    if (!s->in_thread) {
+        close(status[1]);
+        close(ack[0]);
+        close_pair(exec);
     }
     /* The request must outlive the reaper's use of it: wait for STARTED or FAILED. */
     struct record r = {0, 0};
@@ -277,8 +332,8 @@ int gxp_spawn(const gxp_spawn_request *request, gxp_daemon *daemon) {
     }
     if (got < sizeof r || r.kind != RECORD_STARTED) {
         close(ack[1]);
+        if (s->in_thread) pthread_join(s->thread, NULL); else wait_reaper(reaper);
         close(status[0]);
-        wait_reaper(reaper);
         free_state(s);
         return got < sizeof r ? ECHILD : (r.value > 0 ? r.value : EINVAL);
     }
@@ -310,10 +365,11 @@ int gxp_daemon_poll(gxp_daemon *daemon, int *exited, int *value) {
 void gxp_daemon_release(gxp_daemon *daemon) {
     struct spawn_state *s = daemon ? daemon->private_state : NULL;
     if (!s) return;
-    /* Still running: its reaper goes, and PR_SET_PDEATHSIG takes the daemon with it. */
-    if (!s->ended) kill(daemon->reaper, SIGKILL);
+    /* Still running: its reaper process goes, and PR_SET_PDEATHSIG takes the daemon with it (a
+     * reaper thread cannot be killed: the daemon is, then the thread reaps it). */
+    if (!s->ended) kill(s->in_thread ? daemon->pid : daemon->reaper, SIGKILL);
     close(daemon->ack_fd);
-    wait_reaper(daemon->reaper);
+    if (s->in_thread) pthread_join(s->thread, NULL); else wait_reaper(daemon->reaper);
     close(daemon->status_fd);
     daemon->ack_fd = daemon->status_fd = -1;
     daemon->private_state = NULL;

@@ -117,7 +117,7 @@ public struct DaemonSupervision {
         /// A restarted daemon is ready after its predecessor exited unexpectedly (hook).
         case restarted(lost: DaemonID, successor: DaemonID)
         case signal(DaemonID, Signal)
-        case event(Event)
+        indirect case event(Event)
     }
 
     public enum Event: Sendable, Equatable {

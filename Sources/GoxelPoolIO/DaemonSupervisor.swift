@@ -376,7 +376,7 @@ public final class DaemonSupervisor: @unchecked Sendable {
         var template = Array((base + "/goxelpool-XXXXXX").utf8CString)
         let made = template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.flatMap { mkdtemp($0) } } != nil
         guard made else { return nil }
-        let path = String(cString: template)
+        let path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         _ = chmod(path, 0o700)
         lock.withLock { directory = path }
         return path
@@ -405,9 +405,12 @@ public final class DaemonSupervisor: @unchecked Sendable {
         defer { closedir(dir) }
         var names: [String] = []
         while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            // Byte by byte up to the NUL: what follows it in d_name is not initialised.
+            var bytes: [UInt8] = []
+            withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                for byte in raw { if byte == 0 { break }; bytes.append(byte) }
             }
+            let name = String(decoding: bytes, as: UTF8.self)
             if name != "." && name != ".." { names.append(name) }
         }
         return names

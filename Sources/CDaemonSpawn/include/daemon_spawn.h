@@ -18,6 +18,8 @@
  *   - PR_SET_PDEATHSIG(SIGKILL) ties the reaper to the thread that called gxp_spawn and the
  *     daemon to its reaper: when that thread or the whole host dies, both die.
  * Both children run only raw system calls (they share the host's memory and thread pointer).
+ * Under valgrind, which cannot run such a clone, the reaper is a thread of the host instead (the
+ * daemon is then the host's child: a host's waitpid(-1) could take its status).
  */
 #ifndef GOXELPOOL_DAEMON_SPAWN_H
 #define GOXELPOOL_DAEMON_SPAWN_H
@@ -38,7 +40,7 @@ typedef struct gxp_spawn_request {
 /* A started daemon and its reaper. Owned by the caller until gxp_daemon_release. */
 typedef struct gxp_daemon {
     pid_t pid;                 /* the daemon */
-    pid_t reaper;              /* the library's own child that waits for it */
+    pid_t reaper;              /* the library's own child that waits for it (0: a thread, under valgrind) */
     int status_fd;             /* non-blocking, close-on-exec: polls readable when the daemon ended */
     int ack_fd;                /* closed by gxp_daemon_release: the reaper may then reap and exit */
     void *private_state;
