@@ -319,7 +319,7 @@ public final class DaemonSupervisor: @unchecked Sendable {
 
     private func start(_ id: DaemonID, slot: Int) {
         let now = Clock.now()
-        guard let directory = directory ?? makeDirectory() else {
+        guard directory != nil || makeDirectory() != nil else {
             modify { $0.spawnFailed(id, reason: "cannot create a private directory for the sockets: \(errnoText())", now: Clock.now()) }
             return
         }
@@ -328,7 +328,6 @@ public final class DaemonSupervisor: @unchecked Sendable {
             modify { $0.spawnFailed(id, reason: "socket path \(path) is longer than \(Endpoint.maxUnixPathBytes) bytes", now: Clock.now()) }
             return
         }
-        _ = directory
         let command = spawn.command.map { substitute($0, socket: path) }
         let (environment, searchPath) = environmentBlock(socket: path)
         switch DaemonProcess.spawn(id: id, command: command, environment: environment, searchPath: searchPath, socketPath: path,
