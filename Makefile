@@ -2,9 +2,9 @@
 #
 #   make                  release build: build/lib/libgoxelpool.so.X.Y.Z (+ .so.X, .so links),
 #                         build/bin/goxel-refd, build/size.txt
-#   make demo             build, install into build/stage, start a supervised goxel-refd on a
-#                         temporary socket and run examples-c/demo.c against it
-#                         (make demo SOCKET=/path uses a daemon that is already running)
+#   make demo             build, install into build/stage and run examples-c/demo.c in spawn mode:
+#                         the library starts build/stage/bin/goxel-refd itself (no daemon to
+#                         start by hand); make demo SOCKET=/path uses a daemon already running
 #   make test             swift build --build-tests, swift test, Tests/packaging/run.sh
 #   make install          PREFIX=/usr/local (default) DESTDIR= (for packagers): the library, its
 #                         header and goxelpool.pc, goxel-refd, the goxelpool tool and its man page

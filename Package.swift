@@ -6,7 +6,9 @@ import PackageDescription
 //   CLinux         Linux headers Swift's Glibc module lacks (eventfd)
 //   CGoxelPool     include/goxelpool.h as a C module: the contract the shim is checked against
 //   GoxelPoolCore  pure decisions: configuration, pool and health state machines, backoff (no I/O)
-//   GoxelPoolIO    sockets, framing, JSON-RPC codec, threads: runs the core's actions
+//   CDaemonSpawn   starting and reaping managed daemons (clone + prctl + execve; only raw system
+//                  calls in the child), which Swift and posix_spawn cannot do
+//   GoxelPoolIO    sockets, framing, JSON-RPC codec, threads, processes: runs the core's actions
 //   GoxelPool      the C ABI shim (@c @implementation), built into libgoxelpool.so
 //   goxel-refd     the reference daemon used by the demo, the tests and the benchmarks
 //   goxelpool-corebench  acquire + release cost without I/O (make bench)
@@ -32,8 +34,9 @@ let package = Package(
             .product(name: "Histogram", package: "hdrhistogram-swift"),
             .product(name: "RealModule", package: "swift-numerics"),
         ]),
+        .target(name: "CDaemonSpawn"),
         .target(name: "GoxelPoolIO", dependencies: [
-            "GoxelPoolCore", "CJansson", "CLinux",
+            "GoxelPoolCore", "CJansson", "CLinux", "CDaemonSpawn",
             .product(name: "DequeModule", package: "swift-collections"),
         ]),
         .target(name: "GoxelPool", dependencies: ["GoxelPoolIO", "GoxelPoolCore", "CGoxelPool", "CJansson"]),
@@ -47,7 +50,7 @@ let package = Package(
         .testTarget(name: "GoxelPoolIntegrationTests",
                     dependencies: ["GoxelPool", "GoxelPoolIO", "GoxelPoolCore", "CGoxelPool", "CJansson"],
                     path: "Tests",
-                    exclude: ["GoxelPoolCoreTests", "bench", "cli", "faults", "fuzz", "metrics", "packaging", "reliability", "setup"],
+                    exclude: ["GoxelPoolCoreTests", "bench", "cli", "faults", "fuzz", "metrics", "packaging", "reliability", "setup", "spawn"],
                     sources: ["GoxelPoolIOTests", "GoxelPoolABITests", "RefDaemonSupport"]),
     ]
 )

@@ -1,18 +1,23 @@
 /*
  * demo.c - a guided tour of libgoxelpool (run by `make demo`).
  *
- *   demo SOCKET [--control]
+ *   demo --spawn DAEMON [--control]     (make demo: the library starts the daemon itself)
+ *   demo SOCKET [--control]             (make demo SOCKET=/path: a daemon already running)
  *
- * Connects a pooled client (2..6 connections, a health check every second), registers a listener
- * that prints every alert, health, connection and pool event as it arrives, then:
+ * With --spawn the client starts DAEMON (goxel-refd, or goxel-daemon) itself on a socket of its
+ * own (spawn mode: no daemon to start by hand) and restarts it when it dies; with SOCKET it
+ * connects to a daemon that is already running. It pools 2..6 connections with a health check
+ * every second, registers a listener that prints every alert, health, connection, pool and
+ * daemon event as it arrives, then:
  *   1. 4 threads add voxels and read them back;
  *   2. a batch of requests fanned out over the pool;
  *   3. statistics and health, as JSON.
- * With --control (the daemon is the reference daemon goxel-refd started with --supervise):
+ * With --control (the daemon is the reference daemon goxel-refd: started by the library with
+ * --spawn, else started by hand with --supervise):
  *   4. the daemon is made slow (refd.set_faults {"latency_ms": 400}) for 3 s of traffic, then
  *      fast again: health tiers go down and come back;
- *   5. the daemon crashes (refd.crash) and its supervisor restarts it: 3 s of traffic show the
- *      failures and the pool reconnecting;
+ *   5. the daemon crashes (refd.crash) and is restarted (by the library with --spawn, else by
+ *      its supervisor): 3 s of traffic show the failures and the recovery;
  *   6. final statistics and health.
  * Exits 0 when the traffic of steps 1-2 succeeded and, with --control, the daemon is reachable
  * again at the end.
@@ -278,29 +283,40 @@ static void show_health_summary(const char *when) {
 }
 
 int main(int argc, char **argv) {
-    const char *socket_path = argc > 1 ? argv[1] : "/tmp/goxel-daemon.sock";
-    int with_control = argc > 2 && strcmp(argv[2], "--control") == 0;
+    int spawn = argc > 2 && strcmp(argv[1], "--spawn") == 0;
+    const char *target = spawn ? argv[2] : argc > 1 ? argv[1] : "/tmp/goxel-daemon.sock";
+    int next = spawn ? 3 : 2;
+    int with_control = argc > next && strcmp(argv[next], "--control") == 0;
     int ok = 1;
     clock_gettime(CLOCK_MONOTONIC, &started);
     setvbuf(stdout, NULL, _IOLBF, 0);
 
-    say("libgoxelpool %s: demo against %s%s", goxelpool_version(), socket_path,
-        with_control ? " (reference daemon under our control)" : "");
+    say("libgoxelpool %s: demo %s %s%s", goxelpool_version(), spawn ? "starting its own daemon:" : "against",
+        target, with_control ? " (reference daemon under our control)" : "");
     json_t *config = json_pack(
-        "{s:s, s:b, s:i,"
+        "{s:b, s:i,"
         " s:{s:i, s:i},"
         " s:{s:i, s:i, s:i, s:i, s:i},"
         " s:{s:i}}",
-        "socket_path", socket_path, "pooling", 1, "timeout_ms", 2000,
+        "pooling", 1, "timeout_ms", 2000,
         "pool", "min_connections", 2, "max_connections", 6,
         "health", "interval_ms", 1000, "healthy_latency_ms", 200, "degraded_latency_ms", 800,
         "failure_threshold", 2, "success_threshold", 2,
         "reconnect", "initial_backoff_ms", 200);
+    if (spawn) {
+        /* Spawn mode: the library runs the daemon on a socket in a private directory of its own
+         * ({socket}), waits until it answers, restarts it when it dies, stops it at free. For the
+         * real daemon: ["goxel-daemon", "--foreground", "--socket", "{socket}"]. */
+        json_object_set_new(config, "spawn", json_pack("{s:[s,s,s], s:i}", "command", target, "--socket", "{socket}",
+                                                       "instances", 1));
+    } else {
+        json_object_set_new(config, "socket_path", json_string(target));
+    }
     char errbuf[256];
     goxelpool_status st = goxelpool_client_new(config, &client, errbuf, sizeof errbuf);
-    say("connect: pooled, 2..6 connections, health check every 1000 ms (healthy < 200 ms, "
-        "degraded < 800 ms), reconnect backoff from 200 ms: %s",
-        goxelpool_status_name(st));
+    say("client: pooled, 2..6 connections, health check every 1000 ms (healthy < 200 ms, "
+        "degraded < 800 ms), reconnect backoff from 200 ms%s: %s",
+        spawn ? ", one managed daemon" : "", goxelpool_status_name(st));
     json_decref(config);
     if (st != GOXELPOOL_OK) {
         fprintf(stderr, "demo: goxelpool_client_new: %s\n", errbuf);
@@ -309,9 +325,10 @@ int main(int argc, char **argv) {
     int listener = -1;
     st = goxelpool_add_listener(client,
                                 GOXELPOOL_EVENT_ALERT | GOXELPOOL_EVENT_HEALTH |
-                                    GOXELPOOL_EVENT_CONNECTION | GOXELPOOL_EVENT_POOL,
+                                    GOXELPOOL_EVENT_CONNECTION | GOXELPOOL_EVENT_POOL |
+                                    GOXELPOOL_EVENT_DAEMON,
                                 on_event, NULL, &listener);
-    say("listener for alert, health, connection and pool events: %s (id %d)",
+    say("listener for alert, health, connection, pool and daemon events: %s (id %d)",
         goxelpool_status_name(st), listener);
     if (st != GOXELPOOL_OK) ok = 0;
 
@@ -392,7 +409,7 @@ int main(int argc, char **argv) {
         show_health_summary("after recovery");
 
         /* 5. A crash and a restart. */
-        say("step 5: the daemon crashes (refd.crash); its supervisor restarts it");
+        say("step 5: the daemon crashes (refd.crash); %s restarts it", spawn ? "the library" : "its supervisor");
         control("refd.crash", NULL);
         struct tally crash = traffic(2, 3.0);
         describe(&crash, line, sizeof line);

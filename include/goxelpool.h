@@ -93,7 +93,13 @@ typedef struct goxelpool_client goxelpool_client;
  *     endpoints [] (instead of socket_path: "unix:/path", "tcp:host:port", "tcp:[::1]:port";
  *              see "Several daemons behind one client" below), max_total_connections 0 (no cap),
  *     outlier_detection { consecutive_failures 5, success_rate 0.5, window 20, minimum_calls 10,
- *              base_ejection_ms 1000, max_ejection_ms 30000, panic_threshold 0.5 }.
+ *              base_ejection_ms 1000, max_ejection_ms 30000, panic_threshold 0.5 },
+ *     spawn { command [...] (required: the daemon's argv, "{socket}" replaced by the socket the
+ *              library chose; see "Managed daemons" below), instances 1 (1..64), env {} (strings
+ *              added to, or replacing, the environment the daemon inherits; "{socket}" replaced),
+ *              max_connections_per_process 240 (0: no limit), max_age_ms 0 (0: none; else >= 1000),
+ *              start_timeout_ms 10000, stop_grace_ms 2000, drain_timeout_ms 60000,
+ *              output "log" | "null" } (instead of socket_path or endpoints).
  * out: receives the client (set to NULL on failure). Must not be NULL.
  * errbuf: may be NULL; else receives a NUL-terminated message on failure (truncated to
  *   errbuf_len - 1 bytes).
@@ -106,7 +112,10 @@ goxelpool_status goxelpool_client_new(const json_t *config, goxelpool_client **o
 /* Stops the client: new calls fail with ECLOSED at once; calls waiting for a connection fail with
  * ECLOSED; calls in flight may finish for up to drain_timeout_ms (< 0: the configured timeout_ms),
  * then their connections are shut down and they fail with ECLOSED; queued async calls get their
- * callback with ECLOSED. Every socket is closed and every library thread joined before it returns.
+ * callback with ECLOSED. Then the managed daemons (spawn) get SIGTERM, SIGKILL after
+ * spawn.stop_grace_ms, and are reaped; their sockets and private directory are removed. Every
+ * socket is closed, every process the library started reaped and every library thread joined
+ * before it returns.
  * Idempotent: a second close returns OK at once. In thread mode it must not be called from a
  * callback of this client (returns EINVAL: it would wait for itself); in dispatch mode callbacks
  * run on your thread, so it may be, and the callbacks of queued async calls then wait in the
@@ -208,7 +217,8 @@ goxelpool_status goxelpool_add_endpoint(goxelpool_client *client, const char *en
 /* Removes a daemon: no new call goes there; calls in flight on it finish for up to
  * drain_timeout_ms (< 0: the configured timeout_ms), then its connections are closed. Returns
  * when done. Must not be called from a callback of this client (EINVAL).
- * Returns OK, EINVAL (NULL, malformed, not present, called from a callback). */
+ * Returns OK, EINVAL (NULL, malformed, not present, called from a callback, or a daemon the
+ * library manages: spawn replaces and stops those itself). */
 goxelpool_status goxelpool_remove_endpoint(goxelpool_client *client, const char *endpoint,
                                            int drain_timeout_ms);
 
@@ -217,7 +227,8 @@ goxelpool_status goxelpool_remove_endpoint(goxelpool_client *client, const char 
  * ------------------------------------------------------------------------------------------- */
 
 /* A snapshot of the pool's statistics as a JSON object (new reference; NULL if client is NULL or
- * out of memory). Keys: see README "Statistics". Valid at any instant, also after close. */
+ * out of memory). Keys: see README "Statistics" (with spawn also "daemons", one object per
+ * managed daemon, and "spawn", their totals). Valid at any instant, also after close. */
 json_t *goxelpool_stats(goxelpool_client *client);
 
 /* A snapshot of the health monitor: pool state ("ready", "degraded", "unhealthy", "closed") and,
@@ -235,7 +246,8 @@ enum {
     GOXELPOOL_EVENT_LOG = 1u << 5,        /* "log": level, message (see config log_level) */
     GOXELPOOL_EVENT_SESSION = 1u << 6,    /* "session": session_opened, session_closed, session_restoring,
                                            * session_restored, checkpoint (with session_id, endpoint) */
-    GOXELPOOL_EVENT_DAEMON = 1u << 7,     /* "daemon": a managed daemon started, exited, recycled */
+    GOXELPOOL_EVENT_DAEMON = 1u << 7,     /* "daemon": daemon_started, daemon_exited, daemon_recycling,
+                                           * daemon_retired (managed daemons, with pid, endpoint, slot) */
     GOXELPOOL_EVENT_ALL = 0xff
 };
 
@@ -430,6 +442,47 @@ goxelpool_status goxelpool_metrics_text(goxelpool_client *client, char **out);
 /* Releases memory the library allocated for the caller (the text of goxelpool_metrics_text).
  * NULL is fine. Any thread. Never use free() on it: the library may allocate differently. */
 void goxelpool_free(void *p);
+
+/* ---------------------------------------------------------------------------------------------
+ * Managed daemons (the "spawn" configuration; no functions of their own)
+ *
+ * With "spawn": {"command": ["goxel-daemon", "--foreground", "--socket", "{socket}"], ...} the
+ * client starts `instances` daemons itself, each on a socket of its own in a private directory
+ * (mkdtemp under $TMPDIR or /tmp, mode 0700), and makes each one an endpoint once it answers
+ * `ping` (health.method). A call made before any daemon answers waits within its deadline; when
+ * the last start of every daemon failed, calls fail at once with ECONNECT and a message naming
+ * the command, its exit status or signal, and its last lines of output (goxelpool_last_error).
+ * A start that fails (command not found, exit before answering, no answer within
+ * start_timeout_ms) is retried after the reconnect backoff. A daemon that exits is restarted at
+ * once; when daemons keep dying soon after their start, restarts wait for the backoff.
+ * Recycling: before a daemon has had max_connections_per_process connections in its life (the
+ * real daemon accepts 256), or when it reaches max_age_ms, its replacement is started; new calls
+ * go to the replacement once it answers; the old daemon drains (its calls in flight finish, up to
+ * drain_timeout_ms), then gets SIGTERM and, after stop_grace_ms, SIGKILL. The library never opens
+ * more than max_connections_per_process connections to one daemon: calls wait rather than fail.
+ * Events of kind "daemon" and alerts daemon_start_failed, daemon_crashed, daemon_crash_loop tell
+ * what happens; goxelpool_stats and goxelpool_health list the daemons (pid, state, start time,
+ * restarts, lifetime connections).
+ *
+ * What the library then owns, besides the threads of every client: one supervisor thread (it
+ * starts every daemon, so it lives until close), up to 4 threads for readiness probes and up to
+ * 8 for removing endpoints (their drain); per daemon two processes: the daemon, and its reaper, a
+ * small process sharing the host's memory that waits for the daemon and reports how it ended.
+ * Toward the host program:
+ *   - no signal handler is installed; the host gets no SIGCHLD for the library's processes, and
+ *     its wait(), waitpid(-1, ...) or a SIGCHLD set to SIG_IGN never see or reap them (only a
+ *     wait with __WALL or __WCLONE would); the library waits only for its own reapers;
+ *   - no descriptor of the host leaks into a daemon, close-on-exec or not (all but 0, 1, 2 are
+ *     closed; stdin is /dev/null; stdout and stderr go to log events, kind "log", level "info",
+ *     at most 20 lines a second after a burst of 50, or to /dev/null with "output": "null");
+ *   - every signal handler is reset to the default in the daemon, which runs in a process group
+ *     of its own (a Ctrl-C to the host's terminal does not reach it);
+ *   - when the host dies (even by SIGKILL) its daemons die too (PR_SET_PDEATHSIG); their private
+ *     directory is then left in /tmp, as any crash leaves its files.
+ * Under valgrind (which cannot run the reaper's kind of clone) the reaper is a thread instead,
+ * and the daemons are direct children of the host: a host's waitpid(-1) could then take their
+ * exit status (the exit is reported with an unknown status, and handled all the same).
+ * ------------------------------------------------------------------------------------------- */
 
 #ifdef __cplusplus
 }

@@ -126,9 +126,10 @@ func poolHealthJSON(_ snapshot: PoolClient.Snapshot, into connections: UnsafeMut
     return object
 }
 
-/// The client's totals over its endpoints (one endpoint: exactly that pool's figures).
+/// The client's totals over its endpoints (one endpoint: exactly that pool's figures). Managed
+/// daemons may all be starting: then the totals are zero, the state unhealthy.
 func aggregate(_ multi: MultiPoolClient.Snapshot) -> PoolClient.Snapshot? {
-    guard var total = multi.endpoints.first?.pool else { return nil }
+    guard var total = multi.endpoints.first?.pool ?? multi.daemons.map({ PoolClient.Snapshot.empty(startedAt: Instant(nanoseconds: $0.now.nanoseconds - multi.uptime.nanoseconds), now: $0.now) }) else { return nil }
     for other in multi.endpoints.dropFirst().map(\.pool) {
         total.statistics.merge(other.statistics)
         total.total += other.total; total.idle += other.idle; total.busy += other.busy
@@ -145,7 +146,45 @@ func aggregate(_ multi: MultiPoolClient.Snapshot) -> PoolClient.Snapshot? {
     }
     total.eventsDelivered = multi.eventsDelivered
     total.eventsDropped = multi.eventsDropped
+    if let daemons = multi.daemons { total.statistics.alertsGenerated.merge(daemons.alertsGenerated, uniquingKeysWith: +) }
     return total
+}
+
+/// The managed daemons (spawn mode), one object each: for statistics and health.
+func daemonsJSON(_ snapshot: DaemonSupervisor.Snapshot) -> UnsafeMutablePointer<json_t>? {
+    let list = json_array()
+    for daemon in snapshot.daemons {
+        let item = JSONObject()
+        let slot = snapshot.slots.indices.contains(daemon.slot) ? snapshot.slots[daemon.slot] : nil
+        item.set("slot", daemon.slot)
+        item.set("pid", daemon.pid.map { json_integer(json_int_t($0)) } ?? json_null())
+        item.set("endpoint", daemon.endpoint)
+        item.set("state", daemon.state.rawValue)
+        item.set("started_at", json_integer(json_int_t(Clock.wallMilliseconds(of: daemon.startedAt))))
+        item.set("ready_at", daemon.readyAt.map { json_integer(json_int_t(Clock.wallMilliseconds(of: $0))) } ?? json_null())
+        item.set("uptime_ms", (snapshot.now - daemon.startedAt).milliseconds)
+        item.set("restarts", slot?.restarts ?? 0)
+        item.set("recycles", slot?.recycles ?? 0)
+        item.set("lifetime_connections", daemon.lifetimeConnections)
+        item.set("max_connections", daemon.connectionLimit)
+        item.set("recycling", daemon.recycleReason?.rawValue)
+        if let raw = item.raw { json_array_append_new(list, raw) }
+    }
+    return list
+}
+
+/// Totals of the managed daemons over the client's life.
+func spawnJSON(_ snapshot: DaemonSupervisor.Snapshot) -> UnsafeMutablePointer<json_t>? {
+    let object = JSONObject()
+    object.set("directory", snapshot.directory)
+    object.set("daemons_started", snapshot.daemonsStarted)
+    object.set("restarts", snapshot.slots.reduce(0) { $0 + $1.restarts })
+    object.set("recycles", snapshot.slots.reduce(0) { $0 + $1.recycles })
+    object.set("start_failures", snapshot.slots.reduce(0) { $0 + $1.startFailures })
+    object.set("crashes", snapshot.slots.reduce(0) { $0 + $1.crashes })
+    object.set("recycle_threshold", snapshot.recycleThreshold)
+    object.set("output_lines_dropped", snapshot.outputLinesDropped)
+    return object.raw
 }
 
 /// "closed", "open", "half_open" when all endpoints agree, else "mixed".
@@ -184,6 +223,10 @@ func statisticsJSON(_ multi: MultiPoolClient.Snapshot) -> UnsafeMutablePointer<j
         if let raw = item.raw { json_array_append_new(list, raw) }
     }
     object.set("endpoints", list)
+    if let daemons = multi.daemons {
+        object.set("daemons", daemonsJSON(daemons))
+        object.set("spawn", spawnJSON(daemons))
+    }
     return object.raw
 }
 
@@ -214,6 +257,7 @@ func healthJSON(_ multi: MultiPoolClient.Snapshot) -> UnsafeMutablePointer<json_
     let sessions = json_array()
     for info in multi.sessions.sessions { if let raw = sessionInfoJSON(info).raw { json_array_append_new(sessions, raw) } }
     object.set("sessions", sessions)
+    if let daemons = multi.daemons { object.set("daemons", daemonsJSON(daemons)) }
     return object.raw
 }
 

@@ -190,6 +190,43 @@ public struct ClientConfiguration: Sendable, Equatable {
         public init() {}
     }
 
+    /// The `spawn` section: daemons the library starts, supervises and recycles itself (README
+    /// "Managed daemons"). Present: the client's endpoints are these daemons, not socket_path.
+    public struct SpawnConfiguration: Sendable, Equatable {
+        /// Where the daemons' stdout and stderr go: log events (kind `log`), or /dev/null.
+        public enum Output: String, Sendable, Equatable, CaseIterable { case log, null }
+
+        /// One `env` entry: added to the environment the daemon inherits, or replacing a variable
+        /// of the same name.
+        public struct EnvironmentVariable: Sendable, Equatable {
+            public var name: String
+            public var value: String
+            public init(_ name: String, _ value: String) { self.name = name; self.value = value }
+        }
+
+        /// Replaced by the daemon's socket path in `command` and in `env` values.
+        public static let socketPlaceholder = "{socket}"
+
+        /// argv of the daemon; `command[0]` without a `/` is looked up in PATH.
+        public var command: [String] = []
+        public var instances = 1
+        public var environment: [EnvironmentVariable] = []
+        /// Connections the library opens to one daemon process in its whole life, at most (the
+        /// real daemon accepts 256); the replacement starts before. 0: no limit.
+        public var maxConnectionsPerProcess = 240
+        /// A daemon is replaced after this long (up to 10 % earlier); 0: never for its age.
+        public var maxAgeMs = 0
+        /// From the start of the process to its first answered `ping`.
+        public var startTimeoutMs = 10_000
+        /// SIGTERM, then SIGKILL after this long.
+        public var stopGraceMs = 2000
+        /// How long calls in flight on a daemon being replaced may still run.
+        public var drainTimeoutMs = 60_000
+        public var output = Output.log
+
+        public init() {}
+    }
+
     /// At most 107 bytes of UTF-8 (sockaddr_un.sun_path less its NUL), no NUL.
     public var socketPath = "/tmp/goxel-daemon.sock"
     public var pooling = true
@@ -212,9 +249,21 @@ public struct ClientConfiguration: Sendable, Equatable {
     /// Cap on connections across all endpoints; 0: none (each endpoint has pool.max_connections).
     public var maxTotalConnections = 0
     public var outlierDetection = OutlierDetectionConfiguration()
+    /// Managed daemons (`spawn`); nil: connect to socket_path or endpoints.
+    public var spawn: SpawnConfiguration?
 
-    /// The endpoints to connect to: `endpoints`, or else `socket_path`.
-    public var effectiveEndpoints: [Endpoint] { endpoints.isEmpty ? [.unix(path: socketPath)] : endpoints }
+    /// The endpoints to connect to: `endpoints`, or else `socket_path`; none with `spawn` (the
+    /// managed daemons are added as they become ready).
+    public var effectiveEndpoints: [Endpoint] {
+        if spawn != nil { return [] }
+        return endpoints.isEmpty ? [.unix(path: socketPath)] : endpoints
+    }
+
+    /// How many endpoints the client normally has: the managed daemons, or the effective endpoints.
+    public var plannedEndpointCount: Int { spawn?.instances ?? effectiveEndpoints.count }
+
+    /// Several daemons behind the client (listed endpoints or managed daemons).
+    public var hasSeveralEndpointSources: Bool { !endpoints.isEmpty || spawn != nil }
 
     /// All defaults.
     public init() {}
@@ -268,10 +317,6 @@ public struct ClientConfiguration: Sendable, Equatable {
             throw ConfigurationError(key: "endpoints", message: "give either socket_path or endpoints, not both")
         }
         c.maxTotalConnections = try top.int("max_total_connections", c.maxTotalConnections, 0...1_000_000)
-        if c.maxTotalConnections > 0 && c.maxTotalConnections < c.effectiveEndpoints.count {
-            throw ConfigurationError(key: "max_total_connections",
-                                     message: "\(c.maxTotalConnections) is fewer than one connection per endpoint (\(c.effectiveEndpoints.count))")
-        }
 
         var p = try top.section("pool")
         c.pool.minConnections = try p.int("min_connections", c.pool.minConnections, 0...1024)
@@ -336,8 +381,50 @@ public struct ClientConfiguration: Sendable, Equatable {
         try o.notGreater("base_ejection_ms", c.outlierDetection.baseEjectionMs,
                          than: "max_ejection_ms", c.outlierDetection.maxEjectionMs, reportSecond: true)
 
+        if top.has("spawn") {
+            c.spawn = try parseSpawn(top.section("spawn"), pool: c.pool)
+            if let other = ["socket_path", "endpoints"].first(where: top.has) {
+                throw ConfigurationError(key: "spawn", message: "give either spawn or \(other), not both")
+            }
+        }
+
         try top.finish()
+        if c.maxTotalConnections > 0 && c.maxTotalConnections < c.plannedEndpointCount {
+            throw ConfigurationError(key: "max_total_connections",
+                                     message: "\(c.maxTotalConnections) is fewer than one connection per endpoint (\(c.plannedEndpointCount))")
+        }
         return c
+    }
+
+    /// The `spawn` section. Every key is checked for its type and range before the cross-field
+    /// rules, so a wrong value is reported under its own key.
+    private static func parseSpawn(_ section: ConfigObject, pool: PoolConfiguration) throws(ConfigurationError) -> SpawnConfiguration {
+        var s = section
+        var spawn = SpawnConfiguration()
+        spawn.command = try s.stringArray("command", [])
+        spawn.instances = try s.int("instances", spawn.instances, 1...64)
+        spawn.environment = try s.stringMap("env").map { SpawnConfiguration.EnvironmentVariable($0.0, $0.1) }
+        spawn.maxConnectionsPerProcess = try s.int("max_connections_per_process", spawn.maxConnectionsPerProcess, 0...1_000_000)
+        spawn.maxAgeMs = try s.int("max_age_ms", spawn.maxAgeMs, 0...msMax, except: 1...999)
+        spawn.startTimeoutMs = try s.int("start_timeout_ms", spawn.startTimeoutMs, 1...msMax)
+        spawn.stopGraceMs = try s.int("stop_grace_ms", spawn.stopGraceMs, 0...msMax)
+        spawn.drainTimeoutMs = try s.int("drain_timeout_ms", spawn.drainTimeoutMs, 0...msMax)
+        spawn.output = try s.choice("output", spawn.output)
+        try s.finish()
+        // After it is ready a daemon has had its readiness probe and the pool's min_connections;
+        // recycling starts at most half-way to the limit, so the limit must leave room for both.
+        let least = 2 * (pool.minConnections + 2)
+        if spawn.maxConnectionsPerProcess != 0 && spawn.maxConnectionsPerProcess < least {
+            throw s.fail("max_connections_per_process",
+                         "must be 0 (no limit) or at least \(least) (twice pool.min_connections + 2, so that a daemon is replaced in time), got \(spawn.maxConnectionsPerProcess)")
+        }
+        if !s.has("command") { throw s.fail("command", "required: the daemon's argv, e.g. [\"goxel-daemon\", \"--foreground\", \"--socket\", \"{socket}\"]") }
+        if spawn.command.isEmpty { throw s.fail("command", "must not be empty") }
+        let placeholder = SpawnConfiguration.socketPlaceholder
+        if !spawn.command.contains(where: { $0.contains(placeholder) }) && !spawn.environment.contains(where: { $0.value.contains(placeholder) }) {
+            throw s.fail("command", "no argument (nor env value) contains \(placeholder): the daemon would not listen on the socket the library chose")
+        }
+        return spawn
     }
 
     /// Milliseconds are handed to C as `int`.
@@ -432,6 +519,27 @@ private struct ConfigObject {
         var out: [String] = []
         for (index, item) in items.enumerated() {
             out.append(try Self.checkedString(item, key: "\(path(key))[\(index)]", maxBytes: nil))
+        }
+        return out
+    }
+
+    /// An object of strings (an environment): names non-empty, without `=` or NUL; values
+    /// without NUL (empty allowed). In document order.
+    mutating func stringMap(_ key: String) throws(ConfigurationError) -> [(String, String)] {
+        guard let v = value(key) else { return [] }
+        let map = try ConfigObject(v, path: path(key), prefix: path(key) + ".")
+        var out: [(String, String)] = []
+        for member in map.members {
+            let name = map.path(Self.shown(member.key))
+            if member.key.isEmpty { throw ConfigurationError(key: name, message: "a variable name must not be empty") }
+            if member.key.utf8.contains(0) || member.key.contains("=") {
+                throw ConfigurationError(key: name, message: "a variable name must not contain '=' or NUL")
+            }
+            guard case .string(let text) = member.value else {
+                throw ConfigurationError(key: name, message: "expected a string, got \(member.value.typeName)")
+            }
+            if text.utf8.contains(0) { throw ConfigurationError(key: name, message: "must not contain NUL") }
+            out.append((member.key, text))
         }
         return out
     }

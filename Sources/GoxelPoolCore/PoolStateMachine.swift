@@ -116,6 +116,10 @@ public struct PoolStateMachine {
         public var latencySpikeFactor = 3.0
         /// queue_saturated: waiters above this share of maxWaiters (re-armed below half of it).
         public var queueSaturation = 0.8
+        /// Connections this pool may ever open; 0: unlimited. A managed daemon accepts only so
+        /// many in its lifetime: past this the pool opens nothing more and callers wait (for a
+        /// connection coming back, or for the daemon's replacement).
+        public var maxConnectionAttempts = 0
         public init() {}
     }
 
@@ -248,7 +252,9 @@ public struct PoolStateMachine {
             statistics.rejectedBusy += 1
             // Still grow toward max (with max_waiters 0 this is the only way the pool grows).
             let opening = connections.values.contains { $0.state == .opening }
-            if !opening && connections.count < settings.maxConnections && backoffUntil == nil { openConnections(1, now: now, into: &actions) }
+            if !opening && connections.count < settings.maxConnections && backoffUntil == nil && openBudget > 0 {
+                openConnections(1, now: now, into: &actions)
+            }
             return (.failed(.busy), actions)
         }
         waiters.append(Waiter(id: waiter, enqueuedAt: now))
@@ -576,13 +582,18 @@ public struct PoolStateMachine {
         // opening are the supply for those waiters, not more demand.
         let opening = connections.values.reduce(0) { $0 + ($1.state == .opening ? 1 : 0) }
         let wanted = min(settings.maxConnections, max(settings.minConnections, connections.count - opening + waiters.count))
-        var missing = wanted - connections.count
+        var missing = min(wanted - connections.count, openBudget)
         if backoff.consecutiveFailures > 0 { missing = min(missing, 1 - opening) }
         guard missing > 0 else {
             if opening == 0 { lostConnections = 0 }
             return
         }
         openConnections(missing, now: now, into: &actions)
+    }
+
+    /// How many more connections may be opened (maxConnectionAttempts).
+    public var openBudget: Int {
+        settings.maxConnectionAttempts > 0 ? max(0, settings.maxConnectionAttempts - statistics.connectionAttempts) : .max
     }
 
     private mutating func openConnections(_ count: Int, now: Instant, into actions: inout [PoolAction]) {

@@ -20,12 +20,30 @@ public final class MultiPoolClient: @unchecked Sendable {
     private var nextMemberID = 1
     private var closing = false
     private let startedAt = Clock.now()
+    /// Managed daemons (`spawn`): they become endpoints as they answer, and go as they are
+    /// replaced or die. Set once, at the end of init.
+    public private(set) var supervisor: DaemonSupervisor?
+    /// What a call that finds no endpoint does while daemons are managed (nil: not managed).
+    private var managedAvailability: ManagedAvailability?
+    /// Broadcast when an endpoint is added, the managed availability changes, or at close.
+    private let endpointsChanged = Condition()
 
     struct Member {
         let endpoint: Endpoint
         let pool: PoolClient
         /// This endpoint's share of max_total_connections.
         let maxConnections: Int
+        /// A daemon the library started: only the library removes it.
+        let managed: Bool
+    }
+
+    /// Set by the supervisor: a call with no endpoint to go to waits for a daemon that is
+    /// starting, fails with the reason the starts failed, or fails because the client stops.
+    public enum ManagedAvailability: Sendable, Equatable {
+        case serving
+        case starting
+        case failing(CallFailure)
+        case stopped
     }
 
     /// `endpoints` must not be empty; each gets min/max of `configuration.pool`, within
@@ -44,33 +62,46 @@ public final class MultiPoolClient: @unchecked Sendable {
         policy.maxEjection = .milliseconds(outlier.maxEjectionMs)
         policy.panicThreshold = outlier.panicThreshold
         balancer = EndpointBalancer(policy: policy, seed: UInt64(bitPattern: Clock.now().nanoseconds))
-        let total = configuration.maxTotalConnections
-        let share = total > 0 ? max(1, total / max(1, endpoints.count)) : configuration.pool.maxConnections
-        let perEndpoint = min(configuration.pool.maxConnections, share)
-        asyncWorkers = WorkerGroup(threads: min(perEndpoint * max(1, endpoints.count), 64),
+        let planned = max(1, configuration.plannedEndpointCount)
+        let perEndpoint = Self.share(of: configuration, among: planned)
+        asyncWorkers = WorkerGroup(threads: min(perEndpoint * planned, 64),
                                    capacity: max(configuration.pool.maxWaiters, 1))
         sessions = SessionManager(configuration: configuration, events: events)
         for endpoint in endpoints { _ = addLocked(endpoint, max: perEndpoint) }
         sessions.availability = { [weak self] in self?.sessionAvailability() ?? [:] }
+        // Last: its thread starts at once and adds endpoints as daemons answer.
+        if configuration.spawn != nil {
+            managedAvailability = .starting
+            supervisor = DaemonSupervisor(configuration: configuration, client: self)
+        }
+    }
+
+    /// One endpoint's pool.max_connections within max_total_connections, shared out evenly.
+    private static func share(of configuration: ClientConfiguration, among count: Int) -> Int {
+        let total = configuration.maxTotalConnections
+        let share = total > 0 ? max(1, total / max(1, count)) : configuration.pool.maxConnections
+        return min(configuration.pool.maxConnections, share)
     }
 
     /// Under the lock (or from init).
-    private func addLocked(_ endpoint: Endpoint, max maxConnections: Int) -> Int {
+    private func addLocked(_ endpoint: Endpoint, max maxConnections: Int, managed: Bool = false,
+                           connectionBudget: Int = 0, attemptObserver: ((Int) -> Void)? = nil) -> Int {
         var settings = configuration
         // With several daemons, a broken call is retried once at once on the same one, and then
         // on the others (retry_attempts in all), rather than waiting retry_delay_ms on a daemon
         // that just failed.
-        if !configuration.endpoints.isEmpty { settings.retryAttempts = min(1, configuration.retryAttempts) }
+        if configuration.hasSeveralEndpointSources { settings.retryAttempts = min(1, configuration.retryAttempts) }
         settings.pool.maxConnections = maxConnections
         settings.pool.minConnections = min(configuration.pool.minConnections, maxConnections)
         let id = nextMemberID
         nextMemberID += 1
-        let pool = PoolClient(configuration: settings, endpoint: endpoint, events: events) { [weak sessions] pid in
+        let pool = PoolClient(configuration: settings, endpoint: endpoint, events: events, onDaemonIdentified: { [weak sessions] pid in
             sessions?.daemonIdentified(endpointID: id, pid: pid)
-        }
-        members[id] = Member(endpoint: endpoint, pool: pool, maxConnections: maxConnections)
+        }, connectionBudget: connectionBudget, attemptObserver: attemptObserver)
+        members[id] = Member(endpoint: endpoint, pool: pool, maxConnections: maxConnections, managed: managed)
         balancer.add(id: id, now: Clock.now())
         sessions.endpointAdded(id: id, endpoint: endpoint, pool: pool)
+        endpointsChanged.broadcast()
         return id
     }
 
@@ -79,28 +110,91 @@ public final class MultiPoolClient: @unchecked Sendable {
     public func call(method: String, params: OpaquePointer?, timeout: Span?, notification: Bool = false) -> CallOutcome {
         // One endpoint (the socket_path case): nothing to choose, so no balancer on the hot path.
         lock.lock()
-        if members.count == 1, let only = members.first?.value, !closing {
+        if members.count == 1, let (onlyID, only) = members.first, !closing {
+            let managed = managedAvailability != nil
             lock.unlock()
-            return only.pool.call(method: method, params: params, timeout: timeout, notification: notification)
+            guard managed else {
+                return only.pool.call(method: method, params: params, timeout: timeout, notification: notification)
+            }
+            // A managed daemon can be replaced or restart meanwhile: a call it never ran goes on.
+            let deadline = Clock.now() + (timeout ?? .milliseconds(configuration.timeoutMs))
+            let outcome = only.pool.call(method: method, params: params, timeout: deadline - Clock.now(), notification: notification)
+            guard case .failure(let failure) = outcome, mayGoElsewhere(failure, method: method, notification: notification),
+                  Clock.now() < deadline else { return outcome }
+            return routedCall(method: method, params: params, deadline: deadline, notification: notification,
+                              tried: [onlyID], lastFailure: failure, retries: rerouted(failure) ? 0 : 1)
         }
         lock.unlock()
         let deadline = Clock.now() + (timeout ?? .milliseconds(configuration.timeoutMs))
-        var tried: [Int] = []
-        var lastFailure: CallFailure?
+        return routedCall(method: method, params: params, deadline: deadline, notification: notification,
+                          tried: [], lastFailure: nil, retries: 0)
+    }
+
+    /// How long a call that failed on every managed daemon waits for news of a daemon's death.
+    static let deathNoticeGrace = Span.milliseconds(250)
+
+    /// The request did not reach its daemon (no connection, circuit open, queue full, or the
+    /// endpoint was removed while the call waited), or the method is idempotent and the
+    /// connection broke or its endpoint was removed under it: another daemon may serve it.
+    private func mayGoElsewhere(_ failure: CallFailure, method: String, notification: Bool) -> Bool {
+        let neverSent = failure.status == .connect || failure.status == .unavailable || failure.status == .busy || rerouted(failure)
+        let idempotent = !notification && configuration.isIdempotent(method: method)
+        let cutOff = failure.status == .io || (failure.status == .closed && !isClosing)
+        return neverSent || (idempotent && cutOff)
+    }
+
+    /// Its endpoint was removed (replaced, or its daemon died) before the request was sent: going
+    /// elsewhere is no retry and does not count against retry_attempts.
+    private func rerouted(_ failure: CallFailure) -> Bool {
+        failure.status == .closed && !failure.mayHaveRun && !isClosing
+    }
+
+    private func routedCall(method: String, params: OpaquePointer?, deadline: Instant, notification: Bool,
+                            tried initiallyTried: [Int], lastFailure initialFailure: CallFailure?, retries initialRetries: Int) -> CallOutcome {
+        var tried = initiallyTried
+        var lastFailure = initialFailure
+        var retries = initialRetries
+        var graced = false
         while true {
             lock.lock()
-            let closed = closing
-            let picked = closed ? nil : balancer.pick(now: Clock.now(), excluding: tried)
-            let member = picked.flatMap { members[$0.id] }
-            lock.unlock()
-            if let changes = picked?.changes, !changes.isEmpty { report(changes) }
-            guard let picked, let member else {
-                if closed { return .failure(CallFailure(.closed, "client is closed")) }
-                return .failure(lastFailure ?? CallFailure(.unavailable, "no endpoint is available"))
+            if closing {
+                lock.unlock()
+                return .failure(CallFailure(.closed, "client is closed"))
             }
+            let picked = balancer.pick(now: Clock.now(), excluding: tried)
+            guard let picked, let member = members[picked.id] else {
+                // Managed daemons: wait for one that is starting, within the deadline.
+                switch managedAvailability {
+                case .starting?:
+                    if Clock.now() < deadline {
+                        endpointsChanged.wait(lock, until: deadline)
+                        lock.unlock()
+                        continue
+                    }
+                    lock.unlock()
+                    return .failure(lastFailure ?? CallFailure(.timedOut, "no managed daemon became ready before the deadline"))
+                case .failing(let failure)?:
+                    lock.unlock()
+                    return .failure(failure)
+                case .stopped?:
+                    lock.unlock()
+                    return .failure(CallFailure(.closed, "client is closed"))
+                case .serving? where lastFailure != nil && !graced && Clock.now() < deadline:
+                    // A daemon that dies closes its connections before its exit reaches the
+                    // supervisor: give it a moment to say so (then the call waits for the restart).
+                    graced = true
+                    endpointsChanged.wait(lock, until: min(deadline, Clock.now() + Self.deathNoticeGrace))
+                    lock.unlock()
+                    continue
+                case .serving?, nil:
+                    lock.unlock()
+                    return .failure(lastFailure ?? CallFailure(.unavailable, "no endpoint is available"))
+                }
+            }
+            lock.unlock()
+            if !picked.changes.isEmpty { report(picked.changes) }
             let began = Clock.now()
-            let remaining = deadline - began
-            let outcome = member.pool.call(method: method, params: params, timeout: remaining, notification: notification)
+            let outcome = member.pool.call(method: method, params: params, timeout: deadline - began, notification: notification)
             let ended = Clock.now()
             var answered = true
             var failure: CallFailure?
@@ -111,19 +205,16 @@ public final class MultiPoolClient: @unchecked Sendable {
             }
             lock.lock()
             let changes = balancer.finished(id: picked.id, success: answered, latency: ended - began, now: ended)
-            let others = members.count > tried.count + 1
+            tried.append(picked.id)
+            // Another endpoint exists, or a managed daemon is on its way.
+            let others = members.keys.contains { !tried.contains($0) } || managedAvailability == .starting
             lock.unlock()
             if !changes.isEmpty { report(changes) }
             guard let failure else { return outcome }
-            // Another daemon may serve it: the request never reached this one (no connection,
-            // circuit open, queue full, or the endpoint was removed while the call waited), or
-            // the method is idempotent and the connection broke.
-            let removed = failure.status == .closed && !failure.mayHaveRun && !isClosing
-            let neverSent = failure.status == .connect || failure.status == .unavailable || failure.status == .busy || removed
-            let idempotent = !notification && configuration.isIdempotent(method: method)
-            guard others, neverSent || (idempotent && failure.status == .io), Clock.now() < deadline,
-                  tried.count < max(configuration.retryAttempts, 1) else { return outcome }
-            tried.append(picked.id)
+            let goesOn = rerouted(failure) || retries < max(configuration.retryAttempts, 1)
+            guard others, mayGoElsewhere(failure, method: method, notification: notification), goesOn,
+                  Clock.now() < deadline else { return outcome }
+            if !rerouted(failure) { retries += 1 }
             lastFailure = failure
         }
     }
@@ -166,6 +257,34 @@ public final class MultiPoolClient: @unchecked Sendable {
 
     // MARK: - Endpoints
 
+    /// A managed daemon that answers: calls go there from now on. Its share of
+    /// max_total_connections is that of one instance; `connectionBudget` and `attemptObserver`
+    /// as for PoolClient.
+    func addManagedEndpoint(_ endpoint: Endpoint, connectionBudget: Int, attemptObserver: @escaping (Int) -> Void) -> CallFailure? {
+        lock.lock()
+        defer { lock.unlock() }
+        if closing { return CallFailure(.closed, "client is closed") }
+        let share = Self.share(of: configuration, among: max(1, configuration.plannedEndpointCount))
+        _ = addLocked(endpoint, max: share, managed: true, connectionBudget: connectionBudget, attemptObserver: attemptObserver)
+        return nil
+    }
+
+    /// No new call goes to `endpoint`; what it has in flight (and calls made on its pool
+    /// directly) carry on until it is removed.
+    func stopRouting(_ endpoint: Endpoint) {
+        lock.withLock {
+            if let id = members.first(where: { $0.value.endpoint == endpoint })?.key { balancer.drain(id: id) }
+        }
+    }
+
+    func setManagedAvailability(_ availability: ManagedAvailability) {
+        lock.withLock {
+            guard managedAvailability != availability else { return }
+            managedAvailability = availability
+            endpointsChanged.broadcast()
+        }
+    }
+
     /// Adds a daemon at run time. Its share of max_total_connections is what the others leave.
     public func addEndpoint(_ endpoint: Endpoint) -> CallFailure? {
         lock.lock()
@@ -187,11 +306,16 @@ public final class MultiPoolClient: @unchecked Sendable {
     }
 
     /// Removes a daemon: no new calls go there; calls in flight finish for up to `drain`.
-    public func removeEndpoint(_ endpoint: Endpoint, drain: Span) -> CallFailure? {
+    /// A managed daemon is removed by the library only (`byLibrary`).
+    public func removeEndpoint(_ endpoint: Endpoint, drain: Span, byLibrary: Bool = false) -> CallFailure? {
         lock.lock()
         guard let (id, member) = members.first(where: { $0.value.endpoint == endpoint }) else {
             lock.unlock()
             return CallFailure(.invalid, "endpoint \(endpoint) is not in the pool")
+        }
+        if member.managed && !byLibrary {
+            lock.unlock()
+            return CallFailure(.invalid, "endpoint \(endpoint) is a daemon the library manages (spawn): it replaces and stops it itself")
         }
         balancer.drain(id: id)
         lock.unlock()
@@ -235,17 +359,21 @@ public final class MultiPoolClient: @unchecked Sendable {
 
     public func isLibraryThread() -> Bool {
         if events.isDispatcherThread() || asyncWorkers.isWorkerThread() { return true }
+        if supervisor?.isSupervisorThread() ?? false { return true }
         let pools = lock.withLock { members.values.map(\.pool) }
         return pools.contains { $0.isLibraryThread() }
     }
 
+    /// Closes every endpoint's pool, then stops the managed daemons (SIGTERM, SIGKILL after
+    /// the grace time, reaped, their files and directory removed), then the threads.
     public func close(drain: Span) {
-        let pools: [PoolClient] = lock.withLock {
-            if closing { return [] }
+        let pools: [PoolClient]? = lock.withLock {
+            if closing { return nil }
             closing = true
+            endpointsChanged.broadcast()
             return members.keys.sorted().compactMap { members[$0]?.pool }
         }
-        guard !pools.isEmpty else { return }
+        guard let pools else { return }
         // Sessions refuse calls first; their workers are joined once the pools cannot block them.
         let sessionWorkers = sessions.beginClose()
         // Shut every endpoint down together: the drain deadline is shared, not added up.
@@ -254,6 +382,7 @@ public final class MultiPoolClient: @unchecked Sendable {
             if thread.isRunning { thread.join() } else { pool.close(drain: drain) }
         }
         for worker in sessionWorkers { worker.join() }
+        supervisor?.stop()
         // Queued async calls run now and fail fast with ECLOSED (their callbacks still run once).
         asyncWorkers.stopAndJoin()
         events.stopAndJoin()
@@ -277,6 +406,8 @@ public final class MultiPoolClient: @unchecked Sendable {
         /// Dispatch mode only.
         public var dispatchQueue: DispatchInbox.Counters?
         public var sessions: SessionManager.Snapshot
+        /// The managed daemons (spawn), nil without.
+        public var daemons: DaemonSupervisor.Snapshot?
     }
 
     public func snapshot() -> Snapshot {
@@ -284,13 +415,14 @@ public final class MultiPoolClient: @unchecked Sendable {
             (members.sorted { $0.key < $1.key }, balancer)
         }
         let counters = events.counters()
+        let sessionState = sessions.snapshot()
         let endpoints = list.map { id, member in
             EndpointSnapshot(id: id, endpoint: member.endpoint, pool: member.pool.snapshot(), balancer: balancerState.member(id),
-                             maxConnections: member.maxConnections)
+                             maxConnections: member.maxConnections, sessions: sessionState.perEndpoint[id] ?? 0)
         }
         return Snapshot(endpoints: endpoints, inPanic: balancerState.inPanic, eventsDelivered: counters.delivered,
                         eventsDropped: counters.dropped, uptime: Clock.now() - startedAt,
-                        dispatchQueue: inbox?.counters(), sessions: sessions.snapshot())
+                        dispatchQueue: inbox?.counters(), sessions: sessionState, daemons: supervisor?.snapshot())
     }
 
     private func report(_ changes: [EndpointBalancer.Change]) {

@@ -45,6 +45,14 @@ public final class PoolClient: @unchecked Sendable {
     private var nextWaiter: UInt64 = 1
     private var closing = false
     private let drained = Condition()
+    /// A close in progress waits until this instant for calls in flight; a later close with an
+    /// earlier deadline shortens it (a client closing while one of its endpoints drains).
+    private var drainDeadline: Instant?
+    private var closed = false
+    private let closeFinished = Condition()
+    /// Told the pool's lifetime count of connection attempts after each open it schedules (a
+    /// managed daemon counts the connections it was given).
+    private let attemptObserver: ((Int) -> Void)?
 
     private let maintenanceWakeup = Condition()
     private var maintenanceThread: LibraryThread?
@@ -77,14 +85,19 @@ public final class PoolClient: @unchecked Sendable {
         case check(DaemonConnection)
         case wakeMaintenance
         case event(ClientEvent)
+        case attempted(Int)
     }
 
     /// A pool for `endpoint` (default: the configuration's socket_path). `events`: a shared
     /// event stream (the pool then labels its events with the endpoint and does not stop it).
+    /// `connectionBudget`: connections the pool may ever open (0: no limit), and
+    /// `attemptObserver` is told the count as it grows (managed daemons).
     public init(configuration: ClientConfiguration, endpoint: Endpoint? = nil, events shared: EventDispatcher? = nil,
-                onDaemonIdentified: (@Sendable (Int64) -> Void)? = nil) {
+                onDaemonIdentified: (@Sendable (Int64) -> Void)? = nil,
+                connectionBudget: Int = 0, attemptObserver: ((Int) -> Void)? = nil) {
         self.configuration = configuration
         self.onDaemonIdentified = onDaemonIdentified
+        self.attemptObserver = attemptObserver
         self.endpoint = endpoint ?? .unix(path: configuration.socketPath)
         eventLabel = shared == nil ? nil : self.endpoint.description
         ownsEvents = shared == nil
@@ -114,6 +127,7 @@ public final class PoolClient: @unchecked Sendable {
         settings.circuitBreaker.windowSize = breaker.windowSize
         settings.circuitBreaker.minimumCalls = breaker.minimumCalls
         settings.circuitBreaker.cooldown = .milliseconds(breaker.cooldownMs)
+        settings.maxConnectionAttempts = max(0, connectionBudget)
         let now = Clock.now()
         machine = PoolStateMachine(settings: settings, now: now, seed: UInt64(bitPattern: now.nanoseconds) ^ UInt64(getpid()))
         jobs = WorkerGroup(threads: min(settings.maxConnections, 4), capacity: 4 * settings.maxConnections + 16)
@@ -304,6 +318,7 @@ public final class PoolClient: @unchecked Sendable {
                 deferred.append(.signal(box.wakeup))
             case .open(let id):
                 deferred.append(.open(id))
+                if attemptObserver != nil { deferred.append(.attempted(machine.statistics.connectionAttempts)) }
             case .close(let id, _):
                 if let connection = connections.removeValue(forKey: id) { deferred.append(.close(connection)) }
             case .checkHealth(let id):
@@ -333,6 +348,7 @@ public final class PoolClient: @unchecked Sendable {
                 }
             case .wakeMaintenance: lock.withLock { maintenanceWakeup.signal() }
             case .event(let event): post(event)
+            case .attempted(let count): attemptObserver?(count)
             }
         }
     }
@@ -436,17 +452,28 @@ public final class PoolClient: @unchecked Sendable {
 
     /// Stops new calls, fails waiters, drains in-flight calls up to `drain`, then closes every
     /// socket and joins every thread. Must not be called from one of the client's threads.
+    /// A second close (another thread) shortens the drain to its own deadline if earlier and
+    /// returns when the first one is done.
     public func close(drain: Span) {
         lock.lock()
-        if closing { lock.unlock(); return }
+        let deadline = Clock.now() + drain
+        if closing {
+            if let current = drainDeadline, deadline < current {
+                drainDeadline = deadline
+                drained.broadcast()
+            }
+            while !closed { closeFinished.wait(lock, until: nil) }
+            lock.unlock()
+            return
+        }
         closing = true
+        drainDeadline = deadline
         var deferred = apply(machine.close(now: Clock.now()))
         lock.unlock()
         perform(deferred)
-        let drainDeadline = Clock.now() + drain
         lock.lock()
-        while machine.connectionCount > 0 && Clock.now() < drainDeadline {
-            drained.wait(lock, until: drainDeadline)
+        while machine.connectionCount > 0, let until = drainDeadline, Clock.now() < until {
+            drained.wait(lock, until: until)
         }
         // What is still out is interrupted: its caller's read fails at once and it comes back.
         let abandoned = machine.abandonAll()
@@ -466,6 +493,10 @@ public final class PoolClient: @unchecked Sendable {
         lock.unlock()
         perform(deferred)
         if ownsEvents { events.stopAndJoin() }
+        lock.withLock {
+            closed = true
+            closeFinished.broadcast()
+        }
     }
 
     // MARK: - Statistics, health, events
@@ -479,6 +510,13 @@ public final class PoolClient: @unchecked Sendable {
         public var connections: [(id: ConnectionID, health: HealthTracker, requests: Int, openedAt: Instant?)]
         public var eventsDelivered, eventsDropped: Int
         public var now: Instant
+
+        /// The figures of no pool at all (a client whose managed daemons are all starting).
+        public static func empty(startedAt: Instant, now: Instant) -> Snapshot {
+            Snapshot(statistics: PoolStatistics(startedAt: startedAt), state: .unhealthy, total: 0, idle: 0, busy: 0, opening: 0,
+                     checking: 0, healthy: 0, waiting: 0, poolHealth: HealthTracker(policy: .seedDefault),
+                     circuit: CircuitBreaker(policy: .init()), connections: [], eventsDelivered: 0, eventsDropped: 0, now: now)
+        }
     }
 
     public func snapshot() -> Snapshot {

@@ -45,6 +45,7 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(c.health.degradedLatencyMs, 3000)
         XCTAssertTrue(c.health.trendAnalysis)
         XCTAssertEqual(c.health.trendSampleSize, 10)
+        XCTAssertNil(c.spawn)
     }
 
     func testNullAndEmptyObjectsMeanDefaults() throws {
@@ -322,7 +323,12 @@ final class ConfigurationTests: XCTestCase {
 
     func testInvalidConfigurationsAreRejectedWithTheirKey() {
         XCTAssertGreaterThanOrEqual(Self.invalid.count, 45)
-        for bad in Self.invalid {
+        assertRejected(Self.invalid)
+    }
+
+    /// Each configuration fails to parse, with its key and, where given, its exact description.
+    func assertRejected(_ list: [Bad]) {
+        for bad in list {
             do {
                 let parsed = try Config.parse(bad.config)
                 XCTFail("accepted \(bad.config) as \(parsed)", line: bad.line)
@@ -335,6 +341,117 @@ final class ConfigurationTests: XCTestCase {
                 }
             }
         }
+    }
+
+    // MARK: spawn (managed daemons)
+
+    static let refd: ConfigValue = ["goxel-refd", "--socket", "{socket}"]
+
+    func testSpawnDefaults() throws {
+        let c = try Config.parse(["spawn": ["command": ConfigurationTests.refd]])
+        let spawn = try XCTUnwrap(c.spawn)
+        XCTAssertEqual(spawn.command, ["goxel-refd", "--socket", "{socket}"])
+        XCTAssertEqual(spawn.instances, 1)
+        XCTAssertEqual(spawn.environment, [])
+        XCTAssertEqual(spawn.maxConnectionsPerProcess, 240)
+        XCTAssertEqual(spawn.maxAgeMs, 0)
+        XCTAssertEqual(spawn.startTimeoutMs, 10_000)
+        XCTAssertEqual(spawn.stopGraceMs, 2000)
+        XCTAssertEqual(spawn.drainTimeoutMs, 60_000)
+        XCTAssertEqual(spawn.output, .log)
+        // The managed daemons are the endpoints: none is configured up front.
+        XCTAssertEqual(c.effectiveEndpoints, [])
+        XCTAssertEqual(c.plannedEndpointCount, 1)
+        XCTAssertTrue(c.hasSeveralEndpointSources)
+        XCTAssertEqual(Config.SpawnConfiguration.Output.allCases.map(\.rawValue), ["log", "null"])
+    }
+
+    func testSpawnFullConfiguration() throws {
+        let c = try Config.parse([
+            "pool": ["min_connections": 1],
+            "max_total_connections": 3,
+            "spawn": [
+                "command": ["/usr/bin/goxel-daemon", "--foreground", "--socket", "{socket}"],
+                "instances": 3,
+                "env": ["GOXEL_RENDER_DIR": "/tmp/renders", "EMPTY": "", "SOCK": "{socket}"],
+                "max_connections_per_process": 6,
+                "max_age_ms": 1000,
+                "start_timeout_ms": 1,
+                "stop_grace_ms": 0,
+                "drain_timeout_ms": 0,
+                "output": "null",
+            ],
+        ])
+        var expected = Config.SpawnConfiguration()
+        expected.command = ["/usr/bin/goxel-daemon", "--foreground", "--socket", "{socket}"]
+        expected.instances = 3
+        expected.environment = [.init("GOXEL_RENDER_DIR", "/tmp/renders"), .init("EMPTY", ""), .init("SOCK", "{socket}")]
+        expected.maxConnectionsPerProcess = 6
+        expected.maxAgeMs = 1000
+        expected.startTimeoutMs = 1
+        expected.stopGraceMs = 0
+        expected.drainTimeoutMs = 0
+        expected.output = .null
+        XCTAssertEqual(c.spawn, expected)
+        XCTAssertEqual(c.plannedEndpointCount, 3)
+        // The socket may be handed over in the environment only.
+        let byEnv = try Config.parse(["spawn": ["command": ["daemon"], "env": ["DAEMON_SOCKET": "{socket}"]]])
+        XCTAssertEqual(byEnv.spawn?.command, ["daemon"])
+        // No limit on connections per process.
+        XCTAssertEqual(try Config.parse(["spawn": ["command": ConfigurationTests.refd, "max_connections_per_process": 0]]).spawn?.maxConnectionsPerProcess, 0)
+        XCTAssertEqual(try Config.parse(["spawn": ["command": ConfigurationTests.refd, "instances": 64]]).spawn?.instances, 64)
+    }
+
+    static let invalidSpawn: [Bad] = [
+        Bad(["spawn": .null], "spawn", "spawn: expected an object, got null"),
+        Bad(["spawn": ["goxel-refd"]], "spawn", "spawn: expected an object, got array"),
+        Bad(["spawn": [:]], "spawn.command"),
+        Bad(["spawn": ["instances": 2]], "spawn.command"),
+        Bad(["spawn": ["command": []]], "spawn.command", "spawn.command: must not be empty"),
+        Bad(["spawn": ["command": "goxel-refd --socket {socket}"]], "spawn.command",
+            "spawn.command: expected an array, got string"),
+        Bad(["spawn": ["command": ["goxel-refd", ""]]], "spawn.command[1]", "spawn.command[1]: must not be empty"),
+        Bad(["spawn": ["command": ["goxel-refd", 1]]], "spawn.command[1]"),
+        Bad(["spawn": ["command": ["goxel-refd", "--socket", "/tmp/goxel-daemon.sock"]]], "spawn.command"),
+        Bad(["spawn": ["command": ["goxel-refd", "--socket", "{socket}\u{0}"]]], "spawn.command[2]"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "instances": 0]], "spawn.instances",
+            "spawn.instances: must be between 1 and 64, got 0"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "instances": 65]], "spawn.instances"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "instances": "2"]], "spawn.instances"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "env": ["A", "B"]]], "spawn.env", "spawn.env: expected an object, got array"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "env": ["A": 1]]], "spawn.env.A", "spawn.env.A: expected a string, got integer"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "env": ["A": .null]]], "spawn.env.A"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "env": ["": "x"]]], "spawn.env.\"\""),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "env": ["A=B": "x"]]], "spawn.env.A=B"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "env": ["A": "x\u{0}y"]]], "spawn.env.A", "spawn.env.A: must not contain NUL"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "env": ["A": "x", "A": "y"]]], "spawn.env.A", "spawn.env.A: duplicate key"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "max_connections_per_process": -1]], "spawn.max_connections_per_process"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "max_connections_per_process": 7]], "spawn.max_connections_per_process",
+            "spawn.max_connections_per_process: must be 0 (no limit) or at least 8 (twice pool.min_connections + 2, so that a daemon is replaced in time), got 7"),
+        Bad(["pool": ["min_connections": 4], "spawn": ["command": ConfigurationTests.refd, "max_connections_per_process": 11]],
+            "spawn.max_connections_per_process"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "max_connections_per_process": 1_000_001]], "spawn.max_connections_per_process"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "max_age_ms": 999]], "spawn.max_age_ms",
+            "spawn.max_age_ms: must be 0 or between 1000 and 2147483647, got 999"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "max_age_ms": -1]], "spawn.max_age_ms"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "start_timeout_ms": 0]], "spawn.start_timeout_ms"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "stop_grace_ms": -1]], "spawn.stop_grace_ms"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "stop_grace_ms": 2147483648]], "spawn.stop_grace_ms"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "drain_timeout_ms": -1]], "spawn.drain_timeout_ms"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "output": "stderr"]], "spawn.output",
+            "spawn.output: must be one of log, null, got \"stderr\""),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "output": false]], "spawn.output"),
+        Bad(["spawn": ["command": ConfigurationTests.refd, "socket": "/tmp/x"]], "spawn.socket", "spawn.socket: unknown key"),
+        Bad(["spawn": ["command": ConfigurationTests.refd], "socket_path": "/tmp/x.sock"], "spawn",
+            "spawn: give either spawn or socket_path, not both"),
+        Bad(["endpoints": ["unix:/tmp/a.sock"], "spawn": ["command": ConfigurationTests.refd]], "spawn",
+            "spawn: give either spawn or endpoints, not both"),
+        Bad(["max_total_connections": 1, "spawn": ["command": ConfigurationTests.refd, "instances": 2]], "max_total_connections",
+            "max_total_connections: 1 is fewer than one connection per endpoint (2)"),
+    ]
+
+    func testInvalidSpawnConfigurationsAreRejectedWithTheirKey() {
+        assertRejected(Self.invalidSpawn)
     }
 
     func testErrorsAreReportedInTheOrderTheyAreFound() {

@@ -278,6 +278,35 @@ final class PoolStateMachineTests: XCTestCase {
         XCTAssertEqual(m.connectionIDs, [cid(2)])
     }
 
+    func testConnectionAttemptLimitIsNeverExceededAndCallersWait() {
+        // A managed daemon's lifetime budget: 3 connections in all.
+        var m = Machine.ready(.test(min: 2, max: 4) { $0.maxRequestsPerConnection = 1; $0.maxConnectionAttempts = 3 })
+        XCTAssertEqual(m.openBudget, 1)
+        let a = m.take(1, at: 0), b = m.take(2, at: 0)
+        // A third caller waits: one more open is allowed, and only one.
+        XCTAssertEqual(opens(m.queue(3, at: 1)), [3])
+        XCTAssertEqual(opens(m.queue(4, at: 1)), [], "the budget is used up")
+        XCTAssertEqual(m.openBudget, 0)
+        XCTAssertTrue(m.connectionOpened(cid(3), now: at(2)).contains(.lease(wid(3), cid(3))))
+        // Rotation closes a and b; nothing replaces them, and the waiter is neither failed nor
+        // served: it waits (for its deadline, or for the daemon's replacement).
+        let closing = m.answer(a, at: 3) + m.answer(b, at: 3)
+        XCTAssertEqual(opens(closing), [])
+        XCTAssertFalse(closing.contains { if case .failWaiter = $0 { true } else { false } })
+        XCTAssertEqual(m.waitingCount, 1)
+        XCTAssertEqual(opens(m.tick(now: at(60_000))), [])
+        XCTAssertEqual(m.statistics.connectionAttempts, 3)
+        XCTAssertEqual(m.waiterTimedOut(wid(4), now: at(60_000)), [.failWaiter(wid(4), .timedOut)])
+        // With max_waiters 0 the busy path does not open past the budget either.
+        var busy = Machine.ready(.test(min: 1, max: 4) { $0.maxWaiters = 0; $0.maxConnectionAttempts = 1 })
+        _ = busy.take(at: 0)
+        let (decision, actions) = busy.requestLease(wid(9), now: at(1))
+        XCTAssertEqual(decision, .failed(.busy))
+        XCTAssertEqual(opens(actions), [])
+        // 0 is unlimited.
+        XCTAssertEqual(Machine.ready(.test()).openBudget, .max)
+    }
+
     func testLifetimeExpiryClosesAnIdleConnectionInTick() {
         var m = Machine.ready(.test(min: 1, max: 1) { $0.maxLifetime = .milliseconds(10_000) })
         let expiry = m.connections[cid(1)]?.expiresAt ?? at(0)

@@ -19,7 +19,7 @@ FUZZ_SECONDS  ?= 60
 FUZZ_TARGETS  := response config
 FUZZ_SCRATCH  ?= .build-fuzz
 FUZZ_OUT      := $(BUILD)/fuzz
-FUZZ_MODULES  := GoxelPoolIO GoxelPoolCore DequeModule ContainersPreview InternalCollectionsUtilities \
+FUZZ_MODULES  := GoxelPoolIO GoxelPoolCore CDaemonSpawn DequeModule ContainersPreview InternalCollectionsUtilities \
                  Histogram Numerics RealModule ComplexModule _NumericsShims
 SWIFTC        ?= swiftc
 
@@ -31,7 +31,7 @@ define fuzz_link
 	for t in $(FUZZ_TARGETS); do \
 	  echo "swiftc -sanitize=fuzzer,address $(2) Tests/fuzz/fuzz_$$t.swift -> $(3)/fuzz_$$t"; \
 	  $(SWIFTC) -parse-as-library -g -sanitize=fuzzer,address $(2) -module-name fuzz_$$t \
-	    -I $(1)/debug/Modules -I Sources/CJansson -I Sources/CLinux -I $$shims Tests/fuzz/fuzz_$$t.swift $$objs -ljansson \
+	    -I $(1)/debug/Modules -I Sources/CJansson -I Sources/CLinux -I $(1)/debug/CDaemonSpawn.build -I $$shims Tests/fuzz/fuzz_$$t.swift $$objs -ljansson \
 	    -o $(3)/fuzz_$$t; \
 	done
 endef

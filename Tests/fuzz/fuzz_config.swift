@@ -31,6 +31,16 @@ public func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             precondition((0...Int(Int32.max)).contains(ms), "milliseconds out of range: \(ms)")
         }
         precondition(c.reconnect.multiplier.isFinite && c.reconnect.jitter.isFinite && c.circuitBreaker.failureRate.isFinite)
+        if let spawn = c.spawn {
+            precondition(c.endpoints.isEmpty && c.effectiveEndpoints.isEmpty && (1...64).contains(spawn.instances))
+            precondition(!spawn.command.isEmpty && !spawn.command.contains { $0.isEmpty || $0.utf8.contains(0) })
+            precondition(spawn.command.contains { $0.contains("{socket}") } || spawn.environment.contains { $0.value.contains("{socket}") })
+            precondition(spawn.environment.allSatisfy { !$0.name.isEmpty && !$0.name.contains("=") && !$0.name.utf8.contains(0) && !$0.value.utf8.contains(0) })
+            precondition(spawn.maxConnectionsPerProcess == 0 || spawn.maxConnectionsPerProcess >= 2 * (c.pool.minConnections + 2))
+            for ms in [spawn.maxAgeMs, spawn.startTimeoutMs, spawn.stopGraceMs, spawn.drainTimeoutMs] {
+                precondition((0...Int(Int32.max)).contains(ms), "milliseconds out of range: \(ms)")
+            }
+        }
     } catch {
         // The message must name a key, and survive the trip to C (no NUL).
         precondition(!error.key.isEmpty && !error.message.isEmpty, "error without key or message")

@@ -326,10 +326,17 @@ run_example() {
     local ex=$1
     shift
     [ "$REFD_OK" = 1 ] || { echo "goxel-refd is not running"; return 1; }
+    run_standalone "$ex" "$SOCK" "$@"
+}
+
+# run_standalone EXAMPLE [ARGS...]: no daemon given (managed daemons: the program starts its own).
+run_standalone() {
+    local ex=$1
+    shift
     [ -x "$WORK/examples/$ex" ] || { echo "not built (see build:$ex)"; return 1; }
     ldd_clean "$WORK/examples/$ex" || return 1
     timeout 120 bash -c "$(declare -f run_app); HIDE=$HIDE SWIFT_RT='$SWIFT_RT' run_app \"\$@\"" sh \
-        "$WORK/examples/$ex" "$SOCK" "$@"
+        "$WORK/examples/$ex" "$@"
 }
 
 ctypes_test() {
@@ -353,13 +360,20 @@ if [ $ctypes_rc -ne 0 ] && [ $ctypes_fails -eq 0 ]; then
     fail ctypes "exit $ctypes_rc"
 fi
 
-# demo.c runs last: with --control it slows the daemon down and crashes it.
+# demo.c runs last: with --control it slows the daemon down and crashes it. managed.c and the
+# spawn-mode demo (what make demo runs) start their own goxel-refd (the installed one).
 for ex in "${EXAMPLES[@]}"; do
-    [ "$ex" = demo ] && continue
-    check "run:$ex" run_example "$ex"
+    case "$ex" in
+        demo) ;;
+        managed) check "run:managed" run_standalone managed "$PREFIX_DIR/bin/goxel-refd" ;;
+        *) check "run:$ex" run_example "$ex" ;;
+    esac
 done
 for ex in "${EXAMPLES[@]}"; do
-    [ "$ex" = demo ] && check "run:demo" run_example demo --control
+    if [ "$ex" = demo ]; then
+        check "run:demo" run_example demo --control
+        check "run:demo-spawn" run_standalone demo --spawn "$PREFIX_DIR/bin/goxel-refd" --control
+    fi
 done
 
 if [ "$REFD_OK" = 1 ] && ! kill -0 "$REFD_PID" 2>/dev/null; then

@@ -246,7 +246,7 @@ static void expect_good_config_text(const char *name, const char *text) {
     goxelpool_client_free(client);
 }
 
-/* kind: i integer, n number, b boolean, s string, a array of strings, e enum string */
+/* kind: i integer, n number, b boolean, s string, a array of strings, e enum string, o object of strings */
 typedef struct { const char *section, *key; char kind; const char *bad_values[5]; } config_key;
 
 static const config_key keys[] = {
@@ -291,6 +291,15 @@ static const config_key keys[] = {
     {"circuit_breaker", "window_size", 'i', {"0", "-1", "10001"}},
     {"circuit_breaker", "minimum_calls", 'i', {"0", "-1"}},
     {"circuit_breaker", "cooldown_ms", 'i', {"0", "-1", "2147483648"}},
+    {"spawn", "command", 'a', {"[]", "[\"\"]", "[1]", "[\"goxel-refd\"]"}},
+    {"spawn", "instances", 'i', {"0", "-1", "65"}},
+    {"spawn", "env", 'o', {"{\"A\": 1}", "{\"\": \"x\"}", "{\"A=B\": \"x\"}", "{\"A\": null}"}},
+    {"spawn", "max_connections_per_process", 'i', {"-1", "7", "1000001"}},
+    {"spawn", "max_age_ms", 'i', {"-1", "999", "2147483648"}},
+    {"spawn", "start_timeout_ms", 'i', {"0", "-1"}},
+    {"spawn", "stop_grace_ms", 'i', {"-1", "2147483648"}},
+    {"spawn", "drain_timeout_ms", 'i', {"-1"}},
+    {"spawn", "output", 'e', {"\"stderr\"", "\"\"", "\"LOG\""}},
 };
 
 static int type_fits(char kind, const char *type) {
@@ -300,6 +309,7 @@ static int type_fits(char kind, const char *type) {
     case 'b': return strcmp(type, "boolean") == 0;
     case 's': case 'e': return strcmp(type, "string") == 0;
     case 'a': return strcmp(type, "array") == 0;
+    case 'o': return strcmp(type, "object") == 0;
     }
     return 0;
 }
@@ -350,8 +360,8 @@ static void test_config(void) {
     expect_bad_config_text("config is true", "true", "config");
     expect_bad_config_text("config is JSON null (not a NULL pointer)", "null", "config");
     /* Sections. */
-    const char *sections[] = {"pool", "reconnect", "health", "circuit_breaker"};
-    for (size_t i = 0; i < 4; i++) {
+    const char *sections[] = {"pool", "reconnect", "health", "circuit_breaker", "spawn"};
+    for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
         char text[128], name[128];
         const char *junk[] = {"[]", "1", "null", "\"x\"", "true"};
         for (size_t j = 0; j < 5; j++) {
@@ -365,6 +375,9 @@ static void test_config(void) {
         snprintf(key, sizeof key, "%s.bogus", sections[i]);
         expect_bad_config_text(name, text, key);
     }
+    expect_bad_config_text("config spawn and socket_path", "{\"socket_path\": \"/tmp/x.sock\", \"spawn\": {\"command\": [\"d\", \"{socket}\"]}}", "spawn");
+    expect_bad_config_text("config spawn and endpoints", "{\"endpoints\": [\"unix:/tmp/x.sock\"], \"spawn\": {\"command\": [\"d\", \"{socket}\"]}}", "spawn");
+    expect_bad_config_text("config spawn without command", "{\"spawn\": {\"instances\": 2}}", "spawn.command");
     expect_bad_config_text("config unknown key bogus", "{\"bogus\": 1}", "bogus");
     expect_bad_config_text("config unknown key Socket_Path (case)", "{\"Socket_Path\": \"/tmp/x\"}", "Socket_Path");
     expect_bad_config_text("config unknown key \"\"", "{\"\": 1}", NULL);
