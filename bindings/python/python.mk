@@ -21,7 +21,7 @@ DIST        := dist
 # In build/venv: the same interpreter, plus prometheus_client to parse metrics_text().
 python-test: examples venv
 	GOXELPOOL_LIBRARY=$(STAGE)/lib/libgoxelpool.so.1 GOXEL_REFD=$(STAGE)/bin/goxel-refd \
-	PYTHONDONTWRITEBYTECODE=1 \
+	PYTHONDONTWRITEBYTECODE=1 GOXELPOOL_TEST_PROMETHEUS=1 \
 	  $(VENV_PYTHON) -m unittest discover -s bindings/python/tests -t bindings/python/tests -v
 
 wheel: all

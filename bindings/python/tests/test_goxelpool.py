@@ -518,7 +518,13 @@ class LifetimeTests(Base):
 
 
     def test_metrics_text_parses_with_the_official_prometheus_parser(self) -> None:
-        from prometheus_client.parser import text_string_to_metric_families
+        try:
+            from prometheus_client.parser import text_string_to_metric_families
+        except ImportError:
+            # make python-test runs in build/venv, which has it (and says so); elsewhere it is optional.
+            if os.environ.get("GOXELPOOL_TEST_PROMETHEUS") == "1":
+                raise
+            self.skipTest("prometheus_client is not installed")
         with client() as c:
             for _ in range(7):
                 c.call("ping")
