@@ -108,14 +108,12 @@ public struct DaemonSupervision {
         /// Connect to its socket and call `ping` within `timeout`, then report `probeFinished`.
         case probe(DaemonID, timeout: Span)
         /// Route calls to it. `connectionBudget`: connections its pool may open (0: no limit).
-        case addEndpoint(DaemonID, connectionBudget: Int)
+        case addEndpoint(DaemonID, slot: Int, connectionBudget: Int)
         /// Stop routing to `old`, run the retirement hook (sessions move here), then remove its
         /// endpoint with this drain time and report `endpointRemoved`.
         case retire(DaemonID, replacement: DaemonID, drain: Span)
         /// It exited unexpectedly: remove its endpoint at once (calls waiting there go elsewhere).
         case removeEndpoint(DaemonID)
-        /// A restarted daemon is ready after its predecessor exited unexpectedly (hook).
-        case restarted(lost: DaemonID, successor: DaemonID)
         case signal(DaemonID, Signal)
         indirect case event(Event)
     }
@@ -177,8 +175,6 @@ public struct DaemonSupervision {
         var crashLoopReported = false
         /// The next start follows an unexpected exit or a failure (counted in `restarts`).
         var nextStartIsRestart = false
-        /// The current daemon exited unexpectedly: its successor reports `restarted` when ready.
-        var lost: DaemonID?
     }
 
     public struct LastFailure: Sendable, Equatable {
@@ -460,12 +456,8 @@ public struct DaemonSupervision {
         daemons[daemon.id] = daemon
         slots[slot].lastFailure = nil
         let budget = policy.maxConnectionsPerProcess > 0 ? max(1, policy.maxConnectionsPerProcess - daemon.lifetimeConnections) : 0
-        actions.append(.addEndpoint(daemon.id, connectionBudget: budget))
+        actions.append(.addEndpoint(daemon.id, slot: slot, connectionBudget: budget))
         actions.append(.event(.started(daemon.id, slot: slot, startup: now - daemon.spawnedAt, replaces: previous?.id)))
-        if let lost = slots[slot].lost {
-            slots[slot].lost = nil
-            actions.append(.restarted(lost: lost, successor: daemon.id))
-        }
         if var old = previous {
             old.state = .retiring
             old.replacedBy = daemon.id
@@ -503,7 +495,6 @@ public struct DaemonSupervision {
         let index = daemon.slot
         let uptime = now - (daemon.readyAt ?? now)
         slots[index].crashes += 1
-        slots[index].lost = daemon.id
         var delay = Span.zero
         if daemon.stable {
             slots[index].quickExits = 0

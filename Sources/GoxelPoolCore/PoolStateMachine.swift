@@ -23,6 +23,7 @@ public enum PoolFailure: Sendable, Equatable {
     case timedOut       // the deadline passed while waiting
     case connectFailed  // the deadline passed and the daemon could not be reached meanwhile
     case unavailable    // the circuit breaker is open
+    case removed        // the endpoint is being removed (its sessions move elsewhere)
 }
 
 /// The pool's overall health: ready (≥ 80 % of open connections healthy), degraded (≥ 50 %),
@@ -459,6 +460,15 @@ public struct PoolStateMachine {
         }
         backoffUntil = nil
         updatePoolState(into: &actions)
+        return actions
+    }
+
+    /// The endpoint is being removed: callers waiting for a connection give up now (they were
+    /// never sent, so they may go elsewhere); calls in flight go on.
+    public mutating func failWaiters() -> [PoolAction] {
+        var actions: [PoolAction] = []
+        while let waiter = waiters.popFirst() { actions.append(.failWaiter(waiter.id, .removed)) }
+        rearmQueueSaturation()
         return actions
     }
 

@@ -3,20 +3,6 @@ import CJansson
 import Glibc
 import GoxelPoolCore
 
-/// Where work that lives on one managed daemon is moved when that daemon goes. Phase 2 of
-/// managed daemons (sessions, issue 10) implements this; without an observer nothing is moved.
-/// Both methods run on a supervisor worker thread, never under an internal lock, and may call
-/// the client (calls on `old`'s pool still work: it is drained only after `willRetire` returns).
-public protocol ManagedDaemonObserver: AnyObject, Sendable {
-    /// `replacement` is ready and takes the new calls; `old` takes no new routed calls but still
-    /// serves what is pinned to it. Called before `old` is drained and stopped: move what lives
-    /// there now (a durable session: checkpoint on `old`, restore on `replacement`).
-    func willRetire(_ old: Endpoint, replacement: Endpoint)
-    /// `lost` exited unexpectedly (crash, kill -9; its endpoint is already gone) and `successor`,
-    /// started in its place, is ready: restore there what was journaled for `lost`.
-    func didRestart(after lost: Endpoint, successor: Endpoint)
-}
-
 /// Runs DaemonSupervision: starts the `spawn` daemons in a private directory, probes them,
 /// makes them the client's endpoints, restarts and recycles them, and stops them at close.
 ///
@@ -46,7 +32,6 @@ public final class DaemonSupervisor: @unchecked Sendable {
     private var pids: [DaemonID: Int32] = [:]
     private var alertsGenerated: [String: Int] = [:]
     private var outputLinesDropped = 0
-    private var observerStorage: ManagedDaemonObserver?
     /// The private directory (mode 0700) holding the sockets; nil until created.
     public private(set) var directory: String?
     private let wakeFD: Int32
@@ -81,6 +66,8 @@ public final class DaemonSupervisor: @unchecked Sendable {
         wakeFD = gxp_wakeup_fd()
         probes = WorkerGroup(threads: min(spawn.instances, 4), capacity: 4 * spawn.instances + 8)
         removals = WorkerGroup(threads: min(spawn.instances, 8), capacity: 4 * spawn.instances + 8)
+        // Made now (not at the first start) so a durable session can default its checkpoints here.
+        _ = makeDirectory()
         thread = LibraryThread { [unowned self] in self.run() }
         if !(thread?.isRunning ?? false) {
             client.setManagedAvailability(.failing(CallFailure(.connect, "managed daemons: cannot start the supervisor thread")))
@@ -88,12 +75,6 @@ public final class DaemonSupervisor: @unchecked Sendable {
     }
 
     deinit { if wakeFD >= 0 { close(wakeFD) } }
-
-    /// Phase 2 (sessions) registers here; see ManagedDaemonObserver.
-    public var observer: ManagedDaemonObserver? {
-        get { lock.withLock { observerStorage } }
-        set { lock.withLock { observerStorage = newValue } }
-    }
 
     public func isSupervisorThread() -> Bool {
         (thread.map(LibraryThread.isCurrent) ?? false) || probes.isWorkerThread() || removals.isWorkerThread()
@@ -280,22 +261,22 @@ public final class DaemonSupervisor: @unchecked Sendable {
             }) {
                 post(.probeFinished(id, connected: false, answered: false))
             }
-        case .addEndpoint(let id, let budget):
-            _ = client.addManagedEndpoint(endpoint(of: id), connectionBudget: budget) { [weak self] count in
+        case .addEndpoint(let id, let slot, let budget):
+            _ = client.addManagedEndpoint(endpoint(of: id), slot: slot, connectionBudget: budget) { [weak self] count in
                 self?.connectionsOpened(id, count)
             }
-        case .retire(let old, let replacement, let drain):
-            let observer = self.observer
+        case .retire(let old, _, let drain):
+            // The replacement already takes the routed calls. Removing the old endpoint moves its
+            // durable sessions (a checkpoint on it, a restore on the replacement), then drains it.
             schedule(removal: old) { [client] in
                 client.stopRouting(self.endpoint(of: old))
-                observer?.willRetire(self.endpoint(of: old), replacement: self.endpoint(of: replacement))
                 _ = client.removeEndpoint(self.endpoint(of: old), drain: drain, byLibrary: true)
             }
         case .removeEndpoint(let id):
-            schedule(removal: id) { [client] in _ = client.removeEndpoint(self.endpoint(of: id), drain: .zero, byLibrary: true) }
-        case .restarted(let lost, let successor):
-            if let observer = self.observer {
-                _ = removals.submit { observer.didRestart(after: self.endpoint(of: lost), successor: self.endpoint(of: successor)) }
+            // It died: its durable sessions wait for its successor (restore_timeout_ms) and are
+            // restored there from their last checkpoint and journal.
+            schedule(removal: id) { [client] in
+                _ = client.removeEndpoint(self.endpoint(of: id), drain: .zero, byLibrary: true, daemonGone: true)
             }
         case .signal(let id, let signal):
             processes[id]?.signal(signal == .terminate ? SIGTERM : SIGKILL)

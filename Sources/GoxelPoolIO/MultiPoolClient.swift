@@ -73,6 +73,9 @@ public final class MultiPoolClient: @unchecked Sendable {
         if configuration.spawn != nil {
             managedAvailability = .starting
             supervisor = DaemonSupervisor(configuration: configuration, client: self)
+            // Durable sessions checkpoint into the daemons' private directory by default: on
+            // their machine, the user's alone, removed at close.
+            sessions.defaultCheckpointDir = supervisor?.directory
         }
     }
 
@@ -84,7 +87,7 @@ public final class MultiPoolClient: @unchecked Sendable {
     }
 
     /// Under the lock (or from init).
-    private func addLocked(_ endpoint: Endpoint, max maxConnections: Int, managed: Bool = false,
+    private func addLocked(_ endpoint: Endpoint, max maxConnections: Int, managed: Bool = false, placementName: String? = nil,
                            connectionBudget: Int = 0, attemptObserver: ((Int) -> Void)? = nil) -> Int {
         var settings = configuration
         // With several daemons, a broken call is retried once at once on the same one, and then
@@ -100,7 +103,7 @@ public final class MultiPoolClient: @unchecked Sendable {
         }, connectionBudget: connectionBudget, attemptObserver: attemptObserver)
         members[id] = Member(endpoint: endpoint, pool: pool, maxConnections: maxConnections, managed: managed)
         balancer.add(id: id, now: Clock.now())
-        sessions.endpointAdded(id: id, endpoint: endpoint, pool: pool)
+        sessions.endpointAdded(id: id, endpoint: endpoint, pool: pool, placementName: placementName)
         endpointsChanged.broadcast()
         return id
     }
@@ -259,13 +262,14 @@ public final class MultiPoolClient: @unchecked Sendable {
 
     /// A managed daemon that answers: calls go there from now on. Its share of
     /// max_total_connections is that of one instance; `connectionBudget` and `attemptObserver`
-    /// as for PoolClient.
-    func addManagedEndpoint(_ endpoint: Endpoint, connectionBudget: Int, attemptObserver: @escaping (Int) -> Void) -> CallFailure? {
+    /// as for PoolClient. `slot`: sessions are placed by slot, so a daemon's successor takes its keys.
+    func addManagedEndpoint(_ endpoint: Endpoint, slot: Int, connectionBudget: Int, attemptObserver: @escaping (Int) -> Void) -> CallFailure? {
         lock.lock()
         defer { lock.unlock() }
         if closing { return CallFailure(.closed, "client is closed") }
         let share = Self.share(of: configuration, among: max(1, configuration.plannedEndpointCount))
-        _ = addLocked(endpoint, max: share, managed: true, connectionBudget: connectionBudget, attemptObserver: attemptObserver)
+        _ = addLocked(endpoint, max: share, managed: true, placementName: "spawn:\(slot)", connectionBudget: connectionBudget,
+                      attemptObserver: attemptObserver)
         return nil
     }
 
@@ -306,8 +310,9 @@ public final class MultiPoolClient: @unchecked Sendable {
     }
 
     /// Removes a daemon: no new calls go there; calls in flight finish for up to `drain`.
-    /// A managed daemon is removed by the library only (`byLibrary`).
-    public func removeEndpoint(_ endpoint: Endpoint, drain: Span, byLibrary: Bool = false) -> CallFailure? {
+    /// A managed daemon is removed by the library only (`byLibrary`); `daemonGone`: it died, so
+    /// sessions on it move without a last checkpoint there.
+    public func removeEndpoint(_ endpoint: Endpoint, drain: Span, byLibrary: Bool = false, daemonGone: Bool = false) -> CallFailure? {
         lock.lock()
         guard let (id, member) = members.first(where: { $0.value.endpoint == endpoint }) else {
             lock.unlock()
@@ -320,7 +325,7 @@ public final class MultiPoolClient: @unchecked Sendable {
         balancer.drain(id: id)
         lock.unlock()
         // Durable sessions move to another daemon first (checkpoint, then restore there).
-        sessions.endpointRemoving(id: id)
+        sessions.endpointRemoving(id: id, daemonGone: daemonGone)
         member.pool.close(drain: drain)
         lock.withLock {
             members[id] = nil

@@ -441,6 +441,9 @@ public final class PoolClient: @unchecked Sendable {
 
     public var isClosing: Bool { lock.withLock { closing } }
 
+    /// Calls waiting for a connection fail now with ECLOSED (not sent): the endpoint is going.
+    public func failWaiters() { modify { $0.failWaiters() } }
+
     /// Open for calls: not closing, circuit not open (sessions are placed where calls can go).
     public var acceptsCalls: Bool { lock.withLock { !closing && machine.breaker.state != .open } }
 
@@ -648,6 +651,7 @@ public final class PoolClient: @unchecked Sendable {
     private func describe(_ failure: PoolFailure) -> CallFailure {
         switch failure {
         case .closed: CallFailure(.closed, "client is closed")
+        case .removed: CallFailure(.closed, "the endpoint \(endpoint) is being removed (the call was not sent)")
         case .busy: CallFailure(.busy, "wait queue is full (pool.max_waiters = \(configuration.pool.maxWaiters))")
         case .timedOut: CallFailure(.timedOut, "no connection became free before the deadline")
         case .connectFailed:

@@ -36,6 +36,8 @@ public final class Session: @unchecked Sendable {
         case lost(String)
         case closed(String)
 
+        var isClosed: Bool { if case .closed = self { true } else { false } }
+
         public var name: String {
             switch self {
             case .active: "active"
@@ -50,8 +52,9 @@ public final class Session: @unchecked Sendable {
     enum Recovery {
         /// Find out which daemon is there now; restore if it is a new process.
         case verify
-        /// Move to another endpoint: checkpoint here if possible, then restore there.
-        case move(endpointID: Int, endpoint: Endpoint, pool: PoolClient)
+        /// Move to another endpoint: checkpoint here first (unless the daemon is gone), then
+        /// restore there.
+        case move(endpointID: Int, endpoint: Endpoint, pool: PoolClient, checkpointFirst: Bool)
     }
 
     public let id: SessionID
@@ -203,6 +206,9 @@ public final class Session: @unchecked Sendable {
                         sleepBriefly(until: deadline)
                         lock.lock()
                         continue
+                    case .closed where !failure.mayHaveRun && (self.pool !== pool || state == .restoring):
+                        // Not sent: its endpoint is being removed and the session moves (or has).
+                        continue
                     case .io, .proto:
                         // The connection broke: was it the daemon dying? The worker finds out
                         // (and restores); if it did, the document is back to before this call,
@@ -253,19 +259,24 @@ public final class Session: @unchecked Sendable {
         }
     }
 
-    /// Moves this durable session to another endpoint; returns when it is active there or lost.
-    func move(to endpointID: Int, endpoint: Endpoint, pool: PoolClient) {
-        lock.lock()
-        defer { lock.unlock() }
-        switch state {
-        case .active, .restoring: break
-        default: return
+    /// Asks the worker to move this durable session to another endpoint and returns at once
+    /// (false: the session is lost or closed). The worker does it after what it is doing now.
+    func requestMove(to endpointID: Int, endpoint: Endpoint, pool: PoolClient, checkpointFirst: Bool) -> Bool {
+        lock.withLock {
+            switch state {
+            case .active, .restoring: break
+            default: return false
+            }
+            recovery = .move(endpointID: endpointID, endpoint: endpoint, pool: pool, checkpointFirst: checkpointFirst)
+            state = .restoring
+            changed.broadcast()
+            return true
         }
-        // Taken by the worker after what it is doing now (a restore in progress finishes first).
-        recovery = .move(endpointID: endpointID, endpoint: endpoint, pool: pool)
-        state = .restoring
-        changed.broadcast()
-        while state == .restoring { changed.wait(lock, until: nil) }
+    }
+
+    /// Waits until the session is no longer restoring (moved, restored, lost or closed).
+    func waitUntilSettled() {
+        lock.withLock { while state == .restoring { changed.wait(lock, until: nil) } }
     }
 
     /// A non-durable session whose endpoint was removed: it ends (there is no document to carry).
@@ -336,7 +347,8 @@ public final class Session: @unchecked Sendable {
 
     /// `goxel.save_project` into the slot the journal names; folds the journal on success. Runs
     /// with no call in flight (the gate is closed, or the session is not yet open).
-    private func runCheckpoint(deadline: Instant) -> CheckpointResult {
+    /// `quiet`: a failure is not reported nor backed off (an optional checkpoint before a move).
+    private func runCheckpoint(deadline: Instant, quiet: Bool = false) -> CheckpointResult {
         let (slot, folded, expected, pool) = lock.withLock { (journal.nextSlot, journal.count, pid, self.pool) }
         guard let expected else { return .failed(CallFailure(.proto, "the daemon's pid is unknown")) }
         let path = checkpointPaths[slot]
@@ -358,12 +370,12 @@ public final class Session: @unchecked Sendable {
             case .rpcError(let value):
                 let message = rpcMessage(value)
                 json_decref(UnsafeMutablePointer(value))
-                checkpointFailed(path: path, message: message)
+                if !quiet { checkpointFailed(path: path, message: message) }
                 return .rejected(message)
             case .notified:
                 return .saved
             case .failure(let failure):
-                checkpointFailed(path: path, message: failure.message)
+                if !quiet { checkpointFailed(path: path, message: failure.message) }
                 return .failed(failure)
             }
         }
@@ -385,9 +397,10 @@ public final class Session: @unchecked Sendable {
         let began = Clock.now()
         let deadline = began + .milliseconds(options.restoreTimeoutMs)
         var force = false
-        if case .move(let newID, let newEndpoint, let newPool) = what {
+        if case .move(let newID, let newEndpoint, let newPool, let checkpointFirst) = what {
             // Fold the journal on the old daemon while it still answers: a shorter replay.
-            _ = runCheckpoint(deadline: min(deadline, Clock.now() + .milliseconds(configuration.timeoutMs)))
+            // Best effort: the old daemon may have no connection left to give (its budget spent).
+            if checkpointFirst { _ = runCheckpoint(deadline: min(deadline, Clock.now() + .milliseconds(1000)), quiet: true) }
             lock.withLock {
                 self.endpointID = newID
                 self.endpoint = newEndpoint
@@ -399,7 +412,10 @@ public final class Session: @unchecked Sendable {
         let (pool, before, checkpoint, entries) = lock.withLock { (self.pool, pid, journal.checkpoint, journal.entries) }
         var lastFailure = lastError ?? "no answer"
         attempt: while Clock.now() < deadline {
-            if lock.withLock({ if case .closed = state { true } else { false } }) { return }
+            // Closed, or asked to move meanwhile (the daemon this restore waits for is gone):
+            // the worker takes the new request next.
+            let (closed, superseded) = lock.withLock { (state.isClosed, recovery != nil) }
+            if closed || superseded { return }
             // Which process is there now?
             // At most a second per probe, so a close is noticed.
             let probe = pool.call(method: "ping", params: nil, timeout: min(deadline - Clock.now(), .milliseconds(1000)), check: .learn)

@@ -13,6 +13,8 @@ public final class SessionManager: @unchecked Sendable {
     private var endpoints: [Int: (endpoint: Endpoint, pool: PoolClient)] = [:]
     private var sessions: [SessionID: Session] = [:]
     private var waiters: [SessionID: PlacementWaiter] = [:]
+    /// Broadcast when an endpoint is added or a session leaves one (relocations wait for it).
+    private let endpointsChanged = Condition()
     private var nextID = 1
     /// Makes checkpoint file names unique to this client: host pid, a clock reading, an address.
     private let token: String
@@ -44,58 +46,74 @@ public final class SessionManager: @unchecked Sendable {
 
     // MARK: - Endpoints (called by the client, under its lock)
 
-    func endpointAdded(id: Int, endpoint: Endpoint, pool: PoolClient) {
+    /// `placementName` is what keys are hashed with: the endpoint's text, or for a managed daemon
+    /// its slot (a restarted or replacement daemon has a new socket, and keys must not move).
+    func endpointAdded(id: Int, endpoint: Endpoint, pool: PoolClient, placementName: String? = nil) {
         lock.withLock {
             endpoints[id] = (endpoint, pool)
-            apply(placement.addEndpoint(id: id, name: endpoint.description))
+            apply(placement.addEndpoint(id: id, name: placementName ?? endpoint.description))
+            endpointsChanged.broadcast()
         }
     }
 
-    /// The endpoint is being removed: durable sessions on it move to another daemon (checkpoint,
-    /// then restore there), the others end. Returns when every one of them has moved or ended.
-    func endpointRemoving(id: Int) {
+    /// The endpoint is being removed: durable sessions on it move to another daemon (a
+    /// checkpoint there first unless `daemonGone`, then a restore on the new one), waiting up to
+    /// their restore_timeout_ms for one to be free; the others end. Returns when every one of
+    /// them has moved or ended.
+    func endpointRemoving(id: Int, daemonGone: Bool = false) {
         refreshAvailability()
-        let stranded: [Session] = lock.withLock {
+        let (stranded, oldPool): ([Session], PoolClient?) = lock.withLock {
             let (ids, actions) = placement.removeEndpoint(id: id)
             apply(actions)
-            return ids.compactMap { sessions[$0] }
+            return (ids.compactMap { sessions[$0] }, endpoints[id]?.pool)
         }
-        for session in stranded { relocate(session, reason: "its endpoint was removed") }
+        var moving: [Session] = []
+        for session in stranded {
+            let reason = daemonGone ? "its daemon died" : "its endpoint was removed"
+            if relocate(session, reason: reason, checkpointFirst: !daemonGone) { moving.append(session) }
+            // Its calls waiting for a connection there come back (not sent) and wait for the move.
+            oldPool?.failWaiters()
+        }
+        for session in moving { session.waitUntilSettled() }
         lock.withLock { endpoints[id] = nil }
     }
 
-    /// Moves every session off endpoint `id` (a managed daemon being recycled): durable sessions
-    /// move by checkpoint and restore; the others end. The endpoint takes no new session.
-    public func moveSessions(off id: Int) {
-        let list: [Session] = lock.withLock {
-            apply(placement.setAvailable(id: id, false))
-            return sessions.values.filter { $0.currentEndpointID == id }.sorted { $0.id < $1.id }
-        }
-        for session in list { relocate(session, reason: "its daemon is being retired") }
-    }
-
-    private func relocate(_ session: Session, reason: String) {
+    /// Asks a durable session to move to a free daemon, waiting up to its restore_timeout_ms for
+    /// one; ends the others. True when a move was asked for.
+    private func relocate(_ session: Session, reason: String, checkpointFirst: Bool) -> Bool {
         guard session.options.durable else {
             session.end("the session's daemon is gone (\(reason)); a session that is not durable has no document to carry")
-            return
+            return false
         }
-        refreshAvailability()
-        let target: (Int, Endpoint, PoolClient)? = lock.withLock {
-            let request = SessionPlacement.Request(key: session.options.key, exclusive: session.options.exclusive)
-            let (chosen, actions) = placement.relocate(session.id, request)
-            apply(actions)
-            guard let chosen, let entry = endpoints[chosen] else { return nil }
-            counters.moves += 1
-            return (chosen, entry.endpoint, entry.pool)
+        // Waits for a free daemon (a managed daemon's successor, a session closing elsewhere).
+        let deadline = Clock.now() + .milliseconds(session.options.restoreTimeoutMs)
+        var target: (Int, Endpoint, PoolClient)?
+        while target == nil {
+            refreshAvailability()
+            let closing = lock.withLock { () -> Bool in
+                if placement.isClosed { return true }
+                let request = SessionPlacement.Request(key: session.options.key, exclusive: session.options.exclusive)
+                let (chosen, actions) = placement.relocate(session.id, request)
+                apply(actions)
+                if let chosen, let entry = endpoints[chosen] {
+                    counters.moves += 1
+                    target = (chosen, entry.endpoint, entry.pool)
+                } else if Clock.now() < deadline {
+                    endpointsChanged.wait(lock, until: min(deadline, Clock.now() + .milliseconds(250)))
+                }
+                return false
+            }
+            if closing { return false }
+            if target == nil && Clock.now() >= deadline { break }
         }
         guard let (targetID, endpoint, pool) = target else {
-            let why = "\(reason), and no other daemon is free to take the session"
+            let why = "\(reason), and no other daemon became free to take the session within restore_timeout_ms (\(session.options.restoreTimeoutMs) ms)"
             session.end(why)
             lost(session, reason: why)
-            return
+            return false
         }
         pool.setIdentifying(true)
-        session.move(to: targetID, endpoint: endpoint, pool: pool)
+        return session.requestMove(to: targetID, endpoint: endpoint, pool: pool, checkpointFirst: checkpointFirst)
     }
 
     /// Told by a pool: a new connection to endpoint `id` reached daemon `pid`.
@@ -213,6 +231,7 @@ public final class SessionManager: @unchecked Sendable {
         let endpoint = lock.withLock { () -> Endpoint? in
             guard sessions.removeValue(forKey: session.id) != nil else { return nil }
             apply(placement.release(session.id))
+            endpointsChanged.broadcast()
             counters.closed += 1
             return session.info().endpoint
         }
@@ -224,7 +243,10 @@ public final class SessionManager: @unchecked Sendable {
     }
 
     private func releasePlacement(_ id: SessionID) {
-        lock.withLock { apply(placement.release(id)) }
+        lock.withLock {
+            apply(placement.release(id))
+            endpointsChanged.broadcast()
+        }
     }
 
     /// Client shutdown, step 1: waiting opens fail, sessions refuse calls. Returns their worker
@@ -232,6 +254,7 @@ public final class SessionManager: @unchecked Sendable {
     func beginClose() -> [LibraryThread] {
         let list: [Session] = lock.withLock {
             apply(placement.close())
+            endpointsChanged.broadcast()
             defer { sessions.removeAll() }
             return Array(sessions.values)
         }

@@ -61,7 +61,7 @@ final class DaemonSupervisionTests: XCTestCase {
         XCTAssertEqual(m.nextDeadline(), at(18))
         XCTAssertEqual(m.tick(now: at(18)), [.probe(did(1), timeout: .milliseconds(1000))])
         XCTAssertEqual(m.probeFinished(did(1), connected: true, answered: true, now: at(20)), [
-            .addEndpoint(did(1), connectionBudget: 39),
+            .addEndpoint(did(1), slot: 0, connectionBudget: 39),
             .event(.started(did(1), slot: 0, startup: .milliseconds(20), replaces: nil)),
         ])
         XCTAssertEqual(m.daemons[did(1)]?.state, .ready)
@@ -178,12 +178,11 @@ final class DaemonSupervisionTests: XCTestCase {
         ])
         XCTAssertEqual(m.slots[0].crashes, 1)
         XCTAssertEqual(m.slots[0].restarts, 1)
-        // The successor is announced to the sessions hook when it is ready.
+        // The successor takes the slot (and with it the lost daemon's sessions) when it is ready.
         let back = makeReady(&m, 3, spawnedAt: 500, readyAt: 530)
         XCTAssertEqual(back, [
-            .addEndpoint(did(3), connectionBudget: 39),
+            .addEndpoint(did(3), slot: 0, connectionBudget: 39),
             .event(.started(did(3), slot: 0, startup: .milliseconds(30), replaces: nil)),
-            .restarted(lost: did(1), successor: did(3)),
         ])
     }
 
@@ -232,7 +231,7 @@ final class DaemonSupervisionTests: XCTestCase {
         XCTAssertEqual(m.current(ofSlot: 0)?.id, did(1))
         let ready = makeReady(&m, 2, spawnedAt: 200, readyAt: 240)
         XCTAssertEqual(ready, [
-            .addEndpoint(did(2), connectionBudget: 39),
+            .addEndpoint(did(2), slot: 0, connectionBudget: 39),
             .event(.started(did(2), slot: 0, startup: .milliseconds(40), replaces: did(1))),
             .retire(did(1), replacement: did(2), drain: .milliseconds(3000)),
         ])
@@ -298,7 +297,7 @@ final class DaemonSupervisionTests: XCTestCase {
         XCTAssertTrue(crash.contains(.removeEndpoint(did(1))))
         let ready = makeReady(&m, 2, spawnedAt: 100, readyAt: 150)
         XCTAssertFalse(ready.contains { if case .retire = $0 { true } else { false } })
-        XCTAssertTrue(ready.contains(.restarted(lost: did(1), successor: did(2))))
+        XCTAssertTrue(ready.contains(.addEndpoint(did(2), slot: 0, connectionBudget: 39)), "\(ready)")
     }
 
     func testRetiringDaemonThatDiesIsNotRestarted() {
