@@ -215,8 +215,11 @@ goxelpool_status goxelpool_call_batch(goxelpool_client *client, const json_t *re
 goxelpool_status goxelpool_add_endpoint(goxelpool_client *client, const char *endpoint);
 
 /* Removes a daemon: no new call goes there; calls in flight on it finish for up to
- * drain_timeout_ms (< 0: the configured timeout_ms), then its connections are closed. Returns
- * when done. Must not be called from a callback of this client (EINVAL).
+ * drain_timeout_ms (< 0: the configured timeout_ms), then its connections are closed. Sessions on
+ * it: a durable one is checkpointed there and moves to another free daemon (waiting up to its
+ * restore_timeout_ms for one), where its document is restored; one that is not durable ends
+ * (its calls return ELOST). Returns when done. Must not be called from a callback of this client
+ * (EINVAL).
  * Returns OK, EINVAL (NULL, malformed, not present, called from a callback, or a daemon the
  * library manages: spawn replaces and stops those itself). */
 goxelpool_status goxelpool_remove_endpoint(goxelpool_client *client, const char *endpoint,
@@ -315,7 +318,9 @@ typedef struct goxelpool_session goxelpool_session;
  *                                 (a durable session must be exclusive)
  *     "checkpoint_dir": string    absolute directory on the DAEMON's machine where it writes the
  *                                 checkpoints (goxel.save_project paths); required for a durable
- *                                 session. Two files per session, goxelpool-<pid>-<id>-<n>-{0,1}.gox;
+ *                                 session, except with managed daemons (spawn), whose private
+ *                                 directory is the default. Two files per session,
+ *                                 goxelpool-<pid>-<id>-<n>-{0,1}.gox;
  *                                 removed at goxelpool_session_close when the daemon is on a Unix
  *                                 socket (same machine), left behind otherwise.
  *     "checkpoint_every": int     10000 journaled calls (1..10000000)
@@ -460,6 +465,12 @@ void goxelpool_free(void *p);
  * go to the replacement once it answers; the old daemon drains (its calls in flight finish, up to
  * drain_timeout_ms), then gets SIGTERM and, after stop_grace_ms, SIGKILL. The library never opens
  * more than max_connections_per_process connections to one daemon: calls wait rather than fail.
+ * Sessions are placed by slot (a key keeps its slot when the slot's daemon is replaced). A
+ * durable session moves with its daemon: at a recycle it is checkpointed on the old daemon and
+ * restored on the replacement before the old one drains; after a crash it waits for the
+ * successor (restore_timeout_ms) and is restored there from its last checkpoint and journal. Its
+ * checkpoints default to the private directory. A session that is not durable ends when its
+ * daemon goes (its document goes with it).
  * Events of kind "daemon" and alerts daemon_start_failed, daemon_crashed, daemon_crash_loop tell
  * what happens; goxelpool_stats and goxelpool_health list the daemons (pid, state, start time,
  * restarts, lifetime connections).
