@@ -3,6 +3,7 @@ import PackageDescription
 
 // Layout (see README "Architecture"):
 //   CJansson       the system's jansson (JSON at the C boundary and on the wire)
+//   COpenSSL       the system's OpenSSL (tls: and dnstls: endpoints)
 //   CGoxelPool     include/goxelpool.h as a C module: the contract the shim is checked against
 //   GoxelPoolCore  pure decisions: configuration, pool and health state machines, backoff (no I/O)
 //   GoxelPoolIO    sockets, framing, JSON-RPC codec, threads: runs the core's actions
@@ -23,6 +24,9 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CJansson", path: "Sources/CJansson", pkgConfig: "jansson",
                        providers: [.apt(["libjansson-dev"])]),
+        // TLS endpoints (libssl-dev), linked dynamically: security fixes come with the system's updates.
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
+                       providers: [.apt(["libssl-dev"])]),
         .target(name: "CGoxelPool", dependencies: ["CJansson"], path: ".",
                 sources: ["Sources/CGoxelPool/header_stub.c"], publicHeadersPath: "include"),
         .target(name: "GoxelPoolCore", dependencies: [
@@ -31,7 +35,7 @@ let package = Package(
             .product(name: "RealModule", package: "swift-numerics"),
         ]),
         .target(name: "GoxelPoolIO", dependencies: [
-            "GoxelPoolCore", "CJansson",
+            "GoxelPoolCore", "CJansson", "COpenSSL",
             .product(name: "DequeModule", package: "swift-collections"),
         ]),
         .target(name: "GoxelPool", dependencies: ["GoxelPoolIO", "GoxelPoolCore", "CGoxelPool", "CJansson"]),

@@ -50,9 +50,12 @@ public final class DaemonConnection {
     /// Opens a connection: connect within `connectTimeout`, check who serves the socket, and
     /// (when `validateMethod` is set) make one call so that a connection the daemon never reads,
     /// or an exhausted daemon that closes it at once, is found before a caller gets it.
+    /// A TLS endpoint (`tls` its context) is connected and its handshake done within
+    /// `connectTimeout`; the validation call is where a TLS 1.3 server refuses a client
+    /// certificate, which is EPEER like a failed verification.
     public static func open(id: ConnectionID, endpoint: Endpoint, connectTimeout: Span, maxMessageSize: Int,
-                            verifyPeer: Bool, validateMethod: String?) throws(CallFailure) -> DaemonConnection {
-        let socket = try StreamSocket.connect(endpoint, timeout: connectTimeout)
+                            verifyPeer: Bool, validateMethod: String?, tls: TLSContext? = nil) throws(CallFailure) -> DaemonConnection {
+        let socket = try StreamSocket.connect(endpoint, timeout: connectTimeout, tls: tls)
         // Peer credentials exist for Unix sockets only (TCP is loopback or trusted network).
         if verifyPeer, case .unix(let path) = endpoint {
             guard let uid = socket.peerUID() else { throw CallFailure(.peer, "cannot read the peer credentials of \(path)") }
@@ -71,6 +74,7 @@ public final class DaemonConnection {
                 throw CallFailure(.connect, "validation call '\(validateMethod)' answered with an error")
             case .notified: break
             case .failed(let failure, _):
+                if failure.status == .peer { throw CallFailure(.peer, "\(endpoint) refused the connection: \(failure.message)") }
                 throw CallFailure(.connect, "new connection failed its first call: \(failure.message)")
             }
         }
@@ -93,6 +97,7 @@ public final class DaemonConnection {
             switch error {
             case .timedOut(let written): return .failed(CallFailure(.timedOut, "deadline passed while sending"), written: written)
             case .failed(let message, let written): return .failed(CallFailure(.io, message), written: written)
+            case .rejected(let message): return .failed(CallFailure(.peer, message), written: false)
             }
         }
         bytesSent &+= length
@@ -117,6 +122,8 @@ public final class DaemonConnection {
                     switch error {
                     case .timedOut: return .failed(CallFailure(.timedOut, "no answer from the daemon before the deadline"), written: true)
                     case .failed(let message, _): return .failed(CallFailure(.io, message), written: true)
+                    // The terminator refused us before passing anything on: nothing ran.
+                    case .rejected(let message): return .failed(CallFailure(.peer, message), written: false)
                     }
                 }
                 if count == 0 {
@@ -205,6 +212,9 @@ public final class DaemonConnection {
         guard value.pointee.type == JSON_OBJECT, let code = json_object_get(value, "code") else { return false }
         return code.pointee.type == JSON_INTEGER
     }
+
+    /// Whether this connection's TLS session was resumed rather than fully negotiated.
+    public var tlsResumed: Bool { socket.tlsResumed }
 
     /// Wakes a thread blocked on this connection (drain timeout at close).
     public func interrupt() { socket.shutdownBoth() }

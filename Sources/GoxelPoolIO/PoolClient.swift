@@ -28,6 +28,7 @@ public final class PoolClient: @unchecked Sendable {
     private var waiters: [WaiterID: WaiterBox] = [:]
     private var nextWaiter: UInt64 = 1
     private var closing = false
+    private var drainDeadline: Instant?
     private let drained = Condition()
 
     private let maintenanceWakeup = Condition()
@@ -40,8 +41,11 @@ public final class PoolClient: @unchecked Sendable {
     private var reconnectStormReported = false
     /// The pool has been ready once: before that, reaching ready is starting, not recovering.
     private var wasReady = false
-    /// The last connection attempt failed the peer-credential check: callers get EPEER, not ECONNECT.
-    private var lastOpenRejectedPeer = false
+    /// The client's TLS context, for a `tls:` endpoint.
+    private let tls: TLSContext?
+    /// Told (on an opener thread, no lock held) when a connection attempt failed: a DNS name's
+    /// resolver looks again when every address of the name fails.
+    private let openFailed: (@Sendable () -> Void)?
 
     final class WaiterBox {
         let wakeup = Condition()
@@ -60,8 +64,12 @@ public final class PoolClient: @unchecked Sendable {
 
     /// A pool for `endpoint` (default: the configuration's socket_path). `events`: a shared
     /// event stream (the pool then labels its events with the endpoint and does not stop it).
-    public init(configuration: ClientConfiguration, endpoint: Endpoint? = nil, events shared: EventDispatcher? = nil) {
+    /// `tls`: the client's TLS context (needed by a `tls:` endpoint).
+    public init(configuration: ClientConfiguration, endpoint: Endpoint? = nil, events shared: EventDispatcher? = nil,
+                tls: TLSContext? = nil, openFailed: (@Sendable () -> Void)? = nil) {
         self.configuration = configuration
+        self.tls = tls
+        self.openFailed = openFailed
         self.endpoint = endpoint ?? .unix(path: configuration.socketPath)
         eventLabel = shared == nil ? nil : self.endpoint.description
         ownsEvents = shared == nil
@@ -127,6 +135,11 @@ public final class PoolClient: @unchecked Sendable {
             case .notified:
                 release(connection, .answered(latency: latency))
                 return .notified
+            case .failed(let failure, _) where failure.status == .peer:
+                // The TLS terminator refused our certificate (TLS 1.3 says so at the first read):
+                // a configuration fault for the whole pool; nothing reached the daemon.
+                release(connection, .rejected(reason: failure.message))
+                return fail(CallFailure(.peer, "\(endpoint) refused the connection: \(failure.message)"))
             case .failed(let failure, let written):
                 // Refused before sending (too big, not encodable): the connection is untouched.
                 let untouched = !written && failure.status != .io && failure.status != .timedOut
@@ -297,25 +310,19 @@ public final class PoolClient: @unchecked Sendable {
         do {
             let connection = try DaemonConnection.open(
                 id: id, endpoint: endpoint, connectTimeout: .milliseconds(configuration.pool.connectTimeoutMs),
-                maxMessageSize: configuration.maxMessageSize, verifyPeer: configuration.verifyPeer, validateMethod: validate)
+                maxMessageSize: configuration.maxMessageSize, verifyPeer: configuration.verifyPeer, validateMethod: validate, tls: tls)
             lock.lock()
             connections[id] = connection
-            lastOpenRejectedPeer = false
+            if connection.tlsResumed { machine.withStatistics { $0.tlsSessionsResumed += 1 } }
             let deferred = apply(machine.connectionOpened(id, now: Clock.now()))
             lock.unlock()
             perform(deferred)
         } catch {
-            if error.status == .peer {
-                post(ClientEvent(kind: .alert, type: "peer_rejected",
-                                        fields: [("severity", .string("critical")), ("message", .string(error.message)),
-                                                  ("connection_id", .int(Int64(id.value)))]))
-            }
             log(.warn, "connection \(id) failed to open: \(error.message)")
-            lock.withLock {
-                lastOpenRejectedPeer = error.status == .peer
-                if error.status == .peer { machine.withStatistics { $0.alertsGenerated["peer_rejected", default: 0] += 1 } }
-            }
-            modify { $0.connectionOpenFailed(id, now: Clock.now(), reason: error.message) }
+            // EPEER (peer credentials, TLS verification, a refused client certificate) is a
+            // configuration fault: no circuit breaker, waiters fail at once, one alert per attempt.
+            modify { $0.connectionOpenFailed(id, now: Clock.now(), reason: error.message, rejected: error.status == .peer) }
+            openFailed?()
         }
     }
 
@@ -355,6 +362,11 @@ public final class PoolClient: @unchecked Sendable {
 
     // MARK: - Shutdown
 
+    /// No connection is open and the last attempt failed (or was refused).
+    public var isFailing: Bool {
+        lock.withLock { machine.consecutiveOpenFailures > 0 && machine.connectionCount == machine.count(.opening) }
+    }
+
     public var isClosing: Bool { lock.withLock { closing } }
 
     /// True on one of this client's own threads (callbacks and listeners run there).
@@ -365,17 +377,24 @@ public final class PoolClient: @unchecked Sendable {
 
     /// Stops new calls, fails waiters, drains in-flight calls up to `drain`, then closes every
     /// socket and joins every thread. Must not be called from one of the client's threads.
+    /// A second close (the client closes while this pool is being removed) only brings the
+    /// drain deadline forward, and returns.
     public func close(drain: Span) {
         lock.lock()
-        if closing { lock.unlock(); return }
+        if closing {
+            drainDeadline = min(drainDeadline ?? Clock.now() + drain, Clock.now() + drain)
+            drained.broadcast()
+            lock.unlock()
+            return
+        }
         closing = true
+        drainDeadline = Clock.now() + drain
         var deferred = apply(machine.close(now: Clock.now()))
         lock.unlock()
         perform(deferred)
-        let drainDeadline = Clock.now() + drain
         lock.lock()
-        while machine.connectionCount > 0 && Clock.now() < drainDeadline {
-            drained.wait(lock, until: drainDeadline)
+        while machine.connectionCount > 0, let until = drainDeadline, Clock.now() < until {
+            drained.wait(lock, until: until)
         }
         // What is still out is interrupted: its caller's read fails at once and it comes back.
         let abandoned = machine.abandonAll()
@@ -410,6 +429,16 @@ public final class PoolClient: @unchecked Sendable {
         public var now: Instant
     }
 
+    /// No endpoint yet (a DNS name not resolved): zero figures; `closed` after close.
+    public static func emptySnapshot(closed: Bool) -> Snapshot {
+        let now = Clock.now()
+        var statistics = PoolStatistics(startedAt: now)
+        if closed { statistics.closedAt = now }
+        return Snapshot(statistics: statistics, state: closed ? .closed : .unhealthy, total: 0, idle: 0, busy: 0, opening: 0,
+                        checking: 0, healthy: 0, waiting: 0, poolHealth: HealthTracker(policy: .seedDefault),
+                        circuit: CircuitBreaker(policy: .init()), connections: [], eventsDelivered: 0, eventsDropped: 0, now: now)
+    }
+
     public func snapshot() -> Snapshot {
         let counters = events.counters()
         return lock.withLock {
@@ -437,6 +466,14 @@ public final class PoolClient: @unchecked Sendable {
                                    fields: [("connection_id", .int(Int64(id.value))), ("reason", .string(reason.rawValue))]))
             let level: ClientConfiguration.LogLevel = reason == .error || reason == .health ? .warn : .info
             if let line = logLine(level, "connection \(id.value) to \(endpoint) closed (\(reason.rawValue))") { out.append(line) }
+        case .connectionRejected(let reason, let failures, let retryIn):
+            // peer_rejected: a Unix socket served by another user; tls_rejected: a TLS verification
+            // failure, a wrong name, or a client certificate the server refused.
+            let type = endpoint.usesTLS ? "tls_rejected" : "peer_rejected"
+            out.append(alert(type, "critical", nil,
+                             "\(endpoint) refused: \(reason); a configuration fault (certificates, names or socket owner), not a daemon that is down: calls fail at once with EPEER; next attempt in \(Int(retryIn.milliseconds)) ms",
+                             [("reason", .string(reason)), ("consecutive_failures", .int(Int64(failures))),
+                              ("retry_in_ms", .double(retryIn.milliseconds))]))
         case .connectionOpenFailed(let failures, let retryIn):
             let message = machine.statistics.lastConnectError ?? "connect failed"
             if failures >= 3 && !reconnectStormReported {
@@ -542,7 +579,9 @@ public final class PoolClient: @unchecked Sendable {
         case .busy: CallFailure(.busy, "wait queue is full (pool.max_waiters = \(configuration.pool.maxWaiters))")
         case .timedOut: CallFailure(.timedOut, "no connection became free before the deadline")
         case .connectFailed:
-             CallFailure(lastOpenRejectedPeer ? .peer : .connect, "cannot connect to \(endpoint): \(machine.statistics.lastConnectError ?? "no connection")")
+            CallFailure(.connect, "cannot connect to \(endpoint): \(machine.statistics.lastConnectError ?? "no connection")")
+        case .rejected:
+            CallFailure(.peer, machine.rejection ?? "\(endpoint) refused the connection")
         case .unavailable:
             CallFailure(.unavailable, "circuit open: the daemon at \(endpoint) is failing (\(machine.statistics.lastConnectError ?? "recent calls failed")); retry later")
         }
