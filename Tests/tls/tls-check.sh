@@ -55,7 +55,7 @@ fi
 echo "# certificates by $(openssl version); $("$stunnel" -version 2>&1 | grep -m1 -o "stunnel [0-9.]*")"
 
 rc=0
-[ -n "${SKIP_TLS:-}" ] || "$tls" "$refd" "$stunnel" "$certs" "$work/tls" || rc=1
+"$tls" "$refd" "$stunnel" "$certs" "$work/tls" || rc=1
 
 if unshare --mount true 2>/dev/null; then
     unshare --mount "$dns" "$refd" "$stunnel" "$certs" "$work/dns" || rc=1
