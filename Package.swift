@@ -49,7 +49,7 @@ let package = Package(
         .testTarget(name: "GoxelPoolIntegrationTests",
                     dependencies: ["GoxelPool", "GoxelPoolIO", "GoxelPoolCore", "CGoxelPool", "CJansson"],
                     path: "Tests",
-                    exclude: ["GoxelPoolCoreTests", "bench", "faults", "fuzz", "packaging", "reliability"],
+                    exclude: ["GoxelPoolCoreTests", "bench", "faults", "fuzz", "packaging", "reliability", "tls"],
                     sources: ["GoxelPoolIOTests", "GoxelPoolABITests", "RefDaemonSupport"]),
     ]
 )

@@ -72,17 +72,33 @@ final class StreamSocket {
         case .tls(let host, let port, let verifyName):
             let deadline = Clock.now() + timeout
             guard let context else { throw CallFailure(.invalid, "\(endpoint): no TLS context") }
-            let sock = try connectTCP(host: host, port: port, timeout: timeout)
             let name = context.settings.serverName ?? verifyName ?? host
-            try sock.startTLS(context, name: name, sessionKey: "\(endpoint) \(name)", deadline: deadline, endpoint: endpoint,
-                              sendTimeout: timeout)
+            let key = "\(endpoint) \(name)"
+            var sock = try connectTCP(host: host, port: port, timeout: timeout)
+            do {
+                try sock.startTLS(context, name: name, sessionKey: key, deadline: deadline, endpoint: endpoint, sendTimeout: timeout)
+            } catch where sock.tlsOfferedSession && Clock.now() < deadline {
+                // Some servers fail a resumed handshake (socat asking for client certificates:
+                // "session id context uninitialized"): once more without a session, and never
+                // offer this endpoint one again.
+                context.stopResuming(key)
+                sock.close()
+                sock = try connectTCP(host: host, port: port, timeout: deadline - Clock.now())
+                try sock.startTLS(context, name: name, sessionKey: key, deadline: deadline, endpoint: endpoint, sendTimeout: timeout)
+            }
             return sock
         }
     }
 
+    /// The TLS handshake under way or done offered a session to resume.
+    private var tlsOfferedSession: Bool { (tls ?? handshaking)?.offeredSession ?? false }
+    /// The session while its handshake runs (kept after a failure, to tell whether it offered one).
+    private var handshaking: TLSSession?
+
     private func startTLS(_ context: TLSContext, name: String, sessionKey: String, deadline: Instant,
                           endpoint: Endpoint, sendTimeout: Span) throws(CallFailure) {
         let session = try TLSSession(context: context, socket: self, name: name, sessionKey: sessionKey)
+        handshaking = session
         while true {
             let remaining = deadline - Clock.now()
             guard remaining > .zero else { throw CallFailure(.connect, "TLS handshake with \(endpoint) timed out") }
@@ -91,6 +107,7 @@ final class StreamSocket {
             switch session.handshakeStep() {
             case .done:
                 tls = session
+                handshaking = nil
                 receiveTimeout = Span(nanoseconds: -1)
                 setTimeout(SO_SNDTIMEO, sendTimeout)
                 return

@@ -6,12 +6,14 @@ import GoxelPoolCore
 /// the system's store), the client certificate and key, the minimum version, verification on by
 /// default. Every TLS connection of the client is made from it. Also keeps the last resumable
 /// session of each endpoint, so that a reconnection resumes instead of redoing the full
-/// certificate exchange.
+/// certificate exchange (an endpoint whose server fails a resumed handshake is not offered one
+/// again: some servers that ask for client certificates cannot resume, e.g. socat).
 public final class TLSContext: @unchecked Sendable {
     let context: OpaquePointer
     public let settings: ClientConfiguration.TLSConfiguration
     private let lock = PthreadMutex()
     private var sessions: [String: OpaquePointer] = [:]
+    private var cannotResume: Set<String> = []
 
     /// Fails with EINVAL naming the key and the file when a file cannot be read or used.
     public init(_ settings: ClientConfiguration.TLSConfiguration) throws(CallFailure) {
@@ -66,7 +68,7 @@ public final class TLSContext: @unchecked Sendable {
     /// The session to resume for `key` (a new reference for SSL_set_session, or nil).
     func session(for key: String) -> OpaquePointer? {
         lock.withLock {
-            guard let session = sessions[key] else { return nil }
+            guard !cannotResume.contains(key), let session = sessions[key] else { return nil }
             _ = SSL_SESSION_up_ref(session)
             return session
         }
@@ -75,10 +77,20 @@ public final class TLSContext: @unchecked Sendable {
     /// Keeps `session` (a reference the caller hands over) as the one to resume for `key`.
     func keep(_ session: OpaquePointer, for key: String) {
         let previous: OpaquePointer? = lock.withLock {
+            if cannotResume.contains(key) { return session }
             defer { sessions[key] = session }
             return sessions[key]
         }
         if let previous { SSL_SESSION_free(previous) }
+    }
+
+    /// A handshake that offered a session failed: never offer `key` one again.
+    func stopResuming(_ key: String) {
+        let dropped: OpaquePointer? = lock.withLock {
+            cannotResume.insert(key)
+            return sessions.removeValue(forKey: key)
+        }
+        if let dropped { SSL_SESSION_free(dropped) }
     }
 }
 
@@ -99,6 +111,8 @@ final class TLSSession {
     /// Set after a fatal error: no close_notify may follow one.
     private var failed = false
     private(set) var resumed = false
+    /// A session was offered for resumption.
+    private(set) var offeredSession = false
 
     /// `name`: the server name to verify and to send as SNI (nil: verify nothing by name).
     init(context: TLSContext, socket: StreamSocket, name: String?, sessionKey: String) throws(CallFailure) {
@@ -123,7 +137,7 @@ final class TLSSession {
             }
         }
         if let session = context.session(for: sessionKey) {
-            _ = SSL_set_session(ssl, session)
+            offeredSession = SSL_set_session(ssl, session) == 1
             SSL_SESSION_free(session)
         }
     }

@@ -4,11 +4,12 @@
 # Makes throwaway certificates with the openssl command (a CA both sides trust; a server
 # certificate for localhost, 127.0.0.1 and secure.test; a client certificate; and an untrusted
 # "rogue" CA with a client and a server certificate of its own), then runs
-#   TLS_BINARY (Tests/tls/tls.c): goxel-refd behind stunnel, client certificates required;
+#   TLS_BINARY (Tests/tls/tls.c): goxel-refd behind stunnel, client certificates required (and
+#     behind socat, a terminator that cannot resume TLS sessions);
 #   DNS_BINARY (Tests/tls/dns.c) under `unshare --mount`, where it bind-mounts hosts files of its
 #     own over /etc/hosts (prints SKIP where a private mount namespace is not allowed).
 # Each prints PASS/FAIL lines and "N passed, N failed"; the exit status is non-zero on a failure.
-# Without stunnel4 or openssl: SKIP, except under CI=true (CI installs both: .ci/run).
+# Without stunnel4 or openssl: SKIP, except under CI=true (CI installs them and socat: .ci/run).
 set -u
 refd=$(readlink -f "$1"); tls=$(readlink -f "$2"); dns=$(readlink -f "$3")
 stunnel=$(command -v stunnel4 || command -v stunnel || true)
@@ -55,7 +56,7 @@ fi
 echo "# certificates by $(openssl version); $("$stunnel" -version 2>&1 | grep -m1 -o "stunnel [0-9.]*")"
 
 rc=0
-"$tls" "$refd" "$stunnel" "$certs" "$work/tls" || rc=1
+"$tls" "$refd" "$stunnel" "$certs" "$work/tls" "$(command -v socat || true)" || rc=1
 
 if unshare --mount true 2>/dev/null; then
     unshare --mount "$dns" "$refd" "$stunnel" "$certs" "$work/dns" || rc=1

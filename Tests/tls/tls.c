@@ -2,7 +2,7 @@
  * tls.c - TLS endpoints against goxel-refd behind stunnel (client certificates required), run by
  * tls-check.sh, which makes throwaway certificates with the openssl command:
  *
- *   ./tls REFD STUNNEL CERTDIR WORKDIR
+ *   ./tls REFD STUNNEL CERTDIR WORKDIR [SOCAT]
  *
  * CERTDIR holds ca.pem (the CA both sides trust), server.pem/.key (SAN localhost, 127.0.0.1),
  * client.pem/.key, and from a second, untrusted CA: rogue-ca.pem, rogue-client.pem/.key,
@@ -13,8 +13,9 @@
  * untrusted server and a wrong host name are EPEER with OpenSSL's reason, fast, without a
  * reconnect storm, with a tls_rejected alert and the circuit left closed; an endpoint that refuses
  * us is ejected and calls go to the others; files of the tls section that cannot be used are
- * EINVAL at client_new; health checks run over TLS; a stalled daemon's deadline is kept; kill -9
- * of refd behind stunnel recovers, as over plain TCP. Prints PASS/FAIL lines and "N passed, N
+ * EINVAL at client_new; health checks run over TLS; reconnections resume their TLS session, and
+ * fall back to a full handshake with a server that cannot resume (socat); a stalled daemon's
+ * deadline is kept; kill -9 of refd behind stunnel recovers, as over plain TCP. Prints PASS/FAIL lines and "N passed, N
  * failed".
  */
 #include "harness.h"
@@ -259,18 +260,23 @@ static void test_health_checks(void) {
     goxelpool_client_free(client);
 }
 
-/* A new connection per call (rotation after 1 request): after the first, each resumes the TLS
- * session the previous one received, instead of a full handshake. */
-static void test_resumption(void) {
-    char endpoint[64];
-    endpoint_text(endpoint, sizeof endpoint, port13);
+/* A client that opens a new connection per call (rotation after 1 request) on `endpoint`. */
+static goxelpool_client *rotating_client(const char *endpoint) {
     json_t *config = json_pack("{s:[s], s:{s:i, s:i, s:i, s:b}, s:{s:i}, s:o}", "endpoints", endpoint,
                                "pool", "min_connections", 1, "max_connections", 1, "max_requests_per_connection", 1,
                                "validate_on_connect", 0, "health", "interval_ms", 0,
                                "tls", tls_section("ca.pem", "client.pem", "client.key"));
-    goxelpool_client *client = new_client(config);
-    if (!client) return;
+    return new_client(config);
+}
+
+/* After the first connection, each resumes the TLS session the previous one received, instead
+ * of a full handshake. */
+static void test_resumption(void) {
+    char endpoint[64];
+    endpoint_text(endpoint, sizeof endpoint, port13);
     int before = accepted("tls13"), failures = 0;
+    goxelpool_client *client = rotating_client(endpoint);
+    if (!client) return;
     for (int i = 0; i < 6; i++) failures += timed_call(client, "ping", 3000, NULL) != GOXELPOOL_OK;
     long long resumed = stat_int(client, -1, "tls_sessions_resumed");
     int opened = accepted("tls13") - before;
@@ -296,6 +302,41 @@ static void test_deadline_when_stalled(void) {
     st = timed_call(client, "ping", 3000, &elapsed);
     check(st == GOXELPOOL_OK, "after the stall, calls work again (on a new connection)", "%s in %.1f ms", goxelpool_status_name(st), elapsed);
     goxelpool_client_free(client);
+}
+
+/* socat as the terminator, asking for client certificates, fails every resumed handshake
+ * ("session id context uninitialized"): the client falls back to a full handshake at once and
+ * stops offering sessions, rather than being refused. */
+static void test_server_that_cannot_resume(const char *socat) {
+    if (!socat[0]) {
+        check(getenv("CI") == NULL, "a server that cannot resume sessions (needs socat)", "socat not installed%s",
+              getenv("CI") ? " (CI must install it)" : ": SKIP");
+        return;
+    }
+    int port = free_port("127.0.0.1");
+    char listen[1024], target[300], log[300], endpoint[64];
+    snprintf(listen, sizeof listen, "OPENSSL-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,cert=%s/server.pem,key=%s/server.key,"
+             "cafile=%s/ca.pem,verify=1", port, certs, certs, certs);
+    snprintf(target, sizeof target, "UNIX-CONNECT:%s", refd_sock);
+    snprintf(log, sizeof log, "%s/socat.log", work);
+    char *argv[] = {(char *)socat, "-d", listen, target, NULL};
+    pid_t pid = spawn(argv, log);
+    if (!wait_port("127.0.0.1", port, 5000)) {
+        check(0, "socat started", "see %s", log);
+        stop(pid, SIGKILL);
+        return;
+    }
+    endpoint_text(endpoint, sizeof endpoint, port);
+    goxelpool_client *client = rotating_client(endpoint);
+    int failures = 0;
+    for (int i = 0; client && i < 6; i++) failures += timed_call(client, "ping", 3000, NULL) != GOXELPOOL_OK;
+    long long resumed = client ? stat_int(client, -1, "tls_sessions_resumed") : -1;
+    int refusals = count_in_file(log, "session id context uninitialized");
+    check(client && failures == 0 && resumed == 0 && refusals == 1,
+          "a server that cannot resume sessions (socat): one fallback to a full handshake, then none offered", "%d of 6 calls failed; "
+          "%lld resumed; socat refused %d resumed handshake(s)", failures, resumed, refusals);
+    goxelpool_client_free(client);
+    stop(pid, SIGTERM);
 }
 
 /* kill -9 of refd, restarted 500 ms later: calls work again within 10 s. Returns the time from
@@ -335,7 +376,7 @@ static void test_kill_recovery(void) {
 
 int main(int argc, char **argv) {
     if (argc < 5) {
-        fprintf(stderr, "usage: %s REFD STUNNEL CERTDIR WORKDIR\n", argv[0]);
+        fprintf(stderr, "usage: %s REFD STUNNEL CERTDIR WORKDIR [SOCAT]\n", argv[0]);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -388,6 +429,7 @@ int main(int argc, char **argv) {
     test_bad_files();
     test_health_checks();
     test_resumption();
+    test_server_that_cannot_resume(argc > 5 ? argv[5] : "");
     test_deadline_when_stalled();
     test_kill_recovery();
 
