@@ -29,3 +29,6 @@ static inline uint64_t goxelpool_ssl_client_options(void) {
      * a 1.2 server asking for one mid-call would need reads inside writes. */
     return SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION;
 }
+static inline long goxelpool_ssl_ctx_set_read_ahead(SSL_CTX *ctx, int on) {
+    return SSL_CTX_set_read_ahead(ctx, on);
+}

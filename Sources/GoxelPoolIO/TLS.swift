@@ -29,6 +29,10 @@ public final class TLSContext: @unchecked Sendable {
         _ = SSL_CTX_set_options(context, goxelpool_ssl_client_options())
         // Partial writes: a timed-out write reports what went out; the buffer may move between retries.
         _ = goxelpool_ssl_ctx_set_mode(context, Int(SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER))
+        // Read what the socket has, not one record header then one body: an answer often comes
+        // as two records (the daemon writes the line and its newline apart), four recv calls
+        // without this, one or two with it.
+        _ = goxelpool_ssl_ctx_set_read_ahead(context, 1)
         _ = goxelpool_ssl_ctx_set_session_cache_mode(context, Int(SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE))
         SSL_CTX_set_verify(context, settings.verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nil)
         if let caFile = settings.caFile {

@@ -753,8 +753,9 @@ static int tls_setup(tls_result *t) {
     for (int f = 0; f < FWD_COUNT; f++) tls_ports[f] = free_port();
     char listen_plain[256], listen_tls[1024], target[160], conf[128];
     snprintf(target, sizeof target, "UNIX-CONNECT:%s", socket_path);
-    snprintf(listen_plain, sizeof listen_plain, "TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork", tls_ports[FWD_PLAIN]);
-    snprintf(listen_tls, sizeof listen_tls, "OPENSSL-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,cert=%s/server.pem,"
+    /* nodelay as stunnel does by default: the daemon writes an answer and its newline apart. */
+    snprintf(listen_plain, sizeof listen_plain, "TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,nodelay", tls_ports[FWD_PLAIN]);
+    snprintf(listen_tls, sizeof listen_tls, "OPENSSL-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,nodelay,cert=%s/server.pem,"
              "key=%s/server.key,cafile=%s/ca.pem,verify=1", tls_ports[FWD_SOCAT_TLS], tls_dir, tls_dir, tls_dir);
     char *plain_argv[] = {"socat", listen_plain, target, NULL};
     char *tls_argv[] = {"socat", listen_tls, target, NULL};
