@@ -21,7 +21,6 @@ static inline void goxelpool_bio_set_retry_read(BIO *bio) { BIO_set_retry_read(b
 static inline void goxelpool_bio_set_retry_write(BIO *bio) { BIO_set_retry_write(bio); }
 static inline void goxelpool_bio_clear_retry(BIO *bio) { BIO_clear_retry_flags(bio); }
 static inline int goxelpool_err_reason(unsigned long code) { return ERR_GET_REASON(code); }
-static inline int goxelpool_err_library(unsigned long code) { return ERR_GET_LIB(code); }
 /* SSL_OP_* are built with a function-like macro (SSL_OP_BIT). */
 static inline uint64_t goxelpool_ssl_client_options(void) {
     /* EOF without close_notify reads as a clean EOF: answers are framed by lines, so a cut-off

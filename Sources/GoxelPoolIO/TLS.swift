@@ -121,7 +121,9 @@ final class TLSSession {
     /// `name`: the server name to verify and to send as SNI (nil: verify nothing by name).
     init(context: TLSContext, socket: StreamSocket, name: String?, sessionKey: String) throws(CallFailure) {
         ERR_clear_error()
-        guard let ssl = SSL_new(context.context), let bio = BIO_new(socketBIO.method) else {
+        guard let ssl = SSL_new(context.context) else { throw CallFailure(.noMemory, "tls: out of memory (\(openSSLErrors()))") }
+        guard let bio = BIO_new(socketBIO.method) else {
+            SSL_free(ssl)
             throw CallFailure(.noMemory, "tls: out of memory (\(openSSLErrors()))")
         }
         self.ssl = ssl
