@@ -157,7 +157,7 @@ class ModuleTests(unittest.TestCase):
         self.assertEqual([int(k) for k in (EventKind.ALERT, EventKind.HEALTH, EventKind.CONNECTION,
                                            EventKind.POOL, EventKind.REQUEST, EventKind.LOG)],
                          [1, 2, 4, 8, 16, 32])
-        self.assertEqual(int(EventKind.ALL), 0x3F)
+        self.assertEqual(int(EventKind.ALL), 0xFF)
 
     def test_decref_is_jansson_decref(self) -> None:
         """_decref releases exactly one reference (through jansson's own atomic json_decref)."""
