@@ -23,6 +23,7 @@ final class StreamSocket {
     var lastErrno: Int32 = 0
     var sawEOF = false
     private var sendsMustNotBlock = false
+    var receivesMustNotBlock = false
 
     private init(fd: Int32) { self.fd = fd }
 
@@ -135,7 +136,7 @@ final class StreamSocket {
 
     /// For the TLS BIO: one receive; 0 at EOF.
     func rawReceive(_ base: UnsafeMutableRawPointer, _ count: Int) -> Int {
-        let n = recv(fd, base, count, 0)
+        let n = recv(fd, base, count, receivesMustNotBlock ? Int32(MSG_DONTWAIT) : 0)
         if n < 0 { lastErrno = errno } else if n == 0 { sawEOF = true }
         return n
     }
@@ -230,7 +231,9 @@ final class StreamSocket {
             case .again:
                 if Clock.now() >= deadline { throw .timedOut(written: offset > 0) }
             case .eof: throw .failed("send: the peer closed the TLS connection", written: offset > 0)
-            case .failed(let message): throw .failed("send: \(message)", written: offset > 0)
+            case .failed(let message):
+                if offset == 0, let refusal = tls.refusalAfterFailedWrite() { throw .rejected(refusal) }
+                throw .failed("send: \(message)", written: offset > 0)
             case .rejected(let message): throw .rejected(message)
             }
         }

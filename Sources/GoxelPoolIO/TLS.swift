@@ -193,6 +193,18 @@ final class TLSSession {
         return .done(written)
     }
 
+    /// After a failed write: the server may have refused us and reset the connection before the
+    /// write (a TLS 1.3 server refuses a client certificate only after the handshake, and our
+    /// request then reaches a closed socket). Its alert may still be readable: its reason, or nil.
+    func refusalAfterFailedWrite() -> String? {
+        var scratch = [UInt8](repeating: 0, count: 512)
+        socket.receivesMustNotBlock = true
+        defer { socket.receivesMustNotBlock = false }
+        let outcome = scratch.withUnsafeMutableBytes { raw in raw.baseAddress.map { read($0, raw.count) } }
+        if case .rejected(let reason)? = outcome { return reason }
+        return nil
+    }
+
     /// Sends close_notify without waiting for the peer's (the socket must not block here).
     func closeNotify() {
         guard !failed else { return }

@@ -19,7 +19,6 @@
 #include <netdb.h>
 #include <sys/mount.h>
 
-static const char *refd_bin, *stunnel_bin, *certs, *work;
 static int port;
 static int hosts_version;
 
@@ -315,15 +314,7 @@ static void test_dnstls(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 5) {
-        fprintf(stderr, "usage: %s REFD STUNNEL CERTDIR WORKDIR (under unshare --mount)\n", argv[0]);
-        return 2;
-    }
-    signal(SIGPIPE, SIG_IGN);
-    refd_bin = argv[1];
-    stunnel_bin = argv[2];
-    certs = argv[3];
-    work = argv[4];
+    harness_arguments(argc, argv, " (under unshare --mount)");
     if (!set_hosts("")) {
         printf("SKIP dns-check: cannot bind-mount over /etc/hosts (%s): run under unshare --mount as root\n", strerror(errno));
         return 0;

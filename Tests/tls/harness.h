@@ -27,6 +27,8 @@
 #include <unistd.h>
 
 static int n_passed, n_failed;
+/* The arguments both programs take: REFD STUNNEL CERTDIR WORKDIR. */
+static const char *refd_bin, *stunnel_bin, *certs, *work;
 
 /* Each test uses some of these helpers. */
 #define HARNESS static __attribute__((unused))
@@ -58,6 +60,19 @@ HARNESS double now_ms(void) {
 HARNESS void sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+}
+
+/* Reads REFD STUNNEL CERTDIR WORKDIR (and more, `extra`, to the usage line); SIGPIPE ignored. */
+HARNESS void harness_arguments(int argc, char **argv, const char *extra) {
+    if (argc < 5) {
+        fprintf(stderr, "usage: %s REFD STUNNEL CERTDIR WORKDIR%s\n", argv[0], extra);
+        exit(2);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    refd_bin = argv[1];
+    stunnel_bin = argv[2];
+    certs = argv[3];
+    work = argv[4];
 }
 
 /* ---- child processes ------------------------------------------------------------------------ */

@@ -20,7 +20,6 @@
  */
 #include "harness.h"
 
-static const char *refd_bin, *stunnel_bin, *certs, *work;
 static char refd_sock[256], refd_log[256], stunnel_log[256], stunnel_conf[256];
 static pid_t refd_pid = -1, stunnel_pid = -1;
 static int port13, port12, port_rogue, port_plain;
@@ -54,7 +53,7 @@ static int start_stunnel(void) {
         int ports[] = {port13, port12, port_rogue};
         for (int i = 0; i < 3; i++) {
             fprintf(f, "[%s]\naccept = 127.0.0.1:%d\nconnect = %s\ncert = %s\nkey = %s\nCAfile = %s\n"
-                       "verifyChain = yes\nrequireCert = yes\n%s\n",
+                       "verifyChain = yes\nrequireCert = yes\nsslVersionMin = TLSv1.2\n%s\n",
                     names[i], ports[i], refd_sock, i == 2 ? rogue : server, i == 2 ? rogue_key : server_key, ca,
                     i == 1 ? "sslVersionMax = TLSv1.2\n" : "");
         }
@@ -375,15 +374,7 @@ static void test_kill_recovery(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 5) {
-        fprintf(stderr, "usage: %s REFD STUNNEL CERTDIR WORKDIR [SOCAT]\n", argv[0]);
-        return 2;
-    }
-    signal(SIGPIPE, SIG_IGN);
-    refd_bin = argv[1];
-    stunnel_bin = argv[2];
-    certs = argv[3];
-    work = argv[4];
+    harness_arguments(argc, argv, " [SOCAT]");
     snprintf(refd_sock, sizeof refd_sock, "%s/refd.sock", work);
     snprintf(refd_log, sizeof refd_log, "%s/refd.log", work);
     snprintf(stunnel_log, sizeof stunnel_log, "%s/stunnel.log", work);
