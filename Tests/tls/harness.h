@@ -128,25 +128,42 @@ HARNESS int wait_for_text(const char *path, const char *needle, int timeout_ms) 
     return 0;
 }
 
-/* A TCP port free on `address` now (bound to port 0, then released). */
+/* `address` (IPv4 or IPv6, numeric) and `port` as a socket address; its length, 0 if invalid. */
+HARNESS socklen_t socket_address(const char *address, int port, struct sockaddr_storage *out) {
+    memset(out, 0, sizeof *out);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)out;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)out;
+    if (inet_pton(AF_INET, address, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        return sizeof *v4;
+    }
+    if (inet_pton(AF_INET6, address, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        return sizeof *v6;
+    }
+    return 0;
+}
+
+/* A TCP port free on `address` now (bound to port 0, then released), or -1. */
 HARNESS int free_port(const char *address) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    inet_pton(AF_INET, address, &sa.sin_addr);
-    socklen_t len = sizeof sa;
+    struct sockaddr_storage sa;
+    socklen_t len = socket_address(address, 0, &sa);
+    int fd = len ? socket(sa.ss_family, SOCK_STREAM, 0) : -1;
     int port = -1;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, len) == 0 && getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+        port = ntohs(sa.ss_family == AF_INET ? ((struct sockaddr_in *)&sa)->sin_port : ((struct sockaddr_in6 *)&sa)->sin6_port);
+    if (fd >= 0) close(fd);
     return port;
 }
 
 HARNESS int port_open(const char *address, int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, address, &sa.sin_addr);
-    int ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
-    close(fd);
+    struct sockaddr_storage sa;
+    socklen_t len = socket_address(address, port, &sa);
+    int fd = len ? socket(sa.ss_family, SOCK_STREAM, 0) : -1;
+    int ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, len) == 0;
+    if (fd >= 0) close(fd);
     return ok;
 }
 

@@ -338,6 +338,39 @@ static void test_server_that_cannot_resume(const char *socat) {
     stop(pid, SIGTERM);
 }
 
+/* tls:[::1]:port, the certificate checked against server_name (it has no IPv6 address). */
+static void test_ipv6(void) {
+    int port = free_port("::1");
+    if (port < 0) {
+        printf("SKIP tls:[::1]: no IPv6 loopback here\n");
+        return;
+    }
+    char conf[300], log[300], endpoint[64];
+    snprintf(conf, sizeof conf, "%s/stunnel6.conf", work);
+    snprintf(log, sizeof log, "%s/stunnel6.log", work);
+    FILE *f = fopen(conf, "w");
+    if (!f) return;
+    fprintf(f, "foreground = yes\npid =\nsyslog = no\noutput = %s\n[v6]\naccept = ::1:%d\nconnect = %s\ncert = %s/server.pem\n"
+               "key = %s/server.key\nCAfile = %s/ca.pem\nverifyChain = yes\nrequireCert = yes\n", log, port, refd_sock, certs, certs, certs);
+    fclose(f);
+    char *argv[] = {(char *)stunnel_bin, conf, NULL};
+    pid_t pid = spawn(argv, log);
+    if (!wait_port("::1", port, 5000)) {
+        check(0, "stunnel on [::1]", "see %s", log);
+        stop(pid, SIGKILL);
+        return;
+    }
+    snprintf(endpoint, sizeof endpoint, "tls:[::1]:%d", port);
+    json_t *tls = tls_section("ca.pem", "client.pem", "client.key");
+    json_object_set_new(tls, "server_name", json_string("localhost"));
+    goxelpool_client *client = tls_client(endpoint, tls, 1, 1);
+    double elapsed;
+    goxelpool_status st = client ? timed_call(client, "ping", 3000, &elapsed) : GOXELPOOL_EINVAL;
+    check(st == GOXELPOOL_OK, "tls:[::1]:port with server_name", "%s %s", goxelpool_status_name(st), st ? goxelpool_last_error() : "");
+    goxelpool_client_free(client);
+    stop(pid, SIGTERM);
+}
+
 /* kill -9 of refd, restarted 500 ms later: calls work again within 10 s. Returns the time from
  * the restart to the first successful call, or -1. */
 static double kill_and_recover(goxelpool_client *client, const char *tcp) {
@@ -417,6 +450,7 @@ int main(int argc, char **argv) {
     goxelpool_client_free(client);
 
     test_ejection();
+    test_ipv6();
     test_bad_files();
     test_health_checks();
     test_resumption();
