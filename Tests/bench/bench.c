@@ -703,8 +703,10 @@ typedef struct {
     run_result r[TLS_TS][FWD_COUNT][MAX_ROUNDS];
     double ratio[TLS_TS][FWD_COUNT][MAX_ROUNDS]; /* calls/s against socat tcp in the same round */
     int n;
+    double new_ms[FWD_COUNT];    /* goxelpool_client_new alone (the TLS context: CA, certificate, key), median */
     double open_ms[FWD_COUNT];   /* new client to first answer (full handshake), median */
-    double rotate_us[FWD_COUNT]; /* a new connection per call (TLS session resumed), median per call */
+    double rotate_us[FWD_COUNT]; /* a new connection per call (TLS session resumed), per call */
+    double rotate_cpu_us[FWD_COUNT]; /* the client's CPU per call then */
     json_int_t resumed[FWD_COUNT];
 } tls_result;
 
@@ -837,19 +839,21 @@ static void tls_run(tls_result *t) {
     int opens = opt_quick ? 5 : 20, rotations = opt_quick ? 50 : 300;
     for (int f = 0; f < FWD_COUNT; f++) {
         progress("across machines: the cost of opening connections");
-        double ms[32];
+        double ms[32], new_ms[32];
         for (int i = 0; i < opens; i++) {
             json_t *cfg = tls_config(f, 1);
             goxelpool_client *client = NULL;
             char err[256];
             double t0 = now_s();
             if (goxelpool_client_new(cfg, &client, err, sizeof err) != GOXELPOOL_OK) die("goxelpool_client_new: %s", err);
+            new_ms[i] = (now_s() - t0) * 1e3;
             json_decref(cfg);
             if (goxelpool_call(client, "ping", NULL, 30000, NULL, NULL) != GOXELPOOL_OK) die("%s", "first call failed");
             ms[i] = (now_s() - t0) * 1e3;
             goxelpool_client_free(client);
         }
         t->open_ms[f] = median(ms, opens);
+        t->new_ms[f] = median(new_ms, opens);
         /* A new connection for every call (rotation after one request, no validation call): after
          * the first, each one resumes the TLS session the previous one received. */
         json_t *cfg = tls_config(f, 1);
@@ -857,10 +861,11 @@ static void tls_run(tls_result *t) {
         json_object_set_new(pool, "max_requests_per_connection", json_integer(1));
         json_object_set_new(pool, "validate_on_connect", json_false());
         goxelpool_client *client = lib_open_config(cfg, 1);
-        double t0 = now_s();
+        double t0 = now_s(), cpu0 = cpu_s();
         int failed = 0;
         for (int i = 0; i < rotations; i++) failed += goxelpool_call(client, "ping", NULL, 30000, NULL, NULL) != GOXELPOOL_OK;
         t->rotate_us[f] = failed ? 0 : (now_s() - t0) * 1e6 / rotations;
+        t->rotate_cpu_us[f] = (cpu_s() - cpu0) * 1e6 / rotations;
         t->resumed[f] = stat_int(client, "tls_sessions_resumed");
         goxelpool_client_free(client);
     }
@@ -1290,17 +1295,21 @@ int main(int argc, char **argv) {
             }
         }
         if (tr.ok) {
-            printf("  opening one connection (new client to its first answer: TCP, TLS handshake with certificates both\n"
-                   "  ways, validation ping): socat tcp %.2f ms, socat tls %.2f ms, stunnel tls %.2f ms; the handshake costs\n"
-                   "  %.2f ms (socat) and %.2f ms (stunnel) more\n", tr.open_ms[0], tr.open_ms[1], tr.open_ms[2],
-                   tr.open_ms[1] - tr.open_ms[0], tr.open_ms[2] - tr.open_ms[0]);
-            printf("  a new connection per call (max_requests_per_connection 1; TLS sessions resumed: socat %lld, stunnel %lld):\n"
-                   "  %.0f µs per call (socat tcp), %.0f µs (socat tls), %.0f µs (stunnel tls)\n",
-                   (long long)tr.resumed[1], (long long)tr.resumed[2], tr.rotate_us[0], tr.rotate_us[1], tr.rotate_us[2]);
-            emit(json_pack("{s:s, s:[f,f,f], s:[f,f,f], s:[I,I,I], s:[s,s,s]}", "bench", "tls_handshake", "open_ms", tr.open_ms[0],
-                           tr.open_ms[1], tr.open_ms[2], "new_connection_per_call_us", tr.rotate_us[0], tr.rotate_us[1],
-                           tr.rotate_us[2], "sessions_resumed", tr.resumed[0], tr.resumed[1], tr.resumed[2], "forwarders",
-                           fwd_names[0], fwd_names[1], fwd_names[2]));
+            printf("  goxelpool_client_new (TLS: the OpenSSL context, CA, certificate and key read once per client):\n"
+                   "  socat tcp %.2f ms, socat tls %.2f ms, stunnel tls %.2f ms\n", tr.new_ms[0], tr.new_ms[1], tr.new_ms[2]);
+            printf("  a new client to its first answer (client_new, TCP, full TLS handshake with certificates both ways,\n"
+                   "  validation ping, the call): socat tcp %.2f ms, socat tls %.2f ms, stunnel tls %.2f ms\n",
+                   tr.open_ms[0], tr.open_ms[1], tr.open_ms[2]);
+            printf("  a new connection per call (max_requests_per_connection 1; sessions resumed: socat %lld, stunnel %lld):\n"
+                   "  per call %.0f / %.0f / %.0f µs (socat tcp / socat tls / stunnel tls), client CPU %.0f / %.0f / %.0f µs\n",
+                   (long long)tr.resumed[1], (long long)tr.resumed[2], tr.rotate_us[0], tr.rotate_us[1], tr.rotate_us[2],
+                   tr.rotate_cpu_us[0], tr.rotate_cpu_us[1], tr.rotate_cpu_us[2]);
+            emit(json_pack("{s:s, s:[f,f,f], s:[f,f,f], s:[f,f,f], s:[f,f,f], s:[I,I,I], s:[s,s,s]}", "bench", "tls_handshake",
+                           "client_new_ms", tr.new_ms[0], tr.new_ms[1], tr.new_ms[2], "open_ms", tr.open_ms[0], tr.open_ms[1],
+                           tr.open_ms[2], "new_connection_per_call_us", tr.rotate_us[0], tr.rotate_us[1], tr.rotate_us[2],
+                           "new_connection_client_cpu_us", tr.rotate_cpu_us[0], tr.rotate_cpu_us[1], tr.rotate_cpu_us[2],
+                           "sessions_resumed", tr.resumed[0], tr.resumed[1], tr.resumed[2], "forwarders", fwd_names[0],
+                           fwd_names[1], fwd_names[2]));
         }
     }
     if (do_memory) printf("\nMemory (RSS, separate processes)\n");
