@@ -714,9 +714,12 @@ static char tls_dir[64];
 static int tls_ports[FWD_COUNT];
 static pid_t tls_pids[FWD_COUNT];
 
+/* In a process group of its own, so that what it forks (socat: one child per connection) can be
+ * stopped with it. */
 static pid_t spawn_quiet(char *const argv[]) {
     pid_t pid = fork();
     if (pid == 0) {
+        setpgid(0, 0);
         int null = open("/dev/null", O_RDWR);
         if (null >= 0) { dup2(null, 0); dup2(null, 1); dup2(null, 2); }
         execvp(argv[0], argv);
@@ -787,7 +790,11 @@ static int tls_setup(tls_result *t) {
 
 static void tls_teardown(void) {
     for (int f = 0; f < FWD_COUNT; f++) {
-        if (tls_pids[f] > 0) { kill(tls_pids[f], SIGTERM); waitpid(tls_pids[f], NULL, 0); }
+        if (tls_pids[f] > 0) {
+            kill(-tls_pids[f], SIGTERM);
+            waitpid(tls_pids[f], NULL, 0);
+            kill(-tls_pids[f], SIGKILL);
+        }
         tls_pids[f] = 0;
     }
     if (tls_dir[0]) {

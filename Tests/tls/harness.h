@@ -94,16 +94,19 @@ HARNESS pid_t spawn(char *const argv[], const char *log) {
     return pid;
 }
 
+/* Stops a process started by spawn and whatever it forked (socat forks per connection, and a
+ * child may outlive its parent's SIGTERM). */
 HARNESS void stop(pid_t pid, int sig) {
     if (pid <= 0) return;
     kill(-pid, sig);
     kill(pid, sig);
-    for (int i = 0; i < 50; i++) {
-        if (waitpid(pid, NULL, WNOHANG) == pid) return;
-        sleep_ms(20);
+    int reaped = 0;
+    for (int i = 0; i < 50 && !reaped; i++) {
+        reaped = waitpid(pid, NULL, WNOHANG) == pid;
+        if (!reaped) sleep_ms(20);
     }
     kill(-pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    if (!reaped) waitpid(pid, NULL, 0);
 }
 
 /* Occurrences of `needle` in the file at `path`. */
