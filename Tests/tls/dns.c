@@ -219,6 +219,25 @@ static void test_follow(void) {
     check(followed && alert, "the name resolves again: dns_resolution_recovered, and the set follows it", "%s; %s", got,
           event_text(alert, detail, sizeof detail));
     json_decref(alert);
+
+    /* goxelpool_remove_endpoint / add_endpoint take the name; one address of it cannot be removed. */
+    char address[64], name_text[64];
+    snprintf(address, sizeof address, "tcp:127.0.0.3:%d", port);
+    snprintf(name_text, sizeof name_text, "dns:fleet.test:%d", port);
+    goxelpool_status st_address = goxelpool_remove_endpoint(client, address, 0);
+    check(st_address == GOXELPOOL_EINVAL && strstr(goxelpool_last_error(), "dns:fleet.test"),
+          "removing one address of a name is EINVAL naming the name", "%s: %s", goxelpool_status_name(st_address), goxelpool_last_error());
+    goxelpool_status st_remove = goxelpool_remove_endpoint(client, name_text, 1000);
+    stats = goxelpool_stats(client);
+    size_t left = json_array_size(json_object_get(stats, "endpoints")), names = json_array_size(json_object_get(stats, "dns"));
+    json_decref(stats);
+    check(st_remove == GOXELPOOL_OK && left == 0 && names == 0, "removing the name removes its addresses",
+          "%s; %zu endpoints and %zu names left", goxelpool_status_name(st_remove), left, names);
+    goxelpool_status st_add = goxelpool_add_endpoint(client, name_text);
+    followed = st_add == GOXELPOOL_OK && wait_endpoints(client, want, 4000, got, sizeof got);
+    st = followed ? timed_call(client, "ping", 3000, &elapsed) : GOXELPOOL_EINVAL;
+    check(followed && st == GOXELPOOL_OK, "adding the name back at run time: looked up, its address serves calls", "%s; %s; %s",
+          goxelpool_status_name(st_add), got, goxelpool_status_name(st));
     goxelpool_client_free(client);
     json_decref(events.list);
 }
