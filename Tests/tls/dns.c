@@ -284,27 +284,12 @@ static void test_not_yet_resolved(void) {
 
 /* dnstls: the certificate (SAN secure.test, not 127.0.0.5) is checked against the name. */
 static void test_dnstls(void) {
-    char conf[300], log[300], out[300], ca[300], cert[300], key[300], client_cert[300], client_key[300];
-    snprintf(conf, sizeof conf, "%s/stunnel.conf", work);
-    snprintf(log, sizeof log, "%s/stunnel.log", work);
-    snprintf(out, sizeof out, "%s/stunnel.out", work);
+    char ca[300], client_cert[300], client_key[300];
     snprintf(ca, sizeof ca, "%s/ca.pem", certs);
-    snprintf(cert, sizeof cert, "%s/server.pem", certs);
-    snprintf(key, sizeof key, "%s/server.key", certs);
     snprintf(client_cert, sizeof client_cert, "%s/client.pem", certs);
     snprintf(client_key, sizeof client_key, "%s/client.key", certs);
-    FILE *f = fopen(conf, "w");
-    if (!f) return;
-    fprintf(f, "foreground = yes\npid =\nsyslog = no\noutput = %s\n[d]\naccept = 127.0.0.5:%d\nconnect = %s\ncert = %s\nkey = %s\n"
-               "CAfile = %s\nverifyChain = yes\nrequireCert = yes\n", log, port, sock_c, cert, key, ca);
-    fclose(f);
-    char *argv[] = {(char *)stunnel_bin, conf, NULL};
-    pid_t stunnel = spawn(argv, out);
-    if (!wait_port("127.0.0.5", port, 5000)) {
-        check(0, "dnstls: stunnel started", "see %s", out);
-        stop(stunnel, SIGKILL);
-        return;
-    }
+    pid_t stunnel = start_one_stunnel("dnstls", "127.0.0.5", port, sock_c);
+    if (stunnel < 0) return;
     set_hosts("127.0.0.5 secure.test\n");
     const char *forms[] = {"dnstls:secure.test:%d", "tls:127.0.0.5:%d"};
     for (int i = 0; i < 2; i++) {

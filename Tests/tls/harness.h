@@ -193,6 +193,27 @@ HARNESS pid_t start_refd(const char *refd, const char *sock, const char *tcp, co
     return -1;
 }
 
+/* stunnel (the good server certificate of CERTDIR, client certificates required) on `address`
+ * `port` in front of the Unix socket `sock`, its files named WORKDIR/`name`.*; waits until it
+ * listens. Returns its pid, or -1 after a FAIL line. */
+HARNESS pid_t start_one_stunnel(const char *name, const char *address, int port, const char *sock) {
+    char conf[300], log[300];
+    snprintf(conf, sizeof conf, "%s/%s.conf", work, name);
+    snprintf(log, sizeof log, "%s/%s.log", work, name);
+    FILE *f = fopen(conf, "w");
+    if (!f) return -1;
+    fprintf(f, "foreground = yes\npid =\nsyslog = no\noutput = %s\n[%s]\naccept = %s:%d\nconnect = %s\ncert = %s/server.pem\n"
+               "key = %s/server.key\nCAfile = %s/ca.pem\nverifyChain = yes\nrequireCert = yes\n",
+            log, name, address, port, sock, certs, certs, certs);
+    fclose(f);
+    char *argv[] = {(char *)stunnel_bin, conf, NULL};
+    pid_t pid = spawn(argv, log);
+    if (wait_port(address, port, 5000)) return pid;
+    check(0, "stunnel started", "%s:%d, see %s", address, port, log);
+    stop(pid, SIGKILL);
+    return -1;
+}
+
 /* One JSON-RPC call on goxel-refd's control socket: the "result" (new reference) or NULL. */
 HARNESS json_t *refd_control(const char *sock, const char *method, json_t *params) {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};

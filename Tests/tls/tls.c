@@ -345,21 +345,9 @@ static void test_ipv6(void) {
         printf("SKIP tls:[::1]: no IPv6 loopback here\n");
         return;
     }
-    char conf[300], log[300], endpoint[64];
-    snprintf(conf, sizeof conf, "%s/stunnel6.conf", work);
-    snprintf(log, sizeof log, "%s/stunnel6.log", work);
-    FILE *f = fopen(conf, "w");
-    if (!f) return;
-    fprintf(f, "foreground = yes\npid =\nsyslog = no\noutput = %s\n[v6]\naccept = ::1:%d\nconnect = %s\ncert = %s/server.pem\n"
-               "key = %s/server.key\nCAfile = %s/ca.pem\nverifyChain = yes\nrequireCert = yes\n", log, port, refd_sock, certs, certs, certs);
-    fclose(f);
-    char *argv[] = {(char *)stunnel_bin, conf, NULL};
-    pid_t pid = spawn(argv, log);
-    if (!wait_port("::1", port, 5000)) {
-        check(0, "stunnel on [::1]", "see %s", log);
-        stop(pid, SIGKILL);
-        return;
-    }
+    pid_t pid = start_one_stunnel("ipv6", "::1", port, refd_sock);
+    if (pid < 0) return;
+    char endpoint[64];
     snprintf(endpoint, sizeof endpoint, "tls:[::1]:%d", port);
     json_t *tls = tls_section("ca.pem", "client.pem", "client.key");
     json_object_set_new(tls, "server_name", json_string("localhost"));
