@@ -4,6 +4,7 @@ import PackageDescription
 // Layout (see README "Architecture"):
 //   CJansson       the system's jansson (JSON at the C boundary and on the wire)
 //   CLinux         Linux headers Swift's Glibc module lacks (eventfd)
+//   COpenSSL       the system's OpenSSL (tls: and dnstls: endpoints)
 //   CGoxelPool     include/goxelpool.h as a C module: the contract the shim is checked against
 //   GoxelPoolCore  pure decisions: configuration, pool and health state machines, backoff (no I/O)
 //   CDaemonSpawn   starting and reaping managed daemons (clone + prctl + execve; only raw system
@@ -27,6 +28,9 @@ let package = Package(
         .systemLibrary(name: "CJansson", path: "Sources/CJansson", pkgConfig: "jansson",
                        providers: [.apt(["libjansson-dev"])]),
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
+        // TLS endpoints (libssl-dev), linked dynamically: security fixes come with the system's updates.
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
+                       providers: [.apt(["libssl-dev"])]),
         .target(name: "CGoxelPool", dependencies: ["CJansson"], path: ".",
                 sources: ["Sources/CGoxelPool/header_stub.c"], publicHeadersPath: "include"),
         .target(name: "GoxelPoolCore", dependencies: [
@@ -36,7 +40,7 @@ let package = Package(
         ]),
         .target(name: "CDaemonSpawn"),
         .target(name: "GoxelPoolIO", dependencies: [
-            "GoxelPoolCore", "CJansson", "CLinux", "CDaemonSpawn",
+            "GoxelPoolCore", "CJansson", "CLinux", "CDaemonSpawn", "COpenSSL",
             .product(name: "DequeModule", package: "swift-collections"),
         ]),
         .target(name: "GoxelPool", dependencies: ["GoxelPoolIO", "GoxelPoolCore", "CGoxelPool", "CJansson"]),
@@ -50,7 +54,7 @@ let package = Package(
         .testTarget(name: "GoxelPoolIntegrationTests",
                     dependencies: ["GoxelPool", "GoxelPoolIO", "GoxelPoolCore", "CGoxelPool", "CJansson"],
                     path: "Tests",
-                    exclude: ["GoxelPoolCoreTests", "bench", "cli", "faults", "fuzz", "metrics", "packaging", "reliability", "setup", "spawn"],
+                    exclude: ["GoxelPoolCoreTests", "bench", "cli", "faults", "fuzz", "metrics", "packaging", "reliability", "setup", "spawn", "tls"],
                     sources: ["GoxelPoolIOTests", "GoxelPoolABITests", "RefDaemonSupport"]),
     ]
 )

@@ -48,7 +48,9 @@ typedef enum goxelpool_status {
     GOXELPOOL_EBUSY = 8,        /* the wait queue is full */
     GOXELPOOL_EUNAVAILABLE = 9, /* the daemon is known to be down (circuit open); failed fast */
     GOXELPOOL_ETOOBIG = 10,     /* a request or an answer is larger than max_message_size */
-    GOXELPOOL_EPEER = 11,       /* the socket is served by a process of another user */
+    GOXELPOOL_EPEER = 11,       /* the peer was refused or refused us: a Unix socket served by another
+                                   user, or a TLS certificate or name that failed verification, or
+                                   a client certificate the server refused (a configuration fault) */
     GOXELPOOL_ENOMEM = 12,      /* out of memory */
     GOXELPOOL_ELOST = 13        /* a session's document was lost and could not be restored */
 } goxelpool_status;
@@ -90,8 +92,9 @@ typedef struct goxelpool_client goxelpool_client;
  *              trend_analysis true, trend_sample_size 10, latency_spike_factor 3.0 },
  *     circuit_breaker { enabled true, consecutive_connect_failures 5, failure_rate 0.5,
  *              window_size 20, minimum_calls 10, cooldown_ms 5000 },
- *     endpoints [] (instead of socket_path: "unix:/path", "tcp:host:port", "tcp:[::1]:port";
- *              see "Several daemons behind one client" below), max_total_connections 0 (no cap),
+ *     endpoints [] (instead of socket_path: "unix:/path", "tcp:host:port", "tcp:[::1]:port",
+ *              "tls:host:port", "dns:name:port", "dnstls:name:port"; see "Several daemons behind
+ *              one client" below), max_total_connections 0 (no cap),
  *     outlier_detection { consecutive_failures 5, success_rate 0.5, window 20, minimum_calls 10,
  *              base_ejection_ms 1000, max_ejection_ms 30000, panic_threshold 0.5 },
  *     spawn { command [...] (required: the daemon's argv, "{socket}" replaced by the socket the
@@ -99,7 +102,15 @@ typedef struct goxelpool_client goxelpool_client;
  *              added to, or replacing, the environment the daemon inherits; "{socket}" replaced),
  *              max_connections_per_process 240 (0: no limit), max_age_ms 0 (0: none; else >= 1000),
  *              start_timeout_ms 10000, stop_grace_ms 2000, drain_timeout_ms 60000,
- *              output "log" | "null" } (instead of socket_path or endpoints).
+ *              output "log" | "null" } (instead of socket_path or endpoints),
+ *     dns_refresh_ms 30000 (how often dns: names are looked up again; 0: only when every
+ *              address of a name failed; else at least 100),
+ *     tls { ca_file (PEM; default: the system's CA store), cert_file (PEM client certificate
+ *              chain; default: none), key_file (PEM; default: in cert_file), server_name (the name
+ *              the server's certificate must carry, also sent as SNI; default: the endpoint's host,
+ *              or the name of a dnstls: endpoint), verify true, min_version "1.2" | "1.3" }.
+ *              The files are read once, here: one that cannot be read or used is EINVAL, with the
+ *              key, the path and OpenSSL's reason.
  * out: receives the client (set to NULL on failure). Must not be NULL.
  * errbuf: may be NULL; else receives a NUL-terminated message on failure (truncated to
  *   errbuf_len - 1 bytes).
@@ -115,7 +126,8 @@ goxelpool_status goxelpool_client_new(const json_t *config, goxelpool_client **o
  * callback with ECLOSED. Then the managed daemons (spawn) get SIGTERM, SIGKILL after
  * spawn.stop_grace_ms, and are reaped; their sockets and private directory are removed. Every
  * socket is closed, every process the library started reaped and every library thread joined
- * before it returns.
+ * before it returns (a DNS lookup in progress is waited for: getaddrinfo cannot be interrupted;
+ * it is bounded by the system resolver's timeout, resolv.conf "timeout" x "attempts").
  * Idempotent: a second close returns OK at once. In thread mode it must not be called from a
  * callback of this client (returns EINVAL: it would wait for itself); in dispatch mode callbacks
  * run on your thread, so it may be, and the callbacks of queued async calls then wait in the
@@ -199,7 +211,33 @@ goxelpool_status goxelpool_call_batch(goxelpool_client *client, const json_t *re
  * Several daemons behind one client
  *
  * A client connects to the endpoints of its configuration ("endpoints": ["unix:/path",
- * "tcp:host:port", "tcp:[::1]:port"], or just "socket_path"). Each endpoint has its own pool
+ * "tcp:host:port", "tcp:[::1]:port", "tls:host:port", "dns:name:port", "dnstls:name:port"], or
+ * just "socket_path").
+ *   tls:host:port (tls:[v6]:port): TCP with TLS (OpenSSL), typically a terminator such as stunnel
+ *     in front of a daemon on another machine. The server's chain and name (host, or
+ *     tls.server_name) are verified unless tls.verify is false; SNI is sent; the client
+ *     certificate of the tls section is sent when the server asks. The handshake happens when a
+ *     connection opens, within pool.connect_timeout_ms; connections are reused as any other (no
+ *     handshake per call), and a reconnection resumes the TLS session when the server allows it.
+ *   dns:name:port: every A and AAAA address of `name`, one endpoint per address (tcp:ADDRESS:port),
+ *     looked up on a library thread (never the caller's) with getaddrinfo, again every
+ *     dns_refresh_ms and as soon as every address of the name failed (at most once a second).
+ *     A new address is added; one that vanished is drained (calls in flight finish for up to
+ *     timeout_ms) and removed. A failed or empty lookup keeps the last good set and raises a
+ *     "dns_resolution_failed" alert (once per failure streak; "dns_resolution_recovered" when it
+ *     resolves again). Until a name's first lookup succeeds, calls wait for it within their
+ *     deadline (then ECONNECT with the lookup's error, or ETIMEDOUT). A change posts a "pool"
+ *     event of type "dns_updated" (added, removed, addresses).
+ *   dnstls:name:port: as dns:, with TLS to each address, the certificate checked against `name`.
+ * A refusal (EPEER: TLS verification failed, a wrong name, a client certificate the server
+ * refused, a Unix socket served by another user) is a configuration fault, not a daemon that is
+ * down: calls on that endpoint fail at once with EPEER and OpenSSL's reason until a connection
+ * attempt, made with the reconnect backoff, succeeds; the circuit breaker does not count it; a
+ * critical alert "tls_rejected" (or "peer_rejected") says so; with several endpoints, the
+ * endpoint is ejected at once and the call goes to another. A TLS 1.3 server refuses a client
+ * certificate only after the handshake: the validation call (pool.validate_on_connect) or the
+ * first call sees it, as EPEER too.
+ * Each endpoint has its own pool
  * (pool.min_connections / max_connections apply per endpoint, within max_total_connections),
  * health, backoff and circuit breaker. Each call goes to one endpoint, chosen by
  * power-of-two-choices on outstanding calls weighted by a peak-EWMA latency; a call that never
@@ -209,19 +247,23 @@ goxelpool_status goxelpool_call_batch(goxelpool_client *client, const json_t *re
  * all are used (panic mode).
  * ------------------------------------------------------------------------------------------- */
 
-/* Adds a daemon at run time. endpoint: borrowed, "unix:/path" or "tcp:host:port" (a bare path is
- * a Unix socket). Returns OK, EINVAL (NULL or malformed, already present), EBUSY (no share of
- * max_total_connections left), ECLOSED. */
+/* Adds a daemon at run time. endpoint: borrowed, "unix:/path", "tcp:host:port", "tls:host:port"
+ * (a bare path is a Unix socket), or a DNS name "dns:name:port" / "dnstls:name:port" (looked up
+ * on the resolver thread: this call does not wait for it). The first TLS endpoint of a client
+ * without a tls section builds its TLS context with the defaults.
+ * Returns OK, EINVAL (NULL or malformed, already present, a TLS context that cannot be built),
+ * EBUSY (no share of max_total_connections left), ECLOSED. */
 goxelpool_status goxelpool_add_endpoint(goxelpool_client *client, const char *endpoint);
 
 /* Removes a daemon: no new call goes there; calls in flight on it finish for up to
  * drain_timeout_ms (< 0: the configured timeout_ms), then its connections are closed. Sessions on
  * it: a durable one is checkpointed there and moves to another free daemon (waiting up to its
  * restore_timeout_ms for one), where its document is restored; one that is not durable ends
- * (its calls return ELOST). Returns when done. Must not be called from a callback of this client
- * (EINVAL).
- * Returns OK, EINVAL (NULL, malformed, not present, called from a callback, or a daemon the
- * library manages: spawn replaces and stops those itself). */
+ * (its calls return ELOST). Returns when done. A DNS name ("dns:name:port") is removed with
+ * every address it brought; one address of a name cannot be removed alone (EINVAL: it would come
+ * back at the next lookup). Must not be called from a callback of this client (EINVAL).
+ * Returns OK, EINVAL (NULL, malformed, not present, an address of a DNS name, called from a
+ * callback, or a daemon the library manages: spawn replaces and stops those itself). */
 goxelpool_status goxelpool_remove_endpoint(goxelpool_client *client, const char *endpoint,
                                            int drain_timeout_ms);
 

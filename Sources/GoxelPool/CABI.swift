@@ -179,8 +179,13 @@ public func goxelpool_client_new(_ config: UnsafePointer<json_t>?, _ out: Unsafe
             return reject(CallFailure(.noMemory, "cannot create the event fd of dispatch mode: \(String(cString: strerror(errno)))"))
         }
     }
-    let handle = ClientHandle(client: MultiPoolClient(configuration: configuration, endpoints: configuration.effectiveEndpoints,
-                                                      inbox: inbox))
+    let client: MultiPoolClient
+    do {
+        client = try MultiPoolClient.make(configuration: configuration, inbox: inbox)
+    } catch {
+        return reject(error)
+    }
+    let handle = ClientHandle(client: client)
     out.pointee = OpaquePointer(Unmanaged.passRetained(handle).toOpaque())
     if let errbuf, errbufLength > 0 { errbuf.pointee = 0 }
     return GOXELPOOL_OK
@@ -469,10 +474,10 @@ private func errorMessage(_ error: UnsafeMutablePointer<json_t>) -> String {
 
 // MARK: - Endpoints
 
-private func parseEndpoint(_ text: UnsafePointer<CChar>?) -> Result<Endpoint, CallFailure> {
+private func parseEndpoint(_ text: UnsafePointer<CChar>?) -> Result<EndpointTarget, CallFailure> {
     guard let text else { return .failure(CallFailure(.invalid, "endpoint is NULL")) }
     guard let string = String(validatingCString: text) else { return .failure(CallFailure(.invalid, "endpoint is not valid UTF-8")) }
-    switch Endpoint.parse(string) {
+    switch EndpointTarget.parse(string) {
     case .success(let endpoint): return .success(endpoint)
     case .failure(let error): return .failure(CallFailure(.invalid, "endpoint \(error.message)"))
     }

@@ -59,6 +59,8 @@ func poolStatisticsJSON(_ snapshot: PoolClient.Snapshot) -> JSONObject {
     object.set("connection_attempts", stats.connectionAttempts)
     object.set("connection_failures", stats.connectionFailures)
     object.set("reconnection_attempts", stats.reconnectionAttempts)
+    object.set("connections_rejected", stats.connectionsRejected)
+    object.set("tls_sessions_resumed", stats.tlsSessionsResumed)
     object.set("connections_created", stats.connectionsCreated)
     var closed: [String: Int] = [:]
     for reason in CloseReason.allCases { closed[reason.rawValue] = stats.connectionsClosed[reason] ?? 0 }
@@ -126,10 +128,10 @@ func poolHealthJSON(_ snapshot: PoolClient.Snapshot, into connections: UnsafeMut
     return object
 }
 
-/// The client's totals over its endpoints (one endpoint: exactly that pool's figures). Managed
-/// daemons may all be starting: then the totals are zero, the state unhealthy.
-func aggregate(_ multi: MultiPoolClient.Snapshot) -> PoolClient.Snapshot? {
-    guard var total = multi.endpoints.first?.pool ?? multi.daemons.map({ PoolClient.Snapshot.empty(startedAt: Instant(nanoseconds: $0.now.nanoseconds - multi.uptime.nanoseconds), now: $0.now) }) else { return nil }
+/// The client's totals over its endpoints (one endpoint: exactly that pool's figures). With no
+/// endpoint yet (managed daemons starting, DNS names not resolved) the totals are zero.
+func aggregate(_ multi: MultiPoolClient.Snapshot) -> PoolClient.Snapshot {
+    var total = multi.endpoints.first?.pool ?? PoolClient.emptySnapshot(closed: multi.closed, uptime: multi.uptime)
     for other in multi.endpoints.dropFirst().map(\.pool) {
         total.statistics.merge(other.statistics)
         total.total += other.total; total.idle += other.idle; total.busy += other.busy
@@ -194,12 +196,13 @@ func circuitSummary(_ multi: MultiPoolClient.Snapshot) -> String {
 }
 
 func statisticsJSON(_ multi: MultiPoolClient.Snapshot) -> UnsafeMutablePointer<json_t>? {
-    guard let total = aggregate(multi) else { return json_object() }
-    var withSessionAlerts = total
-    withSessionAlerts.statistics.alertsGenerated.merge(multi.sessions.alerts, uniquingKeysWith: +)
-    let object = poolStatisticsJSON(withSessionAlerts)
+    let total = aggregate(multi)
+    let object = poolStatisticsJSON(total)
     object.set("circuit_state", circuitSummary(multi))
     object.set("panic_mode", multi.inPanic)
+    object.set("alerts_generated", counts: total.statistics.alertsGenerated.merging(multi.alertsGenerated, uniquingKeysWith: +)
+                                                .merging(multi.sessions.alerts, uniquingKeysWith: +))
+    object.set("dns", dnsJSON(multi))
     object.set("callbacks", multi.dispatchQueue == nil ? "thread" : "dispatch")
     object.set("dispatch_queue_depth", multi.dispatchQueue?.depth ?? 0)
     object.set("dispatch_queue_peak", multi.dispatchQueue?.peak ?? 0)
@@ -208,6 +211,8 @@ func statisticsJSON(_ multi: MultiPoolClient.Snapshot) -> UnsafeMutablePointer<j
     for endpoint in multi.endpoints {
         let item = poolStatisticsJSON(endpoint.pool)
         item.set("endpoint", endpoint.endpoint.description)
+        item.set("dns_name", endpoint.origin?.description)
+        item.set("tls", endpoint.endpoint.usesTLS)
         item.set("max_connections", endpoint.maxConnections)
         item.set("sessions", endpoint.sessions)
         if let member = endpoint.balancer {
@@ -230,12 +235,41 @@ func statisticsJSON(_ multi: MultiPoolClient.Snapshot) -> UnsafeMutablePointer<j
     return object.raw
 }
 
+/// Each DNS name: its last good addresses, the endpoints they became, its lookups.
+func dnsJSON(_ multi: MultiPoolClient.Snapshot) -> UnsafeMutablePointer<json_t>? {
+    let list = json_array()
+    let now = Clock.now()
+    func wall(_ instant: Instant?) -> UnsafeMutablePointer<json_t>? {
+        instant.map { json_integer(json_int_t(Clock.wallMilliseconds(of: $0))) } ?? json_null()
+    }
+    for name in multi.names {
+        let item = JSONObject()
+        item.set("name", name.name.description)
+        let addresses = json_array()
+        for address in name.addresses { json_array_append_new(addresses, json_string(address)) }
+        item.set("addresses", addresses)
+        let endpoints = json_array()
+        for endpoint in multi.endpoints where endpoint.origin == name.name {
+            json_array_append_new(endpoints, json_string(endpoint.endpoint.description))
+        }
+        item.set("endpoints", endpoints)
+        item.set("lookups", name.lookups)
+        item.set("lookup_failures", name.lookupFailures)
+        item.set("last_lookup", wall(name.lastLookup))
+        item.set("last_success", wall(name.lastSuccess))
+        item.set("last_error", name.lastError)
+        item.set("next_lookup_in_ms", name.due.map { json_real(max(0, ($0 - now).milliseconds)) } ?? json_null())
+        if let raw = item.raw { json_array_append_new(list, raw) }
+    }
+    return list
+}
+
 func healthJSON(_ multi: MultiPoolClient.Snapshot) -> UnsafeMutablePointer<json_t>? {
     let object = JSONObject()
     let total = aggregate(multi)
-    object.set("state", total?.state.rawValue ?? "closed")
-    object.set("healthy_connections", total?.healthy ?? 0)
-    object.set("total_connections", total?.total ?? 0)
+    object.set("state", total.state.rawValue)
+    object.set("healthy_connections", total.healthy)
+    object.set("total_connections", total.total)
     object.set("circuit_state", circuitSummary(multi))
     let connections = json_array()
     let endpoints = json_array()

@@ -112,7 +112,7 @@ let metricFamilies: [Metric] = [
     // The client as a whole.
     .client("build_info", .gauge, "The library's version (always 1)") { _ in [([("version", libraryVersion.description)], 1)] },
     .client("client_state", .gauge, "State of the client over all its endpoints: ready, degraded, unhealthy or closed (1 for the current one)") { client in
-        let current = aggregate(client)?.state ?? .closed
+        let current = aggregate(client).state
         return PoolState.allCases.map { ([("state", $0.rawValue)], flag($0 == current)) }
     },
     .client("panic_mode", .gauge, "1 while fewer than half of the endpoints are available and all are used") { [([], flag($0.inPanic))] },

@@ -38,7 +38,7 @@ public enum CallStatus: Int32, Sendable, CaseIterable {
         case .busy: "too many waiting requests"
         case .unavailable: "daemon unavailable (circuit open)"
         case .tooBig: "message too large"
-        case .peer: "socket served by a process of another user"
+        case .peer: "peer refused: socket of another user, or TLS verification or client certificate refused"
         case .noMemory: "out of memory"
         case .lost: "the session's document was lost and could not be restored"
         }

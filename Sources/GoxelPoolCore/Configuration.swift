@@ -227,6 +227,30 @@ public struct ClientConfiguration: Sendable, Equatable {
         public init() {}
     }
 
+    /// The `tls` section: how `tls:` and `dnstls:` endpoints are secured (an OpenSSL context built
+    /// once per client from these files).
+    public struct TLSConfiguration: Sendable, Equatable {
+        public enum Version: String, Sendable, Equatable, CaseIterable {
+            case tls12 = "1.2", tls13 = "1.3"
+        }
+
+        /// PEM file of the CAs that may sign the server's certificate; nil: the system's store.
+        public var caFile: String?
+        /// PEM certificate (chain) sent to the server; nil: none.
+        public var certFile: String?
+        /// PEM private key of `certFile`; nil: read from `certFile`.
+        public var keyFile: String?
+        /// The name the server's certificate must carry, sent as SNI; nil: each endpoint's host
+        /// (the DNS name for `dnstls:`).
+        public var serverName: String?
+        /// Verify the server's chain and name. Off only for tests: anyone on the path could then
+        /// read and send every call.
+        public var verify = true
+        public var minVersion = Version.tls12
+
+        public init() {}
+    }
+
     /// At most 107 bytes of UTF-8 (sockaddr_un.sun_path less its NUL), no NUL.
     public var socketPath = "/tmp/goxel-daemon.sock"
     public var pooling = true
@@ -251,19 +275,27 @@ public struct ClientConfiguration: Sendable, Equatable {
     public var outlierDetection = OutlierDetectionConfiguration()
     /// Managed daemons (`spawn`); nil: connect to socket_path or endpoints.
     public var spawn: SpawnConfiguration?
+    /// `dns:name:port` and `dnstls:name:port` entries of `endpoints`: resolved by the client.
+    public var dnsEndpoints: [DNSName] = []
+    /// How often DNS names are resolved again (also when every address of a name failed).
+    /// 0: only when every address of a name failed.
+    public var dnsRefreshMs = 30_000
+    /// The `tls` section; nil when absent (TLS endpoints then use the defaults).
+    public var tls: TLSConfiguration?
 
-    /// The endpoints to connect to: `endpoints`, or else `socket_path`; none with `spawn` (the
-    /// managed daemons are added as they become ready).
+    /// The endpoints to connect to: `endpoints`, or else `socket_path` (when no DNS name is given
+    /// either); none with `spawn` (the managed daemons are added as they become ready).
     public var effectiveEndpoints: [Endpoint] {
         if spawn != nil { return [] }
-        return endpoints.isEmpty ? [.unix(path: socketPath)] : endpoints
+        return endpoints.isEmpty && dnsEndpoints.isEmpty ? [.unix(path: socketPath)] : endpoints
     }
 
-    /// How many endpoints the client normally has: the managed daemons, or the effective endpoints.
-    public var plannedEndpointCount: Int { spawn?.instances ?? effectiveEndpoints.count }
+    /// How many endpoints the client normally has: the managed daemons, or the effective
+    /// endpoints and the DNS names (one each, before they are resolved).
+    public var plannedEndpointCount: Int { spawn?.instances ?? effectiveEndpoints.count + dnsEndpoints.count }
 
-    /// Several daemons behind the client (listed endpoints or managed daemons).
-    public var hasSeveralEndpointSources: Bool { !endpoints.isEmpty || spawn != nil }
+    /// Several daemons behind the client (listed endpoints, DNS names or managed daemons).
+    public var hasSeveralEndpointSources: Bool { !endpoints.isEmpty || !dnsEndpoints.isEmpty || spawn != nil }
 
     /// All defaults.
     public init() {}
@@ -301,22 +333,41 @@ public struct ClientConfiguration: Sendable, Equatable {
         c.callbacks = try top.choice("callbacks", c.callbacks)
         let endpointTexts = try top.stringArray("endpoints", [])
         for (index, text) in endpointTexts.enumerated() {
-            switch Endpoint.parse(text) {
-            case .success(let endpoint):
-                if c.endpoints.contains(endpoint) {
+            switch EndpointTarget.parse(text) {
+            case .success(let target):
+                if c.endpoints.map(EndpointTarget.address).contains(target) || c.dnsEndpoints.map(EndpointTarget.dns).contains(target) {
                     throw ConfigurationError(key: "endpoints[\(index)]", message: "'\(text)' is listed twice")
                 }
-                c.endpoints.append(endpoint)
+                switch target {
+                case .address(let endpoint): c.endpoints.append(endpoint)
+                case .dns(let name): c.dnsEndpoints.append(name)
+                }
             case .failure(let error): throw ConfigurationError(key: "endpoints[\(index)]", message: error.message)
             }
         }
-        if top.has("endpoints") && c.endpoints.isEmpty {
+        if top.has("endpoints") && c.endpoints.isEmpty && c.dnsEndpoints.isEmpty {
             throw ConfigurationError(key: "endpoints", message: "must list at least one endpoint")
         }
         if top.has("endpoints") && top.has("socket_path") {
             throw ConfigurationError(key: "endpoints", message: "give either socket_path or endpoints, not both")
         }
         c.maxTotalConnections = try top.int("max_total_connections", c.maxTotalConnections, 0...1_000_000)
+        c.dnsRefreshMs = try top.int("dns_refresh_ms", c.dnsRefreshMs, 0...msMax, except: 1...99)
+        if top.has("tls") {
+            var t = try top.section("tls")
+            var tls = TLSConfiguration()
+            tls.caFile = try t.optionalString("ca_file", maxBytes: pathMax)
+            tls.certFile = try t.optionalString("cert_file", maxBytes: pathMax)
+            tls.keyFile = try t.optionalString("key_file", maxBytes: pathMax)
+            tls.serverName = try t.optionalString("server_name", maxBytes: 253)
+            tls.verify = try t.bool("verify", tls.verify)
+            tls.minVersion = try t.choice("min_version", tls.minVersion)
+            try t.finish()
+            if tls.keyFile != nil && tls.certFile == nil {
+                throw ConfigurationError(key: "tls.key_file", message: "given without tls.cert_file")
+            }
+            c.tls = tls
+        }
 
         var p = try top.section("pool")
         c.pool.minConnections = try p.int("min_connections", c.pool.minConnections, 0...1024)
@@ -427,6 +478,9 @@ public struct ClientConfiguration: Sendable, Equatable {
         return spawn
     }
 
+    /// PATH_MAX less its NUL.
+    private static let pathMax = 4095
+
     /// Milliseconds are handed to C as `int`.
     private static let msMax = Int(Int32.max)
     private static let countMax = Int(Int32.max)
@@ -509,6 +563,12 @@ private struct ConfigObject {
 
     mutating func string(_ key: String, _ def: String, maxBytes: Int? = nil) throws(ConfigurationError) -> String {
         guard let v = value(key) else { return def }
+        return try Self.checkedString(v, key: path(key), maxBytes: maxBytes)
+    }
+
+    /// A string when the key is present, else nil.
+    mutating func optionalString(_ key: String, maxBytes: Int? = nil) throws(ConfigurationError) -> String? {
+        guard let v = value(key) else { return nil }
         return try Self.checkedString(v, key: path(key), maxBytes: maxBytes)
     }
 

@@ -130,8 +130,12 @@ public struct EndpointBalancer {
     }
 
     /// A call routed to `id` finished. `success` is whether the daemon answered (an RPC error
-    /// counts as an answer).
-    public mutating func finished(id: Int, success: Bool, latency: Span, now: Instant) -> [Change] {
+    /// counts as an answer). `configurationFault`: the endpoint refused us (TLS verification,
+    /// client certificate, peer credentials): it cannot serve any call until its configuration
+    /// changes, so it is ejected at once (still never the last available one) instead of after
+    /// `consecutiveFailures`.
+    public mutating func finished(id: Int, success: Bool, latency: Span, now: Instant,
+                                  configurationFault: Bool = false) -> [Change] {
         guard let index = members.firstIndex(where: { $0.id == id }) else { return [] }
         members[index].outstanding = max(0, members[index].outstanding - 1)
         members[index].calls += 1
@@ -152,7 +156,7 @@ public struct EndpointBalancer {
         if members[index].outcomes.count > policy.window { members[index].outcomes.removeFirst() }
         guard !success, members[index].ejectedUntil == nil else { return [] }
         let member = members[index]
-        let outlier = member.consecutiveFailures >= policy.consecutiveFailures
+        let outlier = configurationFault || member.consecutiveFailures >= policy.consecutiveFailures
             || (member.outcomes.count >= policy.minimumCalls && member.successRate < policy.successRate)
         guard outlier else { return [] }
         // Never eject the last endpoint still taking calls.

@@ -24,6 +24,7 @@ public enum PoolFailure: Sendable, Equatable {
     case connectFailed  // the deadline passed and the daemon could not be reached meanwhile
     case unavailable    // the circuit breaker is open
     case removed        // the endpoint is being removed (its sessions move elsewhere)
+    case rejected       // the daemon (or the TLS terminator in front of it) refused us: a configuration fault
 }
 
 /// The pool's overall health: ready (≥ 80 % of open connections healthy), degraded (≥ 50 %),
@@ -41,6 +42,10 @@ public enum PoolEvent: Sendable, Equatable {
     case connectionAdded(ConnectionID)
     case connectionRemoved(ConnectionID, CloseReason)
     case connectionOpenFailed(consecutiveFailures: Int, retryIn: Span)
+    /// A connection was refused for who we are or who the peer is (peer credentials, TLS
+    /// verification, a client certificate the server refused): a configuration fault. Calls fail
+    /// fast until an attempt made after `retryIn` succeeds.
+    case connectionRejected(reason: String, consecutiveFailures: Int, retryIn: Span)
     case healthChanged(ConnectionID, from: HealthTier, to: HealthTier)
     case poolStateChanged(from: PoolState, to: PoolState)
     case circuitChanged(from: CircuitBreaker.State, to: CircuitBreaker.State)
@@ -86,6 +91,9 @@ public enum ReleaseOutcome: Sendable, Equatable {
     case sent
     /// The connection can't be reused (I/O error, protocol error, timeout): it is closed.
     case broken(reason: String)
+    /// The peer refused us on this connection (a TLS 1.3 server refuses a client certificate
+    /// only at the first read): closed, and the pool treats it as a rejected open.
+    case rejected(reason: String)
 }
 
 /// The connection pool as a pure state machine: events go in with the current instant, actions
@@ -173,6 +181,8 @@ public struct PoolStateMachine {
     private var lastPoolTrend = Trend.stable
     private var lastSpikeAt: Instant?
     private var queueSaturatedReported = false
+    /// Why the last connection attempt was refused (a configuration fault), until one succeeds.
+    public private(set) var rejection: String?
 
     /// How long a balancing window lasts (least_used counts requests over the last one or two).
     static let balancingWindow = Span.milliseconds(1000)
@@ -248,6 +258,12 @@ public struct PoolStateMachine {
             statistics.recordAcquireWait(.zero)
             return (.leased(id), actions)
         }
+        // A known configuration fault and no connection that could come back: fail fast rather
+        // than wait for a deadline (the next attempt, after the backoff, may find it fixed).
+        if rejectedAndBackingOff(now: now) {
+            breaker.probeAbandoned()
+            return (.failed(.rejected), actions)
+        }
         guard waiters.count < settings.maxWaiters else {
             breaker.probeAbandoned()
             statistics.rejectedBusy += 1
@@ -277,8 +293,10 @@ public struct PoolStateMachine {
         waiters.remove(at: index)
         // Nothing open and opens failing: the daemon is unreachable, which says more than "timed out".
         let unreachable = backoff.consecutiveFailures > 0 && !connections.values.contains { $0.state != .opening }
-        var actions: [PoolAction] = [.failWaiter(waiter, unreachable ? .connectFailed : .timedOut)]
-        if unreachable {
+        var actions: [PoolAction] = [.failWaiter(waiter, rejection != nil ? .rejected : unreachable ? .connectFailed : .timedOut)]
+        if rejection != nil {
+            breaker.probeAbandoned()
+        } else if unreachable {
             updateBreaker(into: &actions) { $0.recordCall(success: false, now: now) }
         } else {
             breaker.probeAbandoned()
@@ -291,6 +309,7 @@ public struct PoolStateMachine {
         guard let connection = connections[id], connection.state == .opening else { return [] }
         var actions: [PoolAction] = []
         backoff.succeeded()
+        rejection = nil
         statistics.connectionsCreated += 1
         if isClosed {
             connections[id] = nil
@@ -317,13 +336,20 @@ public struct PoolStateMachine {
         return actions
     }
 
-    public mutating func connectionOpenFailed(_ id: ConnectionID, now: Instant, reason: String) -> [PoolAction] {
+    /// A connection attempt failed. `rejected`: the peer refused us (peer credentials, TLS
+    /// verification or client certificate): a configuration fault, not a daemon that is down. It
+    /// is backed off like any failure, but it does not count toward the circuit breaker (the
+    /// daemon may be fine; an open circuit would hide the cause) and it fails every waiting
+    /// caller at once with `.rejected` instead of letting them wait for their deadlines.
+    public mutating func connectionOpenFailed(_ id: ConnectionID, now: Instant, reason: String,
+                                              rejected: Bool = false) -> [PoolAction] {
         guard let connection = connections[id], connection.state == .opening else { return [] }
         connections[id] = nil
         // Cancelled by shutdown: not a failure of the daemon.
         if isClosed { return [] }
         statistics.connectionFailures += 1
         statistics.lastConnectError = reason
+        if rejected { return reject(reason: reason, now: now) }
         var actions: [PoolAction] = []
         // Opens that fail together (at start, min > 1) are one round: one backoff step.
         if let until = backoffUntil, until > now { return actions }
@@ -369,6 +395,13 @@ public struct PoolStateMachine {
             updateBreaker(into: &actions) { $0.recordCall(success: false, now: now) }
             recordHealth(connection, success: false, latency: .zero, now: now, error: reason, into: &actions)
             closeReason = .error
+        case .rejected(let reason):
+            breaker.probeAbandoned()
+            remove(connection.id, reason: .error, into: &actions)
+            statistics.lastConnectError = reason
+            actions += reject(reason: reason, now: now)
+            updatePoolState(into: &actions)
+            return actions
         }
         if closeReason == nil {
             if isClosed || connection.retireOnReturn { closeReason = .shutdown }
@@ -481,6 +514,35 @@ public struct PoolStateMachine {
     }
 
     // MARK: - Rules
+
+    /// A configuration fault: back off (no breaker), fail the waiters, say so once per attempt.
+    private mutating func reject(reason: String, now: Instant) -> [PoolAction] {
+        rejection = reason
+        statistics.connectionsRejected += 1
+        var actions: [PoolAction] = []
+        // Only waiters nobody else can serve: an open connection may still come back to them.
+        if !hasOpenConnection {
+            while let waiter = waiters.popFirst() { actions.append(.failWaiter(waiter.id, .rejected)) }
+        }
+        if backoffUntil == nil || backoffUntil.map({ $0 <= now }) == true {
+            let delay = backoff.failed(random: &random)
+            backoffUntil = now + delay
+            actions.append(.wakeMaintenance)
+            actions.append(.event(.connectionRejected(reason: reason, consecutiveFailures: backoff.consecutiveFailures, retryIn: delay)))
+        }
+        updatePoolState(into: &actions)
+        return actions
+    }
+
+    private var hasOpenConnection: Bool { connections.values.contains { $0.state != .opening } }
+
+    /// Calls fail fast with `.rejected` while the last attempt was refused, no open connection
+    /// exists, and the next attempt is not due yet (or is in flight: then they wait for it).
+    private func rejectedAndBackingOff(now: Instant) -> Bool {
+        guard rejection != nil, !hasOpenConnection else { return false }
+        if let until = backoffUntil, until > now { return true }
+        return false
+    }
 
     private mutating func lease(_ id: ConnectionID, now: Instant) {
         connections[id]?.state = .leased

@@ -21,6 +21,11 @@ public struct PoolStatistics {
     public var connectionsCreated = 0
     public var connectionFailures = 0
     public var reconnectionAttempts = 0
+    /// Connections refused for a configuration fault (peer credentials, TLS verification, client
+    /// certificate); also counted in connectionFailures.
+    public var connectionsRejected = 0
+    /// TLS connections opened by resuming an earlier session (no full certificate exchange).
+    public var tlsSessionsResumed = 0
     public var lastConnectError: String?
     public private(set) var connectionsClosed: [CloseReason: Int] = [:]
     public var healthChecks = 0
@@ -105,6 +110,8 @@ public struct PoolStatistics {
         connectionsCreated += other.connectionsCreated
         connectionFailures += other.connectionFailures
         reconnectionAttempts += other.reconnectionAttempts
+        connectionsRejected += other.connectionsRejected
+        tlsSessionsResumed += other.tlsSessionsResumed
         lastConnectError = other.lastConnectError ?? lastConnectError
         connectionsClosed.merge(other.connectionsClosed, uniquingKeysWith: +)
         healthChecks += other.healthChecks

@@ -57,10 +57,14 @@ public final class DaemonConnection {
     /// Opens a connection: connect within `connectTimeout`, check who serves the socket, and
     /// (when `validateMethod` is set) make one call so that a connection the daemon never reads,
     /// or an exhausted daemon that closes it at once, is found before a caller gets it.
-    /// With `identify`, the validation call is `status` and the daemon's pid is learned with it.
+    /// A TLS endpoint (`tls` its context) is connected and its handshake done within
+    /// `connectTimeout`; the validation call is where a TLS 1.3 server refuses a client
+    /// certificate, which is EPEER like a failed verification. With `identify`, the validation
+    /// call is `status` and the daemon's pid is learned with it.
     public static func open(id: ConnectionID, endpoint: Endpoint, connectTimeout: Span, maxMessageSize: Int,
-                            verifyPeer: Bool, validateMethod: String?, identify: Bool = false) throws(CallFailure) -> DaemonConnection {
-        let socket = try StreamSocket.connect(endpoint, timeout: connectTimeout)
+                            verifyPeer: Bool, validateMethod: String?, identify: Bool = false,
+                            tls: TLSContext? = nil) throws(CallFailure) -> DaemonConnection {
+        let socket = try StreamSocket.connect(endpoint, timeout: connectTimeout, tls: tls)
         // Peer credentials exist for Unix sockets only (TCP is loopback or trusted network).
         if verifyPeer, case .unix(let path) = endpoint {
             guard let uid = socket.peerUID() else { throw CallFailure(.peer, "cannot read the peer credentials of \(path)") }
@@ -72,6 +76,7 @@ public final class DaemonConnection {
         let connection = DaemonConnection(id: id, socket: socket, maxMessageSize: maxMessageSize)
         if identify {
             if case .failure(let failure) = connection.identify(deadline: Clock.now() + connectTimeout) {
+                if failure.status == .peer { throw CallFailure(.peer, "\(endpoint) refused the connection: \(failure.message)") }
                 throw CallFailure(.connect, "new connection failed its first call: \(failure.message)")
             }
         } else if let validateMethod {
@@ -83,6 +88,7 @@ public final class DaemonConnection {
                 throw CallFailure(.connect, "validation call '\(validateMethod)' answered with an error")
             case .notified: break
             case .failed(let failure, _):
+                if failure.status == .peer { throw CallFailure(.peer, "\(endpoint) refused the connection: \(failure.message)") }
                 throw CallFailure(.connect, "new connection failed its first call: \(failure.message)")
             }
         }
@@ -126,6 +132,7 @@ public final class DaemonConnection {
             switch error {
             case .timedOut(let written): return .failed(CallFailure(.timedOut, "deadline passed while sending"), written: written)
             case .failed(let message, let written): return .failed(CallFailure(.io, message), written: written)
+            case .rejected(let message): return .failed(CallFailure(.peer, message), written: false)
             }
         }
         bytesSent &+= length
@@ -162,6 +169,8 @@ public final class DaemonConnection {
                     switch error {
                     case .timedOut: return .failed(CallFailure(.timedOut, "no answer from the daemon before the deadline"), written: true)
                     case .failed(let message, _): return .failed(CallFailure(.io, message), written: true)
+                    // The terminator refused us before passing anything on: nothing ran.
+                    case .rejected(let message): return .failed(CallFailure(.peer, message), written: false)
                     }
                 }
                 if count == 0 {
@@ -260,6 +269,9 @@ public final class DaemonConnection {
         guard value.pointee.type == JSON_OBJECT, let code = json_object_get(value, "code") else { return false }
         return code.pointee.type == JSON_INTEGER
     }
+
+    /// Whether this connection's TLS session was resumed rather than fully negotiated.
+    public var tlsResumed: Bool { socket.tlsResumed }
 
     /// Wakes a thread blocked on this connection (drain timeout at close).
     public func interrupt() { socket.shutdownBoth() }

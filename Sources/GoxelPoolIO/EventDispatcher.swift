@@ -35,6 +35,7 @@ public struct EventKind: OptionSet, Sendable {
 /// A field value of an event, turned into JSON on the event thread (not under the pool's lock).
 public enum EventValue: Sendable {
     case int(Int64), double(Double), string(String), bool(Bool), null
+    case strings([String])
 
     func json() -> UnsafeMutablePointer<json_t>? {
         switch self {
@@ -43,6 +44,11 @@ public enum EventValue: Sendable {
         case .string(let value): json_stringn(value, value.utf8.count)
         case .bool(let value): value ? json_true() : json_false()
         case .null: json_null()
+        case .strings(let values):
+            json_array().map { array in
+                for value in values { json_array_append_new(array, json_stringn(value, value.utf8.count)) }
+                return array
+            }
         }
     }
 }

@@ -71,6 +71,11 @@ public final class PoolClient: @unchecked Sendable {
     private let identifying = Atomic<Bool>(false)
     /// Told (on a library thread, no lock held) each pid a new connection learned.
     private let onDaemonIdentified: (@Sendable (Int64) -> Void)?
+    /// The client's TLS context, for a `tls:` endpoint.
+    private let tls: TLSContext?
+    /// Told (on an opener thread, no lock held) when a connection attempt failed: a DNS name's
+    /// resolver looks again when every address of the name fails.
+    private let openFailed: (@Sendable () -> Void)?
 
     final class WaiterBox {
         let wakeup = Condition()
@@ -91,13 +96,17 @@ public final class PoolClient: @unchecked Sendable {
     /// A pool for `endpoint` (default: the configuration's socket_path). `events`: a shared
     /// event stream (the pool then labels its events with the endpoint and does not stop it).
     /// `connectionBudget`: connections the pool may ever open (0: no limit), and
-    /// `attemptObserver` is told the count as it grows (managed daemons).
+    /// `attemptObserver` is told the count as it grows (managed daemons). `tls`: the client's TLS
+    /// context (needed by a `tls:` endpoint); `openFailed`: told when a connection attempt failed.
     public init(configuration: ClientConfiguration, endpoint: Endpoint? = nil, events shared: EventDispatcher? = nil,
                 onDaemonIdentified: (@Sendable (Int64) -> Void)? = nil,
-                connectionBudget: Int = 0, attemptObserver: ((Int) -> Void)? = nil) {
+                connectionBudget: Int = 0, attemptObserver: ((Int) -> Void)? = nil,
+                tls: TLSContext? = nil, openFailed: (@Sendable () -> Void)? = nil) {
         self.configuration = configuration
         self.onDaemonIdentified = onDaemonIdentified
         self.attemptObserver = attemptObserver
+        self.tls = tls
+        self.openFailed = openFailed
         self.endpoint = endpoint ?? .unix(path: configuration.socketPath)
         eventLabel = shared == nil ? nil : self.endpoint.description
         ownsEvents = shared == nil
@@ -204,6 +213,11 @@ public final class PoolClient: @unchecked Sendable {
                 // Sent; its answer (if the daemon sends one) is skipped by the next exchange.
                 release(connection, .sent)
                 return .done(.notified, pid: pid)
+            case .failed(let failure, _) where failure.status == .peer:
+                // The TLS terminator refused our certificate (TLS 1.3 says so at the first read):
+                // a configuration fault for the whole pool; nothing reached the daemon.
+                release(connection, .rejected(reason: failure.message))
+                return .done(fail(CallFailure(.peer, "\(endpoint) refused the connection: \(failure.message)")), pid: pid)
             case .failed(let failure, let written):
                 // Refused before sending (too big, not encodable): the connection is untouched.
                 let untouched = !written && failure.status != .io && failure.status != .timedOut
@@ -378,28 +392,22 @@ public final class PoolClient: @unchecked Sendable {
             let connection = try DaemonConnection.open(
                 id: id, endpoint: endpoint, connectTimeout: .milliseconds(configuration.pool.connectTimeoutMs),
                 maxMessageSize: configuration.maxMessageSize, verifyPeer: configuration.verifyPeer, validateMethod: validate,
-                identify: identify)
+                identify: identify, tls: tls)
             // Read before the connection is published: from then on its lessee owns it.
             let learnedPid = connection.daemonPid
             lock.lock()
             connections[id] = connection
-            lastOpenRejectedPeer = false
+            if connection.tlsResumed { machine.withStatistics { $0.tlsSessionsResumed += 1 } }
             let deferred = apply(machine.connectionOpened(id, now: Clock.now()))
             lock.unlock()
             perform(deferred)
             if let learnedPid { onDaemonIdentified?(learnedPid) }
         } catch {
-            if error.status == .peer {
-                post(ClientEvent(kind: .alert, type: "peer_rejected",
-                                        fields: [("severity", .string("critical")), ("message", .string(error.message)),
-                                                  ("connection_id", .int(Int64(id.value)))]))
-            }
             log(.warn, "connection \(id) failed to open: \(error.message)")
-            lock.withLock {
-                lastOpenRejectedPeer = error.status == .peer
-                if error.status == .peer { machine.withStatistics { $0.alertsGenerated["peer_rejected", default: 0] += 1 } }
-            }
-            modify { $0.connectionOpenFailed(id, now: Clock.now(), reason: error.message) }
+            // EPEER (peer credentials, TLS verification, a refused client certificate) is a
+            // configuration fault: no circuit breaker, waiters fail at once, one alert per attempt.
+            modify { $0.connectionOpenFailed(id, now: Clock.now(), reason: error.message, rejected: error.status == .peer) }
+            openFailed?()
         }
     }
 
@@ -438,6 +446,11 @@ public final class PoolClient: @unchecked Sendable {
     }
 
     // MARK: - Shutdown
+
+    /// No connection is open and the last attempt failed (or was refused).
+    public var isFailing: Bool {
+        lock.withLock { machine.consecutiveOpenFailures > 0 && machine.connectionCount == machine.count(.opening) }
+    }
 
     public var isClosing: Bool { lock.withLock { closing } }
 
@@ -513,13 +526,17 @@ public final class PoolClient: @unchecked Sendable {
         public var connections: [(id: ConnectionID, health: HealthTracker, requests: Int, openedAt: Instant?)]
         public var eventsDelivered, eventsDropped: Int
         public var now: Instant
+    }
 
-        /// The figures of no pool at all (a client whose managed daemons are all starting).
-        public static func empty(startedAt: Instant, now: Instant) -> Snapshot {
-            Snapshot(statistics: PoolStatistics(startedAt: startedAt), state: .unhealthy, total: 0, idle: 0, busy: 0, opening: 0,
-                     checking: 0, healthy: 0, waiting: 0, poolHealth: HealthTracker(policy: .seedDefault),
-                     circuit: CircuitBreaker(policy: .init()), connections: [], eventsDelivered: 0, eventsDropped: 0, now: now)
-        }
+    /// No endpoint yet (a DNS name not resolved, managed daemons starting): zero figures, the
+    /// client's `uptime`; `closed` after close.
+    public static func emptySnapshot(closed: Bool, uptime: Span = .zero) -> Snapshot {
+        let now = Clock.now()
+        var statistics = PoolStatistics(startedAt: Instant(nanoseconds: now.nanoseconds - uptime.nanoseconds))
+        if closed { statistics.closedAt = now }
+        return Snapshot(statistics: statistics, state: closed ? .closed : .unhealthy, total: 0, idle: 0, busy: 0, opening: 0,
+                        checking: 0, healthy: 0, waiting: 0, poolHealth: HealthTracker(policy: .seedDefault),
+                        circuit: CircuitBreaker(policy: .init()), connections: [], eventsDelivered: 0, eventsDropped: 0, now: now)
     }
 
     public func snapshot() -> Snapshot {
@@ -549,6 +566,14 @@ public final class PoolClient: @unchecked Sendable {
                                    fields: [("connection_id", .int(Int64(id.value))), ("reason", .string(reason.rawValue))]))
             let level: ClientConfiguration.LogLevel = reason == .error || reason == .health ? .warn : .info
             if let line = logLine(level, "connection \(id.value) to \(endpoint) closed (\(reason.rawValue))") { out.append(line) }
+        case .connectionRejected(let reason, let failures, let retryIn):
+            // peer_rejected: a Unix socket served by another user; tls_rejected: a TLS verification
+            // failure, a wrong name, or a client certificate the server refused.
+            let type = endpoint.usesTLS ? "tls_rejected" : "peer_rejected"
+            out.append(alert(type, "critical", nil,
+                             "\(endpoint) refused: \(reason); a configuration fault (certificates, names or socket owner), not a daemon that is down: calls fail at once with EPEER; next attempt in \(Int(retryIn.milliseconds)) ms",
+                             [("reason", .string(reason)), ("consecutive_failures", .int(Int64(failures))),
+                              ("retry_in_ms", .double(retryIn.milliseconds))]))
         case .connectionOpenFailed(let failures, let retryIn):
             let message = machine.statistics.lastConnectError ?? "connect failed"
             if failures >= 3 && !reconnectStormReported {
@@ -655,7 +680,9 @@ public final class PoolClient: @unchecked Sendable {
         case .busy: CallFailure(.busy, "wait queue is full (pool.max_waiters = \(configuration.pool.maxWaiters))")
         case .timedOut: CallFailure(.timedOut, "no connection became free before the deadline")
         case .connectFailed:
-             CallFailure(lastOpenRejectedPeer ? .peer : .connect, "cannot connect to \(endpoint): \(machine.statistics.lastConnectError ?? "no connection")")
+            CallFailure(.connect, "cannot connect to \(endpoint): \(machine.statistics.lastConnectError ?? "no connection")")
+        case .rejected:
+            CallFailure(.peer, machine.rejection ?? "\(endpoint) refused the connection")
         case .unavailable:
             CallFailure(.unavailable, "circuit open: the daemon at \(endpoint) is failing (\(machine.statistics.lastConnectError ?? "recent calls failed")); retry later")
         }

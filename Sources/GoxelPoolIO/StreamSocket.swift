@@ -13,6 +13,17 @@ final class StreamSocket {
     /// owner of a leased connection reads and writes it).
     private let closing = PthreadMutex()
     private var receiveTimeout = Span(nanoseconds: -1)
+    /// Set for `tls:` endpoints once the handshake is done.
+    private var tls: TLSSession?
+    /// Interrupted by another thread (drain timeout): its owner may still be inside OpenSSL, so
+    /// `close` must not touch the TLS state.
+    private var interrupted = false
+    /// For the TLS BIO: the errno of the last failed send/recv, EOF seen, and whether sends must
+    /// not block (close_notify at close).
+    var lastErrno: Int32 = 0
+    var sawEOF = false
+    private var sendsMustNotBlock = false
+    var receivesMustNotBlock = false
 
     private init(fd: Int32) { self.fd = fd }
 
@@ -52,11 +63,82 @@ final class StreamSocket {
         return sock
     }
 
-    static func connect(_ endpoint: Endpoint, timeout: Span) throws(CallFailure) -> StreamSocket {
+    /// Connects to `endpoint` within `timeout`, the TLS handshake of a `tls:` endpoint included.
+    /// A handshake refused for a certificate (either side's) or a name is EPEER; a server that is
+    /// not there, closes or is too slow is ECONNECT.
+    static func connect(_ endpoint: Endpoint, timeout: Span, tls context: TLSContext? = nil) throws(CallFailure) -> StreamSocket {
         switch endpoint {
         case .unix(let path): return try connect(path: path, timeout: timeout)
         case .tcp(let host, let port): return try connectTCP(host: host, port: port, timeout: timeout)
+        case .tls(let host, let port, let verifyName):
+            let deadline = Clock.now() + timeout
+            guard let context else { throw CallFailure(.invalid, "\(endpoint): no TLS context") }
+            let name = context.settings.serverName ?? verifyName ?? host
+            let key = "\(endpoint) \(name)"
+            var sock = try connectTCP(host: host, port: port, timeout: timeout)
+            do {
+                try sock.startTLS(context, name: name, sessionKey: key, deadline: deadline, endpoint: endpoint, sendTimeout: timeout)
+            } catch where sock.tlsOfferedSession && Clock.now() < deadline {
+                // Some servers fail a resumed handshake (socat asking for client certificates:
+                // "session id context uninitialized"): once more without a session, and never
+                // offer this endpoint one again.
+                context.stopResuming(key)
+                sock.close()
+                sock = try connectTCP(host: host, port: port, timeout: deadline - Clock.now())
+                try sock.startTLS(context, name: name, sessionKey: key, deadline: deadline, endpoint: endpoint, sendTimeout: timeout)
+            }
+            return sock
         }
+    }
+
+    /// The TLS handshake under way or done offered a session to resume.
+    private var tlsOfferedSession: Bool { (tls ?? handshaking)?.offeredSession ?? false }
+    /// The session while its handshake runs (kept after a failure, to tell whether it offered one).
+    private var handshaking: TLSSession?
+
+    private func startTLS(_ context: TLSContext, name: String, sessionKey: String, deadline: Instant,
+                          endpoint: Endpoint, sendTimeout: Span) throws(CallFailure) {
+        let session = try TLSSession(context: context, socket: self, name: name, sessionKey: sessionKey)
+        handshaking = session
+        while true {
+            let remaining = deadline - Clock.now()
+            guard remaining > .zero else { throw CallFailure(.connect, "TLS handshake with \(endpoint) timed out") }
+            setTimeout(SO_RCVTIMEO, remaining)
+            setTimeout(SO_SNDTIMEO, remaining)
+            switch session.handshakeStep() {
+            case .done:
+                tls = session
+                handshaking = nil
+                receiveTimeout = Span(nanoseconds: -1)
+                setTimeout(SO_SNDTIMEO, sendTimeout)
+                return
+            case .again:
+                continue
+            case .eof:
+                throw CallFailure(.connect, "TLS handshake with \(endpoint) failed: the server closed the connection")
+            case .failed(let reason):
+                throw CallFailure(.connect, "TLS handshake with \(endpoint) failed: \(reason)")
+            case .rejected(let reason):
+                throw CallFailure(.peer, "TLS handshake with \(endpoint) (name '\(name)') refused: \(reason)")
+            }
+        }
+    }
+
+    /// Whether the TLS session of this connection was resumed (no full certificate exchange).
+    var tlsResumed: Bool { tls?.resumed ?? false }
+
+    /// For the TLS BIO: one send that never raises SIGPIPE.
+    func rawSend(_ base: UnsafeRawPointer, _ count: Int) -> Int {
+        let n = send(fd, base, count, Int32(MSG_NOSIGNAL) | (sendsMustNotBlock ? Int32(MSG_DONTWAIT) : 0))
+        if n < 0 { lastErrno = errno }
+        return n
+    }
+
+    /// For the TLS BIO: one receive; 0 at EOF.
+    func rawReceive(_ base: UnsafeMutableRawPointer, _ count: Int) -> Int {
+        let n = recv(fd, base, count, receivesMustNotBlock ? Int32(MSG_DONTWAIT) : 0)
+        if n < 0 { lastErrno = errno } else if n == 0 { sawEOF = true }
+        return n
     }
 
     /// Resolves `host` (numeric addresses need no lookup) and tries each address until one
@@ -123,6 +205,7 @@ final class StreamSocket {
     /// Writes all of `bytes` (one send for any request the daemon accepts). Returns how many bytes
     /// were written before a failure so the caller knows whether the request may have arrived.
     func sendAll(_ bytes: UnsafeRawBufferPointer, deadline: Instant) throws(SocketError) {
+        if let tls { return try tlsSendAll(tls, bytes, deadline: deadline) }
         var offset = 0
         while offset < bytes.count {
             guard let base = bytes.baseAddress else { return }
@@ -133,6 +216,26 @@ final class StreamSocket {
             if n < 0 && (code == EAGAIN || code == EWOULDBLOCK) && Clock.now() < deadline { continue }
             if n < 0 && (code == EAGAIN || code == EWOULDBLOCK) { throw .timedOut(written: offset > 0) }
             throw .failed("send: \(errnoText(code))", written: offset > 0)
+        }
+    }
+
+    /// As `sendAll`, through TLS: a write that timed out (WANT_WRITE) is repeated with the same
+    /// bytes until the deadline; with partial writes on, whole records are counted as written
+    /// (a record cut short cannot be decrypted, so it never reached the daemon).
+    private func tlsSendAll(_ tls: TLSSession, _ bytes: UnsafeRawBufferPointer, deadline: Instant) throws(SocketError) {
+        var offset = 0
+        while offset < bytes.count {
+            guard let base = bytes.baseAddress else { return }
+            switch tls.write(base + offset, bytes.count - offset) {
+            case .done(let n): offset += n
+            case .again:
+                if Clock.now() >= deadline { throw .timedOut(written: offset > 0) }
+            case .eof: throw .failed("send: the peer closed the TLS connection", written: offset > 0)
+            case .failed(let message):
+                if offset == 0, let refusal = tls.refusalAfterFailedWrite() { throw .rejected(refusal) }
+                throw .failed("send: \(message)", written: offset > 0)
+            case .rejected(let message): throw .rejected(message)
+            }
         }
     }
 
@@ -147,6 +250,15 @@ final class StreamSocket {
                 if receiveTimeout > remaining { receiveTimeout = remaining }
                 setTimeout(SO_RCVTIMEO, receiveTimeout)
             }
+            if let tls {
+                switch tls.read(base, buffer.count) {
+                case .done(let n): return n
+                case .again: continue
+                case .eof: return 0
+                case .failed(let message): throw .failed("recv: \(message)", written: true)
+                case .rejected(let message): throw .rejected(message)
+                }
+            }
             let n = recv(fd, base, buffer.count, 0)
             if n >= 0 { return n }
             let code = errno
@@ -159,12 +271,24 @@ final class StreamSocket {
     /// thread than the owner's, so it and `close` take `closing`: a shutdown must never reach a
     /// descriptor that was closed meanwhile (its number may already belong to another file).
     func shutdownBoth() {
-        closing.withLock { if fd >= 0 { Glibc.shutdown(fd, Int32(SHUT_RDWR)) } }
+        closing.withLock {
+            interrupted = true
+            if fd >= 0 { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+        }
     }
 
+    /// Closes the descriptor; a TLS connection first says close_notify, unless another thread
+    /// interrupted it (its owner may still be inside OpenSSL). The TLS state itself is freed with
+    /// this object, when no thread holds the connection any more.
     func close() {
         closing.withLock {
-            if fd >= 0 { Glibc.close(fd) }
+            if fd >= 0 {
+                if let tls, !interrupted {
+                    sendsMustNotBlock = true
+                    tls.closeNotify()
+                }
+                Glibc.close(fd)
+            }
             fd = -1
         }
     }
@@ -180,6 +304,9 @@ private struct PeerCredentials {
 enum SocketError: Error {
     case timedOut(written: Bool)
     case failed(String, written: Bool)
+    /// The TLS peer refused us (a client certificate refused after the handshake): nothing the
+    /// daemon could have run.
+    case rejected(String)
 }
 
 func errnoText(_ code: Int32 = errno) -> String {

@@ -470,4 +470,67 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(error.description, "pool.max_connections: expected an integer, got string")
         XCTAssertEqual("\(ConfigurationError.nestedTooDeeply)", "config: nested too deeply")
     }
+
+    // MARK: TLS and DNS endpoints (issue 13)
+
+    func testTLSSectionDefaultsAndValues() throws {
+        XCTAssertNil(Config().tls, "no tls section: TLS endpoints use the defaults")
+        XCTAssertEqual(Config().dnsRefreshMs, 30_000)
+        let defaults = try XCTUnwrap(try Config.parse(["tls": [:]]).tls)
+        XCTAssertEqual(defaults, Config.TLSConfiguration())
+        XCTAssertTrue(defaults.verify)
+        XCTAssertEqual(defaults.minVersion, .tls12)
+        XCTAssertNil(defaults.caFile)
+        let full = try XCTUnwrap(try Config.parse(["tls": [
+            "ca_file": "/etc/goxel/ca.pem", "cert_file": "/etc/goxel/client.pem", "key_file": "/etc/goxel/client.key",
+            "server_name": "goxel.internal", "verify": false, "min_version": "1.3",
+        ]]).tls)
+        XCTAssertEqual(full.caFile, "/etc/goxel/ca.pem")
+        XCTAssertEqual(full.certFile, "/etc/goxel/client.pem")
+        XCTAssertEqual(full.keyFile, "/etc/goxel/client.key")
+        XCTAssertEqual(full.serverName, "goxel.internal")
+        XCTAssertFalse(full.verify)
+        XCTAssertEqual(full.minVersion, .tls13)
+        XCTAssertNil(try Config.parse(["tls": ["cert_file": "/both.pem"]]).tls?.keyFile, "the key may be in the certificate file")
+        XCTAssertEqual(try Config.parse(["dns_refresh_ms": 0]).dnsRefreshMs, 0)
+        XCTAssertEqual(try Config.parse(["dns_refresh_ms": 100]).dnsRefreshMs, 100)
+    }
+
+    func testDNSAndTLSEndpointsInTheList() throws {
+        let c = try Config.parse(["endpoints": ["dns:fleet.goxel.svc:7000", "dnstls:secure.example:7443", "tls:10.0.0.5:7443",
+                                                "tcp:[::1]:7000"]])
+        XCTAssertEqual(c.dnsEndpoints, [DNSName(host: "fleet.goxel.svc", port: 7000, tls: false),
+                                        DNSName(host: "secure.example", port: 7443, tls: true)])
+        XCTAssertEqual(c.endpoints, [.tls(host: "10.0.0.5", port: 7443), .tcp(host: "::1", port: 7000)])
+        let only = try Config.parse(["endpoints": ["dns:fleet:7000"]])
+        XCTAssertEqual(only.effectiveEndpoints, [], "only a DNS name: no socket_path fallback")
+        XCTAssertEqual(try Config.parse(["endpoints": ["dns:a:1", "dns:b:1"], "max_total_connections": 2]).maxTotalConnections, 2)
+    }
+
+    static let invalidTLSAndDNS: [Bad] = [
+        Bad(["tls": true], "tls", "tls: expected an object, got boolean"),
+        Bad(["tls": ["ca_file": 5]], "tls.ca_file", "tls.ca_file: expected a string, got integer"),
+        Bad(["tls": ["ca_file": ""]], "tls.ca_file", "tls.ca_file: must not be empty"),
+        Bad(["tls": ["cert_file": "/a\u{0}b"]], "tls.cert_file", "tls.cert_file: must not contain NUL"),
+        Bad(["tls": ["key_file": "/k.pem"]], "tls.key_file", "tls.key_file: given without tls.cert_file"),
+        Bad(["tls": ["server_name": .string(String(repeating: "n", count: 254))]], "tls.server_name",
+            "tls.server_name: longer than 253 bytes"),
+        Bad(["tls": ["verify": "yes"]], "tls.verify", "tls.verify: expected a boolean, got string"),
+        Bad(["tls": ["min_version": "1.1"]], "tls.min_version", "tls.min_version: must be one of 1.2, 1.3, got \"1.1\""),
+        Bad(["tls": ["min_version": 1.2]], "tls.min_version", "tls.min_version: expected a string, got real"),
+        Bad(["tls": ["ciphers": "ALL"]], "tls.ciphers", "tls.ciphers: unknown key"),
+        Bad(["dns_refresh_ms": 50], "dns_refresh_ms", "dns_refresh_ms: must be 0 or between 100 and 2147483647, got 50"),
+        Bad(["dns_refresh_ms": -1], "dns_refresh_ms"),
+        Bad(["dns_refresh_ms": "30s"], "dns_refresh_ms", "dns_refresh_ms: expected an integer, got string"),
+        Bad(["endpoints": ["dns:fleet:7000", "dns:fleet:7000"]], "endpoints[1]", "endpoints[1]: 'dns:fleet:7000' is listed twice"),
+        Bad(["endpoints": ["dns:fleet"]], "endpoints[0]", "endpoints[0]: 'dns:fleet': expected dns:host:port"),
+        Bad(["endpoints": ["dnstls::7000"]], "endpoints[0]", "endpoints[0]: 'dnstls::7000': empty host"),
+        Bad(["endpoints": ["tls:h:0"]], "endpoints[0]", "endpoints[0]: 'tls:h:0': port must be 1 to 65535"),
+        Bad(["endpoints": ["dns:a:1", "dns:b:1"], "max_total_connections": 1], "max_total_connections",
+            "max_total_connections: 1 is fewer than one connection per endpoint (2)"),
+    ]
+
+    func testInvalidTLSAndDNSConfigurationsAreRejectedWithTheirKey() {
+        assertRejected(Self.invalidTLSAndDNS)
+    }
 }

@@ -60,7 +60,7 @@ static const char *opt_only = NULL;
 static const char *opt_mode = NULL;
 static int opt_async_inflight = 64;  /* --async-inflight N: calls kept in flight in the async rows */
 static int opt_async_conns = 8;      /* --async-connections C */
-static int opt_latency = -1;         /* --latency 0|2: only this daemon latency in the throughput table */  /* --only SECTION: throughput, scaling, health, async, acquire, batch, memory, endpoints */
+static int opt_latency = -1;         /* --latency 0|2: only this daemon latency in the throughput table */  /* --only SECTION: throughput, scaling, health, async, acquire, batch, memory, endpoints, tls */
 static char socket_path[108];
 static char control_path[112];
 static int have_control = 0;
@@ -312,6 +312,20 @@ static json_int_t stat_int(goxelpool_client *client, const char *key) {
     return v;
 }
 
+/* A client of `cfg` (stolen) once `want` connections are open. */
+static goxelpool_client *lib_open_config(json_t *cfg, int want) {
+    goxelpool_client *client = NULL;
+    char err[256];
+    if (goxelpool_client_new(cfg, &client, err, sizeof err) != GOXELPOOL_OK) die("goxelpool_client_new: %s", err);
+    json_decref(cfg);
+    double until = now_s() + 20;
+    while (stat_int(client, "total_connections") < want) {
+        if (now_s() > until) die("%s", "the pool did not open its connections within 20 s");
+        sleep_s(0.005);
+    }
+    return client;
+}
+
 /* pooling: 1 pooled, 0 single-connection mode. health_ms: 0 leaves the default (30 s).
  * callbacks: "thread" or "dispatch". */
 static goxelpool_client *lib_open_with(int pooling, int min_conns, int max_conns, int health_ms, const char *callbacks) {
@@ -319,17 +333,7 @@ static goxelpool_client *lib_open_with(int pooling, int min_conns, int max_conns
                             "timeout_ms", 30000, "callbacks", callbacks, "pool", "min_connections", min_conns,
                             "max_connections", max_conns, "max_waiters", 4096);
     if (health_ms > 0) json_object_set_new(cfg, "health", json_pack("{s:i}", "interval_ms", health_ms));
-    goxelpool_client *client = NULL;
-    char err[256];
-    if (goxelpool_client_new(cfg, &client, err, sizeof err) != GOXELPOOL_OK) die("goxelpool_client_new: %s", err);
-    json_decref(cfg);
-    int want = pooling ? min_conns : 1;
-    double until = now_s() + 20;
-    while (stat_int(client, "total_connections") < want) {
-        if (now_s() > until) die("%s", "the pool did not open its connections within 20 s");
-        sleep_s(0.005);
-    }
-    return client;
+    return lib_open_config(cfg, pooling ? min_conns : 1);
 }
 
 static goxelpool_client *lib_open(int pooling, int min_conns, int max_conns, int health_ms) {
@@ -817,6 +821,202 @@ static double med_arr(const double *a, int n) {
 }
 
 /* ----------------------------------------------------------------------------------------------
+ * Across machines: TLS through a forwarder in front of refd (socat and stunnel, client
+ * certificates required), against plain TCP through the same forwarder (socat)
+ * -------------------------------------------------------------------------------------------- */
+
+enum { FWD_PLAIN, FWD_SOCAT_TLS, FWD_STUNNEL_TLS, FWD_COUNT };
+static const char *fwd_names[] = {"socat tcp", "socat tls", "stunnel tls"};
+/* Rows: (daemon latency ms, threads). Latency 0 puts all the TLS work on the critical path of a
+ * loopback round trip; 2 ms is a daemon doing real work, closer to a call across machines. */
+#define TLS_TS 4
+static const int tls_threads[TLS_TS] = {1, 8, 1, 8};
+static const int tls_latency[TLS_TS] = {0, 0, 2, 2};
+
+typedef struct {
+    int ok;
+    char why[256];
+    run_result r[TLS_TS][FWD_COUNT][MAX_ROUNDS];
+    double ratio[TLS_TS][FWD_COUNT][MAX_ROUNDS]; /* calls/s against socat tcp in the same round */
+    int n;
+    double new_ms[FWD_COUNT];    /* goxelpool_client_new alone (the TLS context: CA, certificate, key), median */
+    double open_ms[FWD_COUNT];   /* new client to first answer (full handshake), median */
+    double rotate_us[FWD_COUNT]; /* a new connection per call (TLS session resumed), per call */
+    double rotate_cpu_us[FWD_COUNT]; /* the client's CPU per call then */
+    json_int_t resumed[FWD_COUNT];
+} tls_result;
+
+static char tls_dir[64];
+static int tls_ports[FWD_COUNT];
+static pid_t tls_pids[FWD_COUNT];
+
+/* In a process group of its own, so that what it forks (socat: one child per connection) can be
+ * stopped with it. */
+static pid_t spawn_quiet(char *const argv[]) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        setpgid(0, 0);
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) { dup2(null, 0); dup2(null, 1); dup2(null, 2); }
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int tcp_port_open(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    if (fd >= 0) close(fd);
+    return ok;
+}
+
+/* Throwaway certificates (openssl), socat (plain and TLS) and stunnel in front of refd. */
+static int tls_setup(tls_result *t) {
+    strcpy(tls_dir, "/tmp/goxelpool-bench-tls.XXXXXX");
+    if (!mkdtemp(tls_dir)) { snprintf(t->why, sizeof t->why, "mkdtemp failed"); return 0; }
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "cd %s && for n in ca server client; do openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+             "-keyout $n.key -subj /CN=$n -out $n.csr || exit 1; done && "
+             "printf 'basicConstraints=critical,CA:TRUE\\nkeyUsage=critical,keyCertSign\\n' > ca.ext && "
+             "openssl x509 -req -in ca.csr -signkey ca.key -days 1 -extfile ca.ext -out ca.pem && "
+             "printf 'subjectAltName=IP:127.0.0.1\\n' > server.ext && "
+             "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile server.ext -out server.pem && "
+             "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out client.pem",
+             tls_dir);
+    char quiet[2100];
+    snprintf(quiet, sizeof quiet, "(%s) >/dev/null 2>&1", cmd);
+    if (system(quiet) != 0) { snprintf(t->why, sizeof t->why, "openssl could not make certificates (apt-get install openssl)"); return 0; }
+    if (system("command -v socat >/dev/null && command -v stunnel4 >/dev/null") != 0) {
+        snprintf(t->why, sizeof t->why, "socat and stunnel4 are needed (apt-get install socat stunnel4)");
+        return 0;
+    }
+    for (int f = 0; f < FWD_COUNT; f++) tls_ports[f] = free_port();
+    char listen_plain[256], listen_tls[1024], target[160], conf[128];
+    snprintf(target, sizeof target, "UNIX-CONNECT:%s", socket_path);
+    /* nodelay as stunnel does by default: the daemon writes an answer and its newline apart. */
+    snprintf(listen_plain, sizeof listen_plain, "TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,nodelay", tls_ports[FWD_PLAIN]);
+    snprintf(listen_tls, sizeof listen_tls, "OPENSSL-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,nodelay,cert=%s/server.pem,"
+             "key=%s/server.key,cafile=%s/ca.pem,verify=1", tls_ports[FWD_SOCAT_TLS], tls_dir, tls_dir, tls_dir);
+    char *plain_argv[] = {"socat", listen_plain, target, NULL};
+    char *tls_argv[] = {"socat", listen_tls, target, NULL};
+    tls_pids[FWD_PLAIN] = spawn_quiet(plain_argv);
+    tls_pids[FWD_SOCAT_TLS] = spawn_quiet(tls_argv);
+    snprintf(conf, sizeof conf, "%s/stunnel.conf", tls_dir);
+    FILE *f = fopen(conf, "w");
+    if (!f) return 0;
+    fprintf(f, "foreground = yes\npid =\nsyslog = no\n[goxel]\naccept = 127.0.0.1:%d\nconnect = %s\ncert = %s/server.pem\n"
+               "key = %s/server.key\nCAfile = %s/ca.pem\nverifyChain = yes\nrequireCert = yes\n",
+            tls_ports[FWD_STUNNEL_TLS], socket_path, tls_dir, tls_dir, tls_dir);
+    fclose(f);
+    char *stunnel_argv[] = {"stunnel4", conf, NULL};
+    tls_pids[FWD_STUNNEL_TLS] = spawn_quiet(stunnel_argv);
+    for (int i = 0; i < 200; i++) {
+        int up = 0;
+        for (int k = 0; k < FWD_COUNT; k++) up += tcp_port_open(tls_ports[k]);
+        if (up == FWD_COUNT) return 1;
+        sleep_s(0.025);
+    }
+    snprintf(t->why, sizeof t->why, "the forwarders did not listen within 5 s");
+    return 0;
+}
+
+static void tls_teardown(void) {
+    for (int f = 0; f < FWD_COUNT; f++) {
+        if (tls_pids[f] > 0) {
+            kill(-tls_pids[f], SIGTERM);
+            waitpid(tls_pids[f], NULL, 0);
+            kill(-tls_pids[f], SIGKILL);
+        }
+        tls_pids[f] = 0;
+    }
+    if (tls_dir[0]) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", tls_dir);
+        if (system(cmd) != 0) fprintf(stderr, "bench: could not remove %s\n", tls_dir);
+        tls_dir[0] = 0;
+    }
+}
+
+/* The configuration of a client of forwarder `f`: min = max = conns; `extra_pool` adds to "pool". */
+static json_t *tls_config(int f, int conns) {
+    char endpoint[64];
+    snprintf(endpoint, sizeof endpoint, "%s:127.0.0.1:%d", f == FWD_PLAIN ? "tcp" : "tls", tls_ports[f]);
+    char ca[128], cert[128], key[128];
+    snprintf(ca, sizeof ca, "%s/ca.pem", tls_dir);
+    snprintf(cert, sizeof cert, "%s/client.pem", tls_dir);
+    snprintf(key, sizeof key, "%s/client.key", tls_dir);
+    json_t *cfg = json_pack("{s:[s], s:i, s:{s:i, s:i, s:i}}", "endpoints", endpoint, "timeout_ms", 30000,
+                            "pool", "min_connections", conns, "max_connections", conns, "max_waiters", 4096);
+    if (f != FWD_PLAIN) json_object_set_new(cfg, "tls", json_pack("{s:s, s:s, s:s}", "ca_file", ca, "cert_file", cert, "key_file", key));
+    return cfg;
+}
+
+/* Calls/s once connections are up, T = 1 and 8, the three forwarders back to back per round;
+ * then the cost of opening connections. */
+static void tls_run(tls_result *t) {
+    if (!tls_setup(t)) { tls_teardown(); return; }
+    for (int round = 0; round < opt_rounds; round++) {
+        for (int k = 0; k < TLS_TS; k++) {
+            if (tls_latency[k] && !have_control) continue;
+            set_latency(tls_latency[k]);
+            for (int f = 0; f < FWD_COUNT; f++) {
+                char what[128];
+                snprintf(what, sizeof what, "round %d/%d: across machines, %s, T=%d, latency %d ms", round + 1, opt_rounds,
+                         fwd_names[f], tls_threads[k], tls_latency[k]);
+                progress(what);
+                goxelpool_client *client = lib_open_config(tls_config(f, tls_threads[k]), tls_threads[k]);
+                t->r[k][f][round] = run_threads(MODE_POOL, client, tls_threads[k], opt_duration);
+                goxelpool_client_free(client);
+                double base = t->r[k][FWD_PLAIN][round].calls_s;
+                t->ratio[k][f][round] = base > 0 ? t->r[k][f][round].calls_s / base : 0;
+            }
+        }
+        t->n = round + 1;
+    }
+    set_latency(0);
+    /* Opening: a new client (its own TLS context: no session to resume) to its first answer. */
+    int opens = opt_quick ? 5 : 20, rotations = opt_quick ? 50 : 300;
+    for (int f = 0; f < FWD_COUNT; f++) {
+        progress("across machines: the cost of opening connections");
+        double ms[32], new_ms[32];
+        for (int i = 0; i < opens; i++) {
+            json_t *cfg = tls_config(f, 1);
+            goxelpool_client *client = NULL;
+            char err[256];
+            double t0 = now_s();
+            if (goxelpool_client_new(cfg, &client, err, sizeof err) != GOXELPOOL_OK) die("goxelpool_client_new: %s", err);
+            new_ms[i] = (now_s() - t0) * 1e3;
+            json_decref(cfg);
+            if (goxelpool_call(client, "ping", NULL, 30000, NULL, NULL) != GOXELPOOL_OK) die("%s", "first call failed");
+            ms[i] = (now_s() - t0) * 1e3;
+            goxelpool_client_free(client);
+        }
+        t->open_ms[f] = median(ms, opens);
+        t->new_ms[f] = median(new_ms, opens);
+        /* A new connection for every call (rotation after one request, no validation call): after
+         * the first, each one resumes the TLS session the previous one received. */
+        json_t *cfg = tls_config(f, 1);
+        json_t *pool = json_object_get(cfg, "pool");
+        json_object_set_new(pool, "max_requests_per_connection", json_integer(1));
+        json_object_set_new(pool, "validate_on_connect", json_false());
+        goxelpool_client *client = lib_open_config(cfg, 1);
+        double t0 = now_s(), cpu0 = cpu_s();
+        int failed = 0;
+        for (int i = 0; i < rotations; i++) failed += goxelpool_call(client, "ping", NULL, 30000, NULL, NULL) != GOXELPOOL_OK;
+        t->rotate_us[f] = failed ? 0 : (now_s() - t0) * 1e6 / rotations;
+        t->rotate_cpu_us[f] = (cpu_s() - cpu0) * 1e6 / rotations;
+        t->resumed[f] = stat_int(client, "tls_sessions_resumed");
+        goxelpool_client_free(client);
+    }
+    tls_teardown();
+    t->ok = 1;
+}
+
+/* ----------------------------------------------------------------------------------------------
  * Memory (in child processes, before this process starts any thread)
  * -------------------------------------------------------------------------------------------- */
 
@@ -1062,7 +1262,8 @@ int main(int argc, char **argv) {
     add_row("acquire", MODE_ACQ, 8, 2, 0, 0, acq1);
     int batches = !wanted("batch") ? 0 : opt_quick ? 1 : 5;
     int do_memory = wanted("memory");
-    step_total = 2 * do_memory + nrows * opt_rounds + (have_control ? batches : 0);
+    step_total = 2 * do_memory + nrows * opt_rounds + (have_control ? batches : 0) +
+                 (wanted("tls") ? opt_rounds * TLS_TS * FWD_COUNT + FWD_COUNT : 0);
 
     jrows = json_array();
     double t_start = now_s();
@@ -1100,6 +1301,8 @@ int main(int argc, char **argv) {
         progress("health checks on 10 idle connections, interval 1 s");
         health_idle_cost(idle_seconds, &idle_checks, &idle_cpu_ms);
     }
+    static tls_result tr;
+    if (wanted("tls")) tls_run(&tr);
     endpoints_result ep = {0};
     if (wanted("endpoints")) {
         progress("three daemons (2 Unix, 1 TCP), 2 ms latency, 24 threads: one daemon, then three");
@@ -1231,6 +1434,50 @@ int main(int argc, char **argv) {
                            (json_int_t)ep.per_daemon[0], (json_int_t)ep.per_daemon[1], (json_int_t)ep.per_daemon[2]));
         } else {
             printf("  the three-daemon run failed\n");
+        }
+    }
+    if (wanted("tls")) {
+        printf("\nAcross machines: TLS (client certificates required) through a forwarder in front of refd, against plain\n"
+               "TCP through the same forwarder (socat tcp), C = T connections, connections open\n");
+        if (!tr.ok) {
+            printf("  skipped: %s\n", tr.why);
+            emit(json_pack("{s:s, s:s}", "bench", "tls", "skipped", tr.why));
+        }
+        for (int k = 0; tr.ok && k < TLS_TS; k++) {
+            if (tls_latency[k] && !have_control) continue;
+            for (int f = 0; f < FWD_COUNT; f++) {
+                double v[MAX_ROUNDS], p50[MAX_ROUNDS], cpu[MAX_ROUNDS], errors = 0;
+                for (int j = 0; j < tr.n; j++) {
+                    v[j] = tr.r[k][f][j].calls_s;
+                    p50[j] = tr.r[k][f][j].p50_us;
+                    cpu[j] = tr.r[k][f][j].cpu_us_call;
+                    errors += tr.r[k][f][j].errors;
+                }
+                double ratio = med_arr(tr.ratio[k][f], tr.n);
+                printf("  latency %d ms T=%d %-12s %9.0f calls/s  p50 %8.1f µs  CPU %6.1f µs/call  %s%.2f%s\n", tls_latency[k],
+                       tls_threads[k], fwd_names[f],
+                       median(v, tr.n), median(p50, tr.n), median(cpu, tr.n), f ? "× plain " : "(plain ", ratio, f ? "" : ")");
+                emit(json_pack("{s:s, s:s, s:i, s:i, s:f, s:f, s:f, s:f, s:f}", "bench", "tls", "forwarder", fwd_names[f],
+                               "latency_ms", tls_latency[k], "threads", tls_threads[k], "calls_s", median(v, tr.n), "p50_us", median(p50, tr.n), "cpu_us_per_call",
+                               median(cpu, tr.n), "ratio_vs_plain", ratio, "errors", errors));
+            }
+        }
+        if (tr.ok) {
+            printf("  goxelpool_client_new (TLS: the OpenSSL context, CA, certificate and key read once per client):\n"
+                   "  socat tcp %.2f ms, socat tls %.2f ms, stunnel tls %.2f ms\n", tr.new_ms[0], tr.new_ms[1], tr.new_ms[2]);
+            printf("  a new client to its first answer (client_new, TCP, full TLS handshake with certificates both ways,\n"
+                   "  validation ping, the call): socat tcp %.2f ms, socat tls %.2f ms, stunnel tls %.2f ms\n",
+                   tr.open_ms[0], tr.open_ms[1], tr.open_ms[2]);
+            printf("  a new connection per call (max_requests_per_connection 1; sessions resumed: socat %lld, stunnel %lld):\n"
+                   "  per call %.0f / %.0f / %.0f µs (socat tcp / socat tls / stunnel tls), client CPU %.0f / %.0f / %.0f µs\n",
+                   (long long)tr.resumed[1], (long long)tr.resumed[2], tr.rotate_us[0], tr.rotate_us[1], tr.rotate_us[2],
+                   tr.rotate_cpu_us[0], tr.rotate_cpu_us[1], tr.rotate_cpu_us[2]);
+            emit(json_pack("{s:s, s:[f,f,f], s:[f,f,f], s:[f,f,f], s:[f,f,f], s:[I,I,I], s:[s,s,s]}", "bench", "tls_handshake",
+                           "client_new_ms", tr.new_ms[0], tr.new_ms[1], tr.new_ms[2], "open_ms", tr.open_ms[0], tr.open_ms[1],
+                           tr.open_ms[2], "new_connection_per_call_us", tr.rotate_us[0], tr.rotate_us[1], tr.rotate_us[2],
+                           "new_connection_client_cpu_us", tr.rotate_cpu_us[0], tr.rotate_cpu_us[1], tr.rotate_cpu_us[2],
+                           "sessions_resumed", tr.resumed[0], tr.resumed[1], tr.resumed[2], "forwarders", fwd_names[0],
+                           fwd_names[1], fwd_names[2]));
         }
     }
     if (do_memory) printf("\nMemory (RSS, separate processes)\n");

@@ -31,7 +31,8 @@ define fuzz_link
 	for t in $(FUZZ_TARGETS); do \
 	  echo "swiftc -sanitize=fuzzer,address $(2) Tests/fuzz/fuzz_$$t.swift -> $(3)/fuzz_$$t"; \
 	  $(SWIFTC) -parse-as-library -g -sanitize=fuzzer,address $(2) -module-name fuzz_$$t \
-	    -I $(1)/debug/Modules -I Sources/CJansson -I Sources/CLinux -I $(1)/debug/CDaemonSpawn.build -I $$shims Tests/fuzz/fuzz_$$t.swift $$objs -ljansson \
+	    -I $(1)/debug/Modules -I Sources/CJansson -I Sources/CLinux -I Sources/COpenSSL -I $(1)/debug/CDaemonSpawn.build -I $$shims Tests/fuzz/fuzz_$$t.swift $$objs \
+	    -ljansson -lssl -lcrypto \
 	    -o $(3)/fuzz_$$t; \
 	done
 endef

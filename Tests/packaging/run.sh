@@ -156,7 +156,7 @@ abi_version() {
     run_app "$WORK/version"
 }
 
-ALLOWED_NEEDED='^(libjansson\.so\.4|libstdc\+\+\.so\.6|libm\.so\.6|libc\.so\.6|libgcc_s\.so\.1|ld-linux[-.a-z0-9_]*\.so\.[0-9]+|libdl\.so\.2|libpthread\.so\.0|librt\.so\.1|libutil\.so\.1)$'
+ALLOWED_NEEDED='^(libjansson\.so\.4|libssl\.so\.3|libcrypto\.so\.3|libstdc\+\+\.so\.6|libm\.so\.6|libc\.so\.6|libgcc_s\.so\.1|ld-linux[-.a-z0-9_]*\.so\.[0-9]+|libdl\.so\.2|libpthread\.so\.0|librt\.so\.1|libutil\.so\.1)$'
 abi_needed() {
     have_lib || return 1
     local needed bad

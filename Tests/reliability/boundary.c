@@ -300,6 +300,13 @@ static const config_key keys[] = {
     {"spawn", "stop_grace_ms", 'i', {"-1", "2147483648"}},
     {"spawn", "drain_timeout_ms", 'i', {"-1"}},
     {"spawn", "output", 'e', {"\"stderr\"", "\"\"", "\"LOG\""}},
+    {NULL, "dns_refresh_ms", 'i', {"-1", "1", "99", "2147483648"}},
+    {"tls", "ca_file", 's', {"\"\""}},
+    {"tls", "cert_file", 's', {"\"\""}},
+    {"tls", "key_file", 's', {"\"\"", "\"/key/without/cert.pem\""}},
+    {"tls", "server_name", 's', {"\"\""}},
+    {"tls", "verify", 'b', {NULL}},
+    {"tls", "min_version", 'e', {"\"1.1\"", "\"TLSv1.3\"", "\"\""}},
 };
 
 static int type_fits(char kind, const char *type) {
@@ -360,7 +367,7 @@ static void test_config(void) {
     expect_bad_config_text("config is true", "true", "config");
     expect_bad_config_text("config is JSON null (not a NULL pointer)", "null", "config");
     /* Sections. */
-    const char *sections[] = {"pool", "reconnect", "health", "circuit_breaker", "spawn"};
+    const char *sections[] = {"pool", "reconnect", "health", "circuit_breaker", "spawn", "tls"};
     for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
         char text[128], name[128];
         const char *junk[] = {"[]", "1", "null", "\"x\"", "true"};

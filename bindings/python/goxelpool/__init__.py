@@ -205,7 +205,9 @@ class TooBig(GoxelPoolError):
 
 
 class PeerError(GoxelPoolError, PermissionError):
-    """EPEER: the socket is served by a process of another user."""
+    """EPEER: refused, a configuration fault: the socket is served by a process of another user, or
+    TLS verification failed (untrusted certificate, wrong name), or the server refused our client
+    certificate."""
     status = Status.EPEER
 
 
