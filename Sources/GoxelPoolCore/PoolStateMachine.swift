@@ -243,7 +243,12 @@ public struct PoolStateMachine {
     /// A caller wants a connection. `.leased` hands one over at once; `.queued` means the caller
     /// waits for a `.lease` or `.failWaiter` action naming `waiter` (or its own deadline, then
     /// `waiterTimedOut`).
-    public mutating func requestLease(_ waiter: WaiterID, now: Instant) -> (LeaseDecision, [PoolAction]) {
+    ///
+    /// `preferred`: the connection the calling thread released last (HikariCP's thread-local
+    /// list). Taken first when it is idle and healthy: its socket and the daemon's thread for it
+    /// are warm, where the balancing policy would hand a lone caller a different, cold connection
+    /// each time. Never taken past a waiter (there is no idle connection while callers wait).
+    public mutating func requestLease(_ waiter: WaiterID, now: Instant, preferred: ConnectionID? = nil) -> (LeaseDecision, [PoolAction]) {
         if isClosed { return (.failed(.closed), []) }
         let breakerBefore = breaker.state
         guard breaker.allowCall(now: now) else {
@@ -253,7 +258,7 @@ public struct PoolStateMachine {
         // The cool-down is over: this call is the half-open probe.
         var actions: [PoolAction] = breaker.state == breakerBefore ? []
             : [.event(.circuitChanged(from: breakerBefore, to: breaker.state))]
-        if let id = pickIdle(now: now) {
+        if let id = idlePreferred(preferred) ?? pickIdle(now: now) {
             lease(id, now: now)
             statistics.recordAcquireWait(.zero)
             return (.leased(id), actions)
@@ -554,6 +559,11 @@ public struct PoolStateMachine {
         lease(id, now: now)
         statistics.recordAcquireWait(now - waiter.enqueuedAt)
         actions.append(.lease(waiter.id, id))
+    }
+
+    private func idlePreferred(_ id: ConnectionID?) -> ConnectionID? {
+        guard let id, let connection = connections[id], connection.state == .idle, connection.health.tier == .healthy else { return nil }
+        return id
     }
 
     /// Among idle connections: healthy ones first, degraded only when no healthy one is idle,

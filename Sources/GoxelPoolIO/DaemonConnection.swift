@@ -182,28 +182,109 @@ public final class DaemonConnection {
         }
     }
 
-    /// Builds the request with jansson into the reusable write buffer, `\n` appended.
+    /// The request, `{"jsonrpc":"2.0","method":M,"params":P,"id":N}` and `\n`, in the reusable
+    /// write buffer. The envelope is constant text around what jansson writes: the method as a
+    /// JSON string (cached: callers repeat a few methods) and the params (json_dumpb straight
+    /// into the buffer), so no request object is built, hashed and walked per call (callgrind:
+    /// ~9 000 instructions less per call, see Tests/bench/README.md). Every value from the caller
+    /// still goes through jansson.
     private func encode(method: String, params: OpaquePointer?, id: Int64?) -> Result<Int, CallFailure> {
-        guard let request = json_object() else { return .failure(CallFailure(.noMemory, "out of memory")) }
-        defer { json_decref(request) }
-        var ok = json_object_set_new(request, "jsonrpc", json_string("2.0")) == 0
-        ok = ok && method.withCString { json_object_set_new(request, "method", json_string($0)) } == 0
-        if let params { ok = ok && json_object_set(request, "params", UnsafeMutablePointer(params)) == 0 }
-        if let id { ok = ok && json_object_set_new(request, "id", json_integer(json_int_t(id))) == 0 }
-        guard ok else { return .failure(CallFailure(.invalid, "method is not valid UTF-8, or out of memory")) }
-        let flags = Int(JSON_COMPACT)
-        var needed = json_dumpb(request, writeBuffer.baseAddress?.assumingMemoryBound(to: CChar.self), writeBuffer.count - 1, flags)
-        guard needed > 0 else { return .failure(CallFailure(.invalid, "params cannot be encoded as JSON")) }
-        guard needed <= maxRequestBytes else {
-            return .failure(CallFailure(.tooBig, "request is \(needed) bytes; the daemon accepts at most \(maxRequestBytes)"))
+        guard let methodJSON = encodedMethod(method) else {
+            return .failure(CallFailure(.invalid, "method is not valid UTF-8, or out of memory"))
         }
-        if needed > writeBuffer.count - 1 {
-            writeBuffer.deallocate()
-            writeBuffer = .allocate(byteCount: needed + 1, alignment: 1)
-            needed = json_dumpb(request, writeBuffer.baseAddress?.assumingMemoryBound(to: CChar.self), writeBuffer.count - 1, flags)
+        var length = 0
+        append(Self.envelopeStart, at: &length)
+        append(methodJSON, at: &length)
+        if let params {
+            append(Self.paramsKey, at: &length)
+            var needed = dumpParams(params, at: length)
+            if needed > writeBuffer.count - length - 1 && needed <= maxRequestBytes {
+                grow(to: length + needed + 64)
+                needed = dumpParams(params, at: length)
+            }
+            guard needed > 0 else { return .failure(CallFailure(.invalid, "params cannot be encoded as JSON")) }
+            length += needed
         }
-        writeBuffer[needed] = 0x0A
-        return .success(needed + 1)
+        if let id {
+            append(Self.idKey, at: &length)
+            appendDecimal(id, at: &length)
+        }
+        append(Self.envelopeEnd, at: &length)
+        guard length <= maxRequestBytes else {
+            return .failure(CallFailure(.tooBig, "request is \(length) bytes; the daemon accepts at most \(maxRequestBytes)"))
+        }
+        append([0x0A], at: &length)
+        return .success(length)
+    }
+
+    private static let envelopeStart = Array(#"{"jsonrpc":"2.0","method":"#.utf8)
+    private static let paramsKey = Array(#","params":"#.utf8)
+    private static let idKey = Array(#","id":"#.utf8)
+    private static let envelopeEnd = Array("}".utf8)
+
+    /// The last methods' JSON strings, as jansson writes them (a handful: linear search).
+    private var methodCache: [(method: String, json: [UInt8])] = []
+
+    private func encodedMethod(_ method: String) -> [UInt8]? {
+        if let hit = methodCache.first(where: { $0.method == method }) { return hit.json }
+        guard let string = method.withCString({ json_string($0) }) else { return nil }
+        defer { json_decref(string) }
+        let flags = Int(JSON_COMPACT | JSON_ENCODE_ANY)
+        let size = json_dumpb(string, nil, 0, flags)
+        guard size > 0 else { return nil }
+        var bytes = [UInt8](repeating: 0, count: size)
+        let written = bytes.withUnsafeMutableBytes { json_dumpb(string, $0.baseAddress?.assumingMemoryBound(to: CChar.self), size, flags) }
+        guard written == size else { return nil }
+        if methodCache.count >= 8 { methodCache.removeFirst() }
+        methodCache.append((method, bytes))
+        return bytes
+    }
+
+    /// The params' compact JSON at `offset`; returns the size jansson needs (0: cannot encode),
+    /// which may be more than fits (nothing is then written past the buffer).
+    private func dumpParams(_ params: OpaquePointer, at offset: Int) -> Int {
+        let room = max(0, writeBuffer.count - offset - 1)
+        let target = writeBuffer.baseAddress.map { ($0 + offset).assumingMemoryBound(to: CChar.self) }
+        return json_dumpb(UnsafeMutablePointer(params), target, room, Int(JSON_COMPACT))
+    }
+
+    private func grow(to capacity: Int) {
+        guard capacity > writeBuffer.count else { return }
+        let larger = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 1)
+        if let base = writeBuffer.baseAddress, let target = larger.baseAddress { target.copyMemory(from: base, byteCount: writeBuffer.count) }
+        writeBuffer.deallocate()
+        writeBuffer = larger
+    }
+
+    private func append(_ bytes: [UInt8], at length: inout Int) {
+        if length + bytes.count > writeBuffer.count { grow(to: max(2 * writeBuffer.count, length + bytes.count)) }
+        bytes.withUnsafeBytes { source in
+            if let base = source.baseAddress, let target = writeBuffer.baseAddress { (target + length).copyMemory(from: base, byteCount: source.count) }
+        }
+        length += bytes.count
+    }
+
+    /// The request id in decimal, written in place (no allocation).
+    private func appendDecimal(_ value: Int64, at length: inout Int) {
+        if length + 21 > writeBuffer.count { grow(to: max(2 * writeBuffer.count, length + 21)) }
+        guard let base = writeBuffer.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return }
+        if value < 0 {
+            base[length] = UInt8(ascii: "-")
+            length += 1
+        }
+        let start = length
+        var magnitude = value.magnitude
+        repeat {
+            base[length] = UInt8(ascii: "0") + UInt8(magnitude % 10)
+            length += 1
+            magnitude /= 10
+        } while magnitude > 0
+        var low = start, high = length - 1
+        while low < high {
+            (base[low], base[high]) = (base[high], base[low])
+            low += 1
+            high -= 1
+        }
     }
 
     /// Checks one answer line: valid JSON object, JSON-RPC 2.0, the id we sent, exactly one of

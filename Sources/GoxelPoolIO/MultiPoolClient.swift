@@ -20,7 +20,11 @@ public final class MultiPoolClient: @unchecked Sendable {
     private let asyncWorkers: WorkerGroup
     private let lock = PthreadMutex()
     private var balancer: EndpointBalancer
-    private var members: [Int: Member] = [:]
+    private var members: [Int: Member] = [:] {
+        // The hot path of a one-endpoint client reads this instead of walking the dictionary.
+        didSet { onlyMember = members.count == 1 ? members.first : nil }
+    }
+    private var onlyMember: (key: Int, value: Member)?
     private var nextMemberID = 1
     private var closing = false
     private let startedAt = Clock.now()
@@ -161,7 +165,7 @@ public final class MultiPoolClient: @unchecked Sendable {
     public func call(method: String, params: OpaquePointer?, timeout: Span?, notification: Bool = false) -> CallOutcome {
         // One endpoint (the socket_path case): nothing to choose, so no balancer on the hot path.
         lock.lock()
-        if members.count == 1, let (onlyID, only) = members.first, !closing {
+        if let (onlyID, only) = onlyMember, !closing {
             // Managed daemons and DNS names replace endpoints at run time.
             let replaceable = managedAvailability != nil || !names.isEmpty
             lock.unlock()

@@ -69,6 +69,8 @@ public final class PoolClient: @unchecked Sendable {
     /// New connections learn the daemon's pid (their first call is `status`): set while a durable
     /// session lives on this endpoint, so a restarted daemon is noticed as soon as it is reached.
     private let identifying = Atomic<Bool>(false)
+    /// This pool's key in each thread's ThreadAffinity slots.
+    private let affinitySerial = ThreadAffinity.newPoolSerial()
     /// Told (on a library thread, no lock held) each pid a new connection learned.
     private let onDaemonIdentified: (@Sendable (Int64) -> Void)?
     /// The client's TLS context, for a `tls:` endpoint.
@@ -77,14 +79,35 @@ public final class PoolClient: @unchecked Sendable {
     /// resolver looks again when every address of the name fails.
     private let openFailed: (@Sendable () -> Void)?
 
-    final class WaiterBox {
-        let wakeup = Condition()
-        var result: Result<DaemonConnection, CallFailure>?
+    /// A waiting caller's parking spot, with a lock of its own: a hand-off wakes it without the
+    /// pool's lock, so a woken caller does not have to win the contended pool lock again.
+    final class WaiterBox: @unchecked Sendable {
+        private let mutex = PthreadMutex()
+        private let wakeup = Condition()
+        private var result: Result<DaemonConnection, CallFailure>?
+
+        /// After the pool's lock is released: the waiter's connection, or why it gets none.
+        func deliver(_ outcome: Result<DaemonConnection, CallFailure>) {
+            mutex.withLock {
+                if result == nil { result = outcome }
+                wakeup.signal()
+            }
+        }
+
+        /// The outcome, or nil when `deadline` passed first (nil deadline: wait for it).
+        func wait(until deadline: Instant?) -> Result<DaemonConnection, CallFailure>? {
+            mutex.withLock {
+                while result == nil {
+                    if !wakeup.wait(mutex, until: deadline) && result == nil { return nil }
+                }
+                return result
+            }
+        }
     }
 
     /// Side effects collected under the lock and performed after it.
     enum Deferred {
-        case signal(Condition)
+        case handOff(WaiterBox, Result<DaemonConnection, CallFailure>)
         case open(ConnectionID)
         case close(DaemonConnection)
         case check(DaemonConnection)
@@ -253,10 +276,11 @@ public final class PoolClient: @unchecked Sendable {
     private func acquire(deadline: Instant) -> Result<DaemonConnection, CallFailure> {
         let now = Clock.now()
         let acquireDeadline = min(deadline, now + .milliseconds(configuration.pool.acquireTimeoutMs))
+        let preferred = ThreadAffinity.lastConnection(of: affinitySerial)
         lock.lock()
         let waiterID = WaiterID(nextWaiter)
         nextWaiter &+= 1
-        let (decision, actions) = machine.requestLease(waiterID, now: now)
+        let (decision, actions) = machine.requestLease(waiterID, now: now, preferred: preferred)
         switch decision {
         case .leased(let id):
             let connection = connections[id]
@@ -272,28 +296,24 @@ public final class PoolClient: @unchecked Sendable {
         case .queued:
             let box = WaiterBox()
             waiters[waiterID] = box
-            var deferred = apply(actions)
+            let deferred = apply(actions)
             let waiting = machine.waitingCount
             lock.unlock()
             postRequestEvent("request_queued", [("waiting", .int(Int64(waiting)))])
             perform(deferred)
+            if let outcome = box.wait(until: acquireDeadline) { return outcome }
+            // The deadline passed. Still queued: the pool fails it now. Handed a connection at the
+            // same moment: that hand-off is on its way (the caller then uses it).
             lock.lock()
-            deferred = []
-            while box.result == nil {
-                if !box.wakeup.wait(lock, until: acquireDeadline) && box.result == nil {
-                    deferred += apply(machine.waiterTimedOut(waiterID, now: Clock.now()))
-                    if box.result == nil { box.result = .failure(CallFailure(.timedOut, "no connection became free before the deadline")) }
-                }
-            }
-            waiters[waiterID] = nil
-            let result = box.result ?? .failure(CallFailure(.timedOut, "no connection"))
+            let timedOut = apply(machine.waiterTimedOut(waiterID, now: Clock.now()))
             lock.unlock()
-            perform(deferred)
-            return result
+            perform(timedOut)
+            return box.wait(until: nil) ?? .failure(CallFailure(.timedOut, "no connection became free before the deadline"))
         }
     }
 
     private func release(_ connection: DaemonConnection, _ outcome: ReleaseOutcome) {
+        ThreadAffinity.remember(connection.id, of: affinitySerial)
         lock.lock()
         let (sent, received) = connection.takeByteCounts()
         machine.withStatistics { $0.bytesSent &+= sent; $0.bytesReceived &+= received }
@@ -319,17 +339,16 @@ public final class PoolClient: @unchecked Sendable {
         for action in actions {
             switch action {
             case .lease(let waiterID, let id):
-                guard let box = waiters[waiterID] else { continue }
+                // Decided here: the box leaves the registry, the waiter is told after the unlock.
+                guard let box = waiters.removeValue(forKey: waiterID) else { continue }
                 if let connection = connections[id] {
-                    box.result = .success(connection)
+                    deferred.append(.handOff(box, .success(connection)))
                 } else {
-                    box.result = .failure(CallFailure(.proto, "internal error: connection \(id) missing"))
+                    deferred.append(.handOff(box, .failure(CallFailure(.proto, "internal error: connection \(id) missing"))))
                 }
-                deferred.append(.signal(box.wakeup))
             case .failWaiter(let waiterID, let failure):
-                guard let box = waiters[waiterID] else { continue }
-                box.result = .failure(describe(failure))
-                deferred.append(.signal(box.wakeup))
+                guard let box = waiters.removeValue(forKey: waiterID) else { continue }
+                deferred.append(.handOff(box, .failure(describe(failure))))
             case .open(let id):
                 deferred.append(.open(id))
                 if attemptObserver != nil { deferred.append(.attempted(machine.statistics.connectionAttempts)) }
@@ -350,7 +369,7 @@ public final class PoolClient: @unchecked Sendable {
     private func perform(_ deferred: [Deferred]) {
         for item in deferred {
             switch item {
-            case .signal(let condition): condition.signal()
+            case .handOff(let box, let outcome): box.deliver(outcome)
             case .open(let id):
                 if !jobs.submit({ [self] in open(id) }) {
                     modify { $0.connectionOpenFailed(id, now: Clock.now(), reason: "could not schedule the open") }

@@ -431,3 +431,50 @@ final class PoolStateMachineTests: XCTestCase {
         XCTAssertEqual(m.connectionCount, 0)
     }
 }
+
+/// Thread affinity: a caller gets back the connection it released last when that one is idle and
+/// healthy; otherwise the balancing policy decides, as before.
+final class PoolAffinityTests: XCTestCase {
+    private func pool(_ count: Int) -> (PoolStateMachine, [ConnectionID]) {
+        var settings = PoolStateMachine.Settings()
+        settings.minConnections = count
+        settings.maxConnections = count
+        settings.healthInterval = .zero
+        var m = PoolStateMachine(settings: settings, now: .milliseconds(0))
+        let ids = m.start(now: .milliseconds(0)).compactMap { action -> ConnectionID? in
+            if case .open(let id) = action { return id } else { return nil }
+        }
+        for id in ids { _ = m.connectionOpened(id, now: .milliseconds(1)) }
+        return (m, ids)
+    }
+
+    func testALoneCallerKeepsItsConnectionWhereLeastUsedWouldRotate() {
+        var (m, ids) = pool(4)
+        var rotated = Set<ConnectionID>(), kept = Set<ConnectionID>()
+        var last: ConnectionID?
+        for n in 0..<8 {
+            let now = Instant.milliseconds(Int64(10 + n))
+            guard case (.leased(let plain), _) = m.requestLease(WaiterID(UInt64(n)), now: now) else { return XCTFail() }
+            rotated.insert(plain)
+            _ = m.release(plain, now: now, outcome: .answered(latency: .milliseconds(1)))
+            guard case (.leased(let sticky), _) = m.requestLease(WaiterID(UInt64(100 + n)), now: now, preferred: last) else { return XCTFail() }
+            if last != nil { XCTAssertEqual(sticky, last, "the preferred idle connection is taken") }
+            kept.insert(sticky)
+            last = sticky
+            _ = m.release(sticky, now: now, outcome: .answered(latency: .milliseconds(1)))
+        }
+        XCTAssertGreaterThan(rotated.count, 1, "least_used spreads a lone caller over \(ids.count) connections")
+        XCTAssertEqual(kept.count, 1, "with affinity: the first pick, then always the same one")
+    }
+
+    func testAPreferredConnectionThatIsBusyOrNotHealthyIsNotTaken() {
+        var (m, _) = pool(2)
+        guard case (.leased(let a), _) = m.requestLease(WaiterID(1), now: .milliseconds(10)) else { return XCTFail() }
+        guard case (.leased(let b), _) = m.requestLease(WaiterID(2), now: .milliseconds(10), preferred: a) else { return XCTFail() }
+        XCTAssertNotEqual(a, b, "a is leased: the policy picks another")
+        _ = m.release(b, now: .milliseconds(11), outcome: .broken(reason: "x"))
+        _ = m.release(a, now: .milliseconds(11), outcome: .broken(reason: "y"))
+        XCTAssertNil(m.health(of: b), "a broken connection is closed: preferring it finds nothing")
+        XCTAssertEqual(m.requestLease(WaiterID(3), now: .milliseconds(12), preferred: b).0, .queued)
+    }
+}

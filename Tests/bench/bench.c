@@ -344,8 +344,8 @@ static goxelpool_client *lib_open(int pooling, int min_conns, int max_conns, int
  * Throughput runs
  * -------------------------------------------------------------------------------------------- */
 
-enum { MODE_RAW, MODE_POOL, MODE_SINGLE, MODE_ACQ, MODE_ASYNC_THREAD, MODE_ASYNC_DISPATCH };
-static const char *mode_names[] = {"raw", "pool", "single", "acquire", "thread", "dispatch"};
+enum { MODE_RAW, MODE_POOL, MODE_SINGLE, MODE_ACQ, MODE_ASYNC_THREAD, MODE_ASYNC_DISPATCH, MODE_POOL_DEFAULT };
+static const char *mode_names[] = {"raw", "pool", "single", "acquire", "thread", "dispatch", "pool-2..10"};
 
 enum { PHASE_WARMUP, PHASE_MEASURE, PHASE_STOP };
 
@@ -792,6 +792,7 @@ static void run_row(int i, int round) {
     goxelpool_client *client = NULL;
     if (w->mode == MODE_POOL || w->mode == MODE_ACQ) client = lib_open(1, w->conns, w->conns, w->health_ms);
     if (w->mode == MODE_SINGLE) client = lib_open(0, 1, 1, 0);
+    if (w->mode == MODE_POOL_DEFAULT) client = lib_open(1, 2, 10, 0);
     json_int_t checks0 = client ? stat_int(client, "health_checks") : 0;
     run_result r = run_threads(w->mode, client, w->threads, row_seconds(w));
     if (client) {
@@ -1249,6 +1250,19 @@ int main(int argc, char **argv) {
         add_row("scaling", MODE_POOL, 10, 5, 2, 0, one);
         add_row("scaling", MODE_POOL, 10, 10, 2, 0, one);
     }
+    /* The configurations services run: a pool of 10 connections (and the default 2..10) against
+     * the raw client with the same threads, and 32 threads on 10 connections against the raw
+     * client with 10 (the same daemon-side cost). Daemon latency 0. */
+    if (opt_latency <= 0) {
+        int r1 = add_row("pool10", MODE_RAW, 1, 1, 0, 0, -1);
+        add_row("pool10", MODE_POOL, 1, 10, 0, 0, r1);
+        add_row("pool10", MODE_POOL_DEFAULT, 1, 10, 0, 0, r1);
+        int r8 = add_row("pool10", MODE_RAW, 8, 8, 0, 0, -1);
+        add_row("pool10", MODE_POOL, 8, 10, 0, 0, r8);
+        int r10 = add_row("pool10", MODE_RAW, 10, 10, 0, 0, -1);
+        add_row("pool10", MODE_RAW, 32, 32, 0, 0, -1);
+        add_row("pool10", MODE_POOL, 32, 10, 0, 0, r10);
+    }
     int hoff = add_row("health", MODE_POOL, 8, 10, 0, 0, -1);
     add_row("health", MODE_POOL, 8, 10, 0, 1000, hoff);
     /* Async: T = calls kept in flight, C = connections; dispatch compared with thread. */
@@ -1336,6 +1350,26 @@ int main(int argc, char **argv) {
                w->latency_ms ? "2 ms" : "0 ms", mode_names[w->mode], w->threads, w->conns, "",
                MED(w, calls_s), MED(w, p50_us), MED(w, p99_us), MED(w, max_us), MED(w, cpu_us_call), ratio, cpur);
         emit(row_json(w));
+    }
+    if (wanted("pool10")) {
+        printf("\nPool of 10 connections (pool-2..10: min 2, max 10), daemon latency 0: ratio against raw with the\n"
+               "same threads (T = 1, 8) or with 10 threads on 10 connections (T = 32)\n");
+        for (int i = 0; i < nrows; i++) {
+            row *w = &rows[i];
+            if (strcmp(w->section, "pool10")) continue;
+            char ratio[16] = "-", cpur[16] = "-", against[24] = "";
+            if (w->base >= 0) {
+                snprintf(ratio, sizeof ratio, "%.2f", med_arr(w->ratio, w->n));
+                snprintf(cpur, sizeof cpur, "%.2f", med_arr(w->cpu_ratio, w->n));
+                snprintf(against, sizeof against, "vs raw T=%d", rows[w->base].threads);
+            }
+            printf("  %-10s T=%-2d C=%-2d %10.0f calls/s  p50 %7.1f µs  p99 %7.1f µs  CPU %5.1f µs/call  %7s %7s  %s\n",
+                   mode_names[w->mode], w->threads, w->conns, MED(w, calls_s), MED(w, p50_us), MED(w, p99_us),
+                   MED(w, cpu_us_call), ratio, cpur, against);
+            json_t *o = row_json(w);
+            if (w->base >= 0) json_object_set_new(o, "compared_with_threads", json_integer(rows[w->base].threads));
+            emit(o);
+        }
     }
     if (have_control && wanted("scaling")) {
         printf("\nScaling with connections, daemon latency 2 ms, 10 threads (ratio against 1 connection)\n");

@@ -43,7 +43,7 @@ bench-smoke: bench-build session-bench-smoke
 	@out=$$(mktemp /tmp/goxelpool-bench-smoke.XXXXXX); \
 	if ! BENCH_QUICK=1 SOCKET= $(BENCH_BIN) --refd $(STAGE)/bin/goxel-refd > $$out; then \
 	  echo "bench-smoke: FAIL: the benchmark exited with an error"; cat $$out; rm -f $$out; exit 1; fi; \
-	if python3 -c 'import json, sys; rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]; kinds = {r["bench"] for r in rows}; need = {"throughput", "scaling", "health", "health_idle", "async", "acquire", "batch", "memory", "size", "endpoints", "tls"}; sys.exit(0 if need <= kinds and all(r.get("errors", 0) == 0 for r in rows) else "missing rows or errors: %s" % sorted(need - kinds))' $$out; then \
+	if python3 -c 'import json, sys; rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]; kinds = {r["bench"] for r in rows}; need = {"throughput", "scaling", "health", "health_idle", "async", "acquire", "batch", "memory", "size", "endpoints", "tls", "pool10"}; sys.exit(0 if need <= kinds and all(r.get("errors", 0) == 0 for r in rows) else "missing rows or errors: %s" % sorted(need - kinds))' $$out; then \
 	  echo "bench-smoke: ok: $$(grep -c '^{' $$out) JSON rows"; rm -f $$out; \
 	else echo "bench-smoke: FAIL: invalid or missing JSON rows"; cat $$out; rm -f $$out; exit 1; fi
 
