@@ -478,3 +478,28 @@ final class PoolAffinityTests: XCTestCase {
         XCTAssertEqual(m.requestLease(WaiterID(3), now: .milliseconds(12), preferred: b).0, .queued)
     }
 }
+
+extension PoolAffinityTests {
+    /// The affinity path never overtakes a waiter: a released connection goes to the oldest
+    /// waiter first, so the thread that released it, asking again at once with it as preferred,
+    /// queues behind (the bound on overtaking is zero).
+    func testAffinityNeverOvertakesAWaiter() {
+        var (m, _) = pool(1)
+        guard case (.leased(let only), _) = m.requestLease(WaiterID(1), now: .milliseconds(10)) else { return XCTFail() }
+        XCTAssertEqual(m.requestLease(WaiterID(2), now: .milliseconds(11)).0, .queued)
+        XCTAssertEqual(m.requestLease(WaiterID(3), now: .milliseconds(12)).0, .queued)
+        var order: [WaiterID] = []
+        for step in 0..<6 {
+            let now = Instant.milliseconds(Int64(20 + step))
+            let actions = m.release(only, now: now, outcome: .answered(latency: .milliseconds(1)))
+            let next = actions.compactMap { action -> WaiterID? in if case .lease(let w, _) = action { w } else { nil } }
+            XCTAssertEqual(next.count, 1)
+            order += next
+            // The releasing caller comes straight back, preferring the connection it just had.
+            let again = WaiterID(UInt64(100 + step))
+            XCTAssertEqual(m.requestLease(again, now: now, preferred: only).0, .queued, "step \(step)")
+        }
+        XCTAssertEqual(order.prefix(2), [WaiterID(2), WaiterID(3)], "the waiters that were there first, in order")
+        XCTAssertEqual(Array(order.dropFirst(2)), [100, 101, 102, 103].map { WaiterID(UInt64($0)) }, "then the returning callers, FIFO")
+    }
+}

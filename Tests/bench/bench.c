@@ -432,6 +432,8 @@ static json_t *make_params(int i, int bad) {
     return json_pack("[i,i,i]", i, 2, 3);
 }
 
+static long context_switches(void);
+
 /* Runs `threads` workers for warm-up + duration. client NULL: raw baseline. */
 static run_result run_threads(int mode, goxelpool_client *client, int threads, double duration) {
     worker *ws = calloc((size_t)threads, sizeof *ws);
@@ -452,10 +454,12 @@ static run_result run_threads(int mode, goxelpool_client *client, int threads, d
     for (int i = 0; i < threads; i++) pthread_create(&tids[i], NULL, worker_main, &ws[i]);
     sleep_s(opt_warmup);
     double c0 = cpu_s(), t0 = now_s();
+    long s0 = context_switches();
     atomic_store(&phase, PHASE_MEASURE);
     sleep_s(duration);
     atomic_store(&phase, PHASE_STOP);
     double c1 = cpu_s(), t1 = now_s();
+    long s1 = context_switches();
     for (int i = 0; i < threads; i++) pthread_join(tids[i], NULL);
 
     run_result r = {0};
@@ -480,6 +484,7 @@ static run_result run_threads(int mode, goxelpool_client *client, int threads, d
     }
     r.cpu_us_call = r.calls ? (c1 - c0) * 1e6 / (double)r.calls : 0;
     r.ns_per_op = r.calls ? r.seconds * 1e9 / (double)r.calls : 0;
+    r.switches_call = r.calls ? (double)(s1 - s0) / r.calls : 0;
     free(all);
     free(ws);
     free(tids);
@@ -1363,10 +1368,11 @@ int main(int argc, char **argv) {
                 snprintf(cpur, sizeof cpur, "%.2f", med_arr(w->cpu_ratio, w->n));
                 snprintf(against, sizeof against, "vs raw T=%d", rows[w->base].threads);
             }
-            printf("  %-10s T=%-2d C=%-2d %10.0f calls/s  p50 %7.1f µs  p99 %7.1f µs  CPU %5.1f µs/call  %7s %7s  %s\n",
+            printf("  %-10s T=%-2d C=%-2d %10.0f calls/s  p50 %7.1f µs  p99 %7.1f µs  CPU %5.1f µs/call  %4.2f switches/call  %7s %7s  %s\n",
                    mode_names[w->mode], w->threads, w->conns, MED(w, calls_s), MED(w, p50_us), MED(w, p99_us),
-                   MED(w, cpu_us_call), ratio, cpur, against);
+                   MED(w, cpu_us_call), MED(w, switches_call), ratio, cpur, against);
             json_t *o = row_json(w);
+            json_object_set_new(o, "context_switches_per_call", json_real(MED(w, switches_call)));
             if (w->base >= 0) json_object_set_new(o, "compared_with_threads", json_integer(rows[w->base].threads));
             emit(o);
         }
