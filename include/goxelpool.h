@@ -84,7 +84,9 @@ typedef struct goxelpool_client goxelpool_client;
  *              or only inside goxelpool_dispatch; see "Event loops" below),
  *     pool { min_connections 2, max_connections 10, acquire_timeout_ms 5000, idle_timeout_ms 60000,
  *            max_lifetime_ms 0, max_requests_per_connection 0, max_waiters 1024,
- *            load_balancing "least_used" | "round_robin" | "random", connect_timeout_ms 1000,
+ *            load_balancing "least_used" | "round_robin" | "random" (among idle connections; a
+ *            thread first gets back the connection it released last, when that one is idle and
+ *            healthy), connect_timeout_ms 1000,
  *            validate_on_connect true },
  *     reconnect { initial_backoff_ms 1000, multiplier 1.6, jitter 0.2, max_backoff_ms 120000 },
  *     health { interval_ms 30000, timeout_ms 5000, method "ping", failure_threshold 3,

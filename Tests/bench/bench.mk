@@ -58,3 +58,26 @@ session-bench-smoke: bench-build
 	else echo "bench-smoke: FAIL: invalid or missing session rows"; cat $$out; rm -f $$out; exit 1; fi
 
 test-extra: session-bench-smoke
+
+# Instructions per call (callgrind): the library against the raw client, exact and repeatable on
+# a noisy machine. Not in make bench's timing rows; about 30 s.
+CALLCOST_BIN := $(BENCH_DIR)/callcost
+CALLCOST_N   ?= 2000
+.PHONY: bench-instructions
+bench-instructions: bench-build
+	PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(CC) -std=c11 -O2 -Wall -Wextra -Werror Tests/bench/callcost.c \
+	  $$(PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(PKG_CONFIG) --cflags --libs goxelpool) -o $(CALLCOST_BIN)
+	@dir=$$(mktemp -d /tmp/goxelpool-callcost.XXXXXX); \
+	$(STAGE)/bin/goxel-refd --socket $$dir/refd.sock > /dev/null 2>&1 & refd=$$!; \
+	for i in $$(seq 100); do [ -S $$dir/refd.sock ] && break; sleep 0.05; done; \
+	for mode in raw pool; do \
+	  for n in $(CALLCOST_N) $$(( 2 * $(CALLCOST_N) )); do \
+	    valgrind --tool=callgrind --callgrind-out-file=$$dir/$$mode.$$n.out $(CALLCOST_BIN) $$mode $$dir/refd.sock $$n \
+	      2> $$dir/$$mode.$$n.log || { cat $$dir/$$mode.$$n.log; kill $$refd; rm -rf $$dir; exit 1; }; \
+	  done; \
+	  a=$$(sed -n 's/.*Collected : \([0-9]*\).*/\1/p' $$dir/$$mode.$(CALLCOST_N).log); \
+	  b=$$(sed -n 's/.*Collected : \([0-9]*\).*/\1/p' $$dir/$$mode.$$(( 2 * $(CALLCOST_N) )).log); \
+	  echo "$$mode: $$(( (b - a) / $(CALLCOST_N) )) instructions per call (client process, callgrind)"; \
+	  printf '{"bench":"instructions","mode":"%s","per_call":%d}\n' $$mode $$(( (b - a) / $(CALLCOST_N) )); \
+	done; \
+	kill $$refd; rm -rf $$dir
