@@ -170,10 +170,11 @@ demo: deps examples
 
 test: deps all
 	$(SWIFT) build --build-tests
-	@rc=0; $(SWIFT) test || rc=$$?; \
-	if [ $$rc -ne 0 ]; then echo "make test: swift test failed (exit $$rc)"; fi; \
+	@swift_rc=0; rc=0; $(SWIFT) test || swift_rc=$$?; \
+	if [ $$swift_rc -ne 0 ]; then echo "make test: swift test failed (exit $$swift_rc)"; rc=1; fi; \
 	$(MAKE) --no-print-directory test-extra || { echo "make test: test-extra failed"; rc=1; }; \
-	SWIFT_TEST_RC=$$rc BUILD=$(BUILD) Tests/packaging/run.sh || rc=1; \
+	SWIFT_TEST_RC=$$swift_rc BUILD=$(BUILD) Tests/packaging/run.sh || rc=1; \
+	if [ $$rc -ne 0 ]; then echo "make test: FAILED (see the messages above)"; fi; \
 	exit $$rc
 
 clean:

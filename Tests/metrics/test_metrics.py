@@ -156,7 +156,8 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(families["goxelpool_routed_calls"].samples, [])
         self.lint(text)
         # The README's table documents every family (by its name in the text, _total included).
-        readme = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")).read()
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")) as f:
+            readme = f.read()
         for line in text.splitlines():
             if line.startswith("# TYPE "):
                 family = line.split()[2]
@@ -258,13 +259,17 @@ class MetricsTest(unittest.TestCase):
         gp.goxelpool_free(None)
 
     def test_scrapes_from_threads_from_a_listener_and_after_close(self):
-        client = self.client(pool={"min_connections": 2, "max_connections": 4})
+        # No warm connections: the callers' first connections are opened after the listener is
+        # registered, so their connection_added events reach it.
+        client = self.client(pool={"min_connections": 0, "max_connections": 4})
         in_listener = []
 
         @EVENT_CB
         def on_event(event, userdata):
             # On the client's event thread: a scrape from inside a listener.
             in_listener.append(metrics_text(client))
+        # ctypes frees the trampoline with the last reference: keep it until tearDown frees the client.
+        self.keep_alive = on_event
 
         listener = ctypes.c_int(-1)
         self.assertEqual(gp.goxelpool_add_listener(client, EVENT_CONNECTION, on_event, None, ctypes.byref(listener)), OK)
@@ -308,7 +313,6 @@ class MetricsTest(unittest.TestCase):
         values, _ = samples(metrics_text(client))
         self.assertEqual(value(values, "goxelpool_client_state", state="closed"), 1)
         self.assertEqual(value(values, "goxelpool_pool_state", endpoint="unix:" + self.refd.path, state="closed"), 1)
-        on_event.keep = True  # the callback object lives until the client is freed in tearDown
 
 
 def gp_version():
