@@ -52,7 +52,7 @@ as_user() {
 
 # expect_missing_message OUTPUT: the message names the package and gives the one command.
 expect_missing_message() {
-    printf '%s\n' "$1" | grep -qF "Missing Debian packages: $MISSING" || { echo "no 'Missing Debian packages' line"; return 1; }
+    printf '%s\n' "$1" | grep -qF "Missing Debian packages: $MISSING" || { echo "no 'Missing Debian packages: $MISSING' line in:"; printf '    %s\n' "$1"; return 1; }
     printf '%s\n' "$1" | grep -qxF "    sudo apt-get install -y $MISSING" || { echo "no 'sudo apt-get install -y $MISSING' line"; return 1; }
     if printf '%s\n' "$1" | grep -q 'apt-get install -y.*coreutils'; then echo "asks to install coreutils, which is installed"; return 1; fi
 }
