@@ -118,11 +118,14 @@ public final class DaemonConnection {
 
     /// Sends one request and reads its answer by `deadline`. After any `.failed` (and after an
     /// `id: null` error) the connection must not be reused: its state is unknown.
-    public func exchange(method: String, params: OpaquePointer?, notification: Bool, deadline: Instant) -> Exchange {
+    /// `encodedParams`: `params` as jansson already wrote them (compact), used instead of
+    /// writing them again (a durable session's journal entry is that text).
+    public func exchange(method: String, params: OpaquePointer?, encodedParams: UnsafeRawBufferPointer? = nil,
+                         notification: Bool, deadline: Instant) -> Exchange {
         let requestID = nextRequestID
         nextRequestID &+= 1
         let length: Int
-        switch encode(method: method, params: params, id: notification ? nil : requestID) {
+        switch encode(method: method, params: params, encodedParams: encodedParams, id: notification ? nil : requestID) {
         case .success(let count): length = count
         case .failure(let failure): return .failed(failure, written: false)
         }
@@ -188,14 +191,18 @@ public final class DaemonConnection {
     /// into the buffer), so no request object is built, hashed and walked per call (callgrind:
     /// ~9 000 instructions less per call, see Tests/bench/README.md). Every value from the caller
     /// still goes through jansson.
-    private func encode(method: String, params: OpaquePointer?, id: Int64?) -> Result<Int, CallFailure> {
+    private func encode(method: String, params: OpaquePointer?, encodedParams: UnsafeRawBufferPointer?,
+                        id: Int64?) -> Result<Int, CallFailure> {
         guard let methodJSON = encodedMethod(method) else {
             return .failure(CallFailure(.invalid, "method is not valid UTF-8, or out of memory"))
         }
         var length = 0
         append(Self.envelopeStart, at: &length)
         append(methodJSON, at: &length)
-        if let params {
+        if let encodedParams {
+            append(Self.paramsKey, at: &length)
+            append(encodedParams, at: &length)
+        } else if let params {
             append(Self.paramsKey, at: &length)
             var needed = dumpParams(params, at: length)
             if needed > writeBuffer.count - length - 1 && needed <= maxRequestBytes {
@@ -257,11 +264,13 @@ public final class DaemonConnection {
     }
 
     private func append(_ bytes: [UInt8], at length: inout Int) {
-        if length + bytes.count > writeBuffer.count { grow(to: max(2 * writeBuffer.count, length + bytes.count)) }
-        bytes.withUnsafeBytes { source in
-            if let base = source.baseAddress, let target = writeBuffer.baseAddress { (target + length).copyMemory(from: base, byteCount: source.count) }
-        }
-        length += bytes.count
+        bytes.withUnsafeBytes { append($0, at: &length) }
+    }
+
+    private func append(_ source: UnsafeRawBufferPointer, at length: inout Int) {
+        if length + source.count > writeBuffer.count { grow(to: max(2 * writeBuffer.count, length + source.count)) }
+        if let base = source.baseAddress, let target = writeBuffer.baseAddress { (target + length).copyMemory(from: base, byteCount: source.count) }
+        length += source.count
     }
 
     /// The request id in decimal, written in place (no allocation).

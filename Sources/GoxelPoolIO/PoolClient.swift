@@ -180,15 +180,17 @@ public final class PoolClient: @unchecked Sendable {
 
     /// A call for a session: the connection's daemon pid is learned (once per connection) and,
     /// with `.expect`, nothing is sent to another process than the expected one.
-    public func call(method: String, params: OpaquePointer?, timeout: Span?, check: DaemonCheck) -> PinnedOutcome {
-        perform(method: method, params: params, timeout: timeout, notification: false, check: check)
+    /// `encodedParams`: `params` as jansson wrote them (see `DaemonConnection.exchange`).
+    public func call(method: String, params: OpaquePointer?, encodedParams: UnsafeRawBufferPointer? = nil,
+                     timeout: Span?, check: DaemonCheck) -> PinnedOutcome {
+        perform(method: method, params: params, encodedParams: encodedParams, timeout: timeout, notification: false, check: check)
     }
 
     /// Whether new connections learn their daemon's pid (see `identifying`).
     public func setIdentifying(_ on: Bool) { identifying.store(on, ordering: .relaxed) }
 
-    private func perform(method: String, params: OpaquePointer?, timeout: Span?, notification: Bool,
-                         check: DaemonCheck?) -> PinnedOutcome {
+    private func perform(method: String, params: OpaquePointer?, encodedParams: UnsafeRawBufferPointer? = nil,
+                         timeout: Span?, notification: Bool, check: DaemonCheck?) -> PinnedOutcome {
         let deadline = Clock.now() + (timeout ?? .milliseconds(configuration.timeoutMs))
         // Only needed once a call fails: not worked out on the hot path.
         var idempotent: Bool { !notification && configuration.isIdempotent(method: method) }
@@ -222,7 +224,8 @@ public final class PoolClient: @unchecked Sendable {
             }
             let pid = connection.daemonPid
             let began = Clock.now()
-            let exchange = connection.exchange(method: method, params: params, notification: notification, deadline: deadline)
+            let exchange = connection.exchange(method: method, params: params, encodedParams: encodedParams,
+                                               notification: notification, deadline: deadline)
             let latency = Clock.now() - began
             switch exchange {
             case .result(let value):

@@ -3,10 +3,15 @@ import Glibc
 import GoxelPoolCore
 
 /// One journaled call: the method and its params as compact JSON (a C string jansson wrote;
-/// freed with the entry). Text, not a json_t copy: a tenth of the memory per entry.
+/// freed with the entry). Text, not a json_t copy: a tenth of the memory per entry. Written
+/// before the call and sent as the request's params, so jansson encodes them once, not twice.
 final class JournalEntry {
     let method: String
     let params: UnsafeMutablePointer<CChar>?
+    /// The params' text without its terminating NUL (nil: no params).
+    var encodedParams: UnsafeRawBufferPointer? {
+        params.map { UnsafeRawBufferPointer(start: $0, count: strlen($0)) }
+    }
 
     init?(method: String, params: OpaquePointer?) {
         self.method = method
@@ -153,20 +158,20 @@ public final class Session: @unchecked Sendable {
             let pool = self.pool, expected = pid, before = generation
             lock.unlock()
 
+            // Serialized outside the lock (the lock is the session's: its threads queue on it), and
+            // before the call, whose request carries the same text. nil (out of memory, or params
+            // jansson cannot encode): the call encodes its params itself, and fails if they cannot be.
+            let entry = changes ? JournalEntry(method: method, params: params) : nil
+            let unjournaled = changes && entry == nil
             let remaining = deadline - Clock.now()
             let outcome: PinnedOutcome
             if options.durable, let expected {
-                outcome = pool.call(method: method, params: params, timeout: remaining, check: .expect(expected))
+                outcome = withExtendedLifetime(entry) {
+                    pool.call(method: method, params: params, encodedParams: entry?.encodedParams, timeout: remaining,
+                              check: .expect(expected))
+                }
             } else {
                 outcome = .done(pool.call(method: method, params: params, timeout: remaining), pid: nil)
-            }
-
-            // Serialized before taking the lock (the lock is the session's: its threads queue on it).
-            var entry: JournalEntry?
-            var unjournaled = false
-            if changes, case .done(.result, _) = outcome {
-                entry = JournalEntry(method: method, params: params)
-                unjournaled = entry == nil
             }
 
             lock.lock()

@@ -214,6 +214,39 @@ final class SessionABITests: XCTestCase {
 
     // MARK: - Durable sessions
 
+    /// A durable session writes a changing call's params once, for its journal, and sends that
+    /// text: params jansson cannot encode and requests over max_message_size are refused as
+    /// plain calls are, and neither reaches the journal.
+    func testDurableCallsRefuseWhatCannotBeSentAndJournalOnlyWhatRan() throws {
+        daemons = [try RefDaemon()]
+        let daemon = daemons[0]
+        let client = makeClient(config([daemon.socketPath], #", "max_message_size": 4096"#))
+        defer { goxelpool_client_free(client) }
+        let (status, session) = open(client, durable(#", "checkpoint_every": 100000, "checkpoint_interval_ms": 0"#))
+        XCTAssertEqual(status, GOXELPOOL_OK, String(cString: goxelpool_last_error()))
+        defer { goxelpool_session_close(session) }
+        let journaled = Int(info(session, "journal_length")) ?? -1
+
+        // A string that is not UTF-8 (made with json_stringn_nocheck): jansson will not write it.
+        let invalid = try XCTUnwrap(json_array())
+        let bad: [CChar] = [CChar(bitPattern: 0xFF), CChar(bitPattern: 0xFE)]
+        bad.withUnsafeBufferPointer { json_array_append_new(invalid, json_stringn_nocheck($0.baseAddress, 2)) }
+        defer { json_decref(invalid) }
+        XCTAssertEqual(goxelpool_session_call(session, "goxel.add_voxel", invalid, -1, nil, nil), GOXELPOOL_EINVAL)
+        XCTAssertTrue(String(cString: goxelpool_last_error()).contains("cannot be encoded"), String(cString: goxelpool_last_error()))
+
+        let huge = "[\"" + String(repeating: "x", count: 5000) + "\"]"
+        XCTAssertEqual(scall(session, "goxel.add_voxel", huge).0, GOXELPOOL_ETOOBIG)
+        XCTAssertEqual(Int(info(session, "journal_length")), journaled, "refused calls are not journaled")
+
+        // Object params and the array form: both run, both journaled, both as sent.
+        XCTAssertEqual(scall(session, "goxel.add_voxel", #"{"x": 1, "y": 2, "z": 3, "color": [10, 20, 30, 255]}"#).0, GOXELPOOL_OK)
+        XCTAssertEqual(scall(session, "goxel.add_voxel", "[4, 5, 6, 40, 50, 60, 255]").0, GOXELPOOL_OK)
+        XCTAssertEqual(Int(info(session, "journal_length")), journaled + 2)
+        XCTAssertEqual(scall(session, "goxel.get_voxel", "[1, 2, 3]").0, GOXELPOOL_OK)
+        XCTAssertEqual(Int(info(session, "journal_length")), journaled + 2, "reads are not journaled")
+    }
+
     func testDurableSessionSurvivesKill9WithEightWritersAndNoCallFails() throws {
         daemons = [try RefDaemon(arguments: ["--supervise", "--restart-delay-ms", "100"])]
         let daemon = daemons[0]
@@ -292,13 +325,16 @@ final class SessionABITests: XCTestCase {
         let client = makeClient(config([daemon.socketPath]))
         defer { goxelpool_client_free(client) }
         _ = log.listen(client, kinds: UInt32(GOXELPOOL_EVENT_ALERT | GOXELPOOL_EVENT_SESSION))
-        let (status, session) = open(client, durable(#", "checkpoint_every": 5"#))
+        // One checkpoint due, after the twelfth call (none by time): the file damaged below is the
+        // last one written (with a smaller cadence a later checkpoint could replace it after the
+        // damage, and the restore would load that one).
+        let (status, session) = open(client, durable(#", "checkpoint_every": 12, "checkpoint_interval_ms": 0"#))
         XCTAssertEqual(status, GOXELPOOL_OK, String(cString: goxelpool_last_error()))
         defer { goxelpool_session_close(session) }
         for n in 0..<12 { XCTAssertEqual(scall(session, "goxel.add_voxel", "[\(n), 0, 0, 9, 9, 9, 255, 0]").0, GOXELPOOL_OK) }
-        // The initial checkpoint and at least one holding voxels (when the worker gets to it, it
-        // folds whatever is journaled then: one checkpoint may hold all twelve).
-        XCTAssertTrue(waitFor { (Int(self.info(session, "checkpoints")) ?? 0) >= 2 }, text(goxelpool_session_info(session)))
+        // The initial checkpoint and the one holding all twelve voxels (the journal is then empty).
+        XCTAssertTrue(waitFor { (Int(self.info(session, "checkpoints")) ?? 0) >= 2 && self.info(session, "journal_length") == "0" },
+                      text(goxelpool_session_info(session)))
         let path = String(info(session, "checkpoint_path").dropFirst().dropLast())  // JSON string: drop the quotes
         guard path.hasPrefix(checkpointDir + "/") else { return XCTFail("checkpoint path \(path) is not in \(checkpointDir)") }
         // Damage the checkpoint the restore will load.

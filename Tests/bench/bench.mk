@@ -60,19 +60,21 @@ session-bench-smoke: bench-build
 test-extra: session-bench-smoke
 
 # Instructions per call (callgrind): the library against the raw client, exact and repeatable on
-# a noisy machine. Not in make bench's timing rows; about 30 s.
-CALLCOST_BIN := $(BENCH_DIR)/callcost
-CALLCOST_N   ?= 2000
+# a noisy machine. Not in make bench's timing rows; about 80 s. The -add modes measure what a
+# session and a durable session's journal add to a call that changes the document.
+CALLCOST_BIN   := $(BENCH_DIR)/callcost
+CALLCOST_N     ?= 2000
+CALLCOST_MODES ?= raw pool plain-add session-add durable-add
 .PHONY: bench-instructions
 bench-instructions: bench-build
 	PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(CC) -std=c11 -O2 -Wall -Wextra -Werror Tests/bench/callcost.c \
 	  $$(PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(PKG_CONFIG) --cflags --libs goxelpool) -o $(CALLCOST_BIN)
-	@dir=$$(mktemp -d /tmp/goxelpool-callcost.XXXXXX); \
+	@dir=$$(mktemp -d /tmp/goxelpool-callcost.XXXXXX); mkdir $$dir/checkpoints; \
 	$(STAGE)/bin/goxel-refd --socket $$dir/refd.sock > /dev/null 2>&1 & refd=$$!; \
 	for i in $$(seq 100); do [ -S $$dir/refd.sock ] && break; sleep 0.05; done; \
-	for mode in raw pool; do \
+	for mode in $(CALLCOST_MODES); do \
 	  for n in $(CALLCOST_N) $$(( 2 * $(CALLCOST_N) )); do \
-	    valgrind --tool=callgrind --callgrind-out-file=$$dir/$$mode.$$n.out $(CALLCOST_BIN) $$mode $$dir/refd.sock $$n \
+	    valgrind --tool=callgrind --callgrind-out-file=$$dir/$$mode.$$n.out $(CALLCOST_BIN) $$mode $$dir/refd.sock $$n $$dir/checkpoints \
 	      2> $$dir/$$mode.$$n.log || { cat $$dir/$$mode.$$n.log; kill $$refd; rm -rf $$dir; exit 1; }; \
 	  done; \
 	  a=$$(sed -n 's/.*Collected : \([0-9]*\).*/\1/p' $$dir/$$mode.$(CALLCOST_N).log); \
