@@ -513,7 +513,7 @@ public struct PoolStateMachine {
     /// After a drain timeout the runner force-closes what is still out; the pool forgets them.
     public mutating func abandonAll() -> [ConnectionID] {
         let ids = connections.keys.sorted()
-        for id in ids { statistics.recordClose(.shutdown) }
+        for _ in ids { statistics.recordClose(.shutdown) }
         connections.removeAll()
         return ids
     }
