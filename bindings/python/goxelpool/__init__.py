@@ -572,6 +572,28 @@ def _forget(state: _State, token: int) -> None:
         state.pending.discard(token)
 
 
+def _start_call(state: _State, name: bytes, params: Params, timeout: int,
+                done: Callable[[Outcome], None]) -> None:
+    """goxelpool_call_async with ``done`` registered for its callback (Client.call_async and
+    AsyncClient.call). Raises, and ``done`` never runs, when the library refuses the call."""
+    p = _params(params)
+    token = next(_tokens)
+    with _registry_lock:
+        _pending[token] = (done, state)
+        state.pending.add(token)
+    try:
+        status = _load().gp.goxelpool_call_async(state.handle, name, p, timeout, _CALL_TRAMPOLINE, token)
+        message = _last_error() if status != Status.OK else ""
+    except BaseException:
+        _forget(state, token)
+        raise
+    finally:
+        _decref(p)  # the library copied it
+    if status != Status.OK:
+        _forget(state, token)  # the callback never runs
+        raise _error(status, message)
+
+
 _live: Set[int] = set()           # handles not yet freed
 _exiting = False
 
@@ -811,24 +833,7 @@ class Client(_ClientBase):
             else:
                 future.set_result(outcome.result)
 
-        lib = _load().gp
-        p = _params(params)
-        token = next(_tokens)
-        with _registry_lock:
-            _pending[token] = (done, self._state)
-            self._state.pending.add(token)
-        try:
-            status = lib.goxelpool_call_async(self._state.handle, name, p, timeout,
-                                              _CALL_TRAMPOLINE, token)
-            message = _last_error() if status != Status.OK else ""
-        except BaseException:
-            _forget(self._state, token)
-            raise
-        finally:
-            _decref(p)  # the library copied it
-        if status != Status.OK:
-            _forget(self._state, token)  # the callback never runs
-            raise _error(status, message)
+        _start_call(self._state, name, params, timeout, done)
         return future
 
     def batch(self, requests: Iterable[BatchRequest], timeout_ms: int = -1) -> List[Outcome]:

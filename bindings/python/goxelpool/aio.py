@@ -43,9 +43,9 @@ import weakref
 from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Set, Union
 
 from . import (
-    _CALL_TRAMPOLINE, BatchRequest, EventKind, InvalidArgument, Outcome, Params, PoolClosed, Status,
-    _ClientBase, _decref, _drop_listeners, _error, _forget, _free, _last_error, _load, _merged_config,
-    _method, _new_client, _params, _pending, _registry_lock, _State, _timeout, _tokens,
+    BatchRequest, EventKind, InvalidArgument, Outcome, Params, PoolClosed, Status,
+    _ClientBase, _drop_listeners, _free, _last_error, _load, _merged_config,
+    _method, _new_client, _start_call, _State, _timeout,
 )
 
 __all__ = ["AsyncClient", "EventStream"]
@@ -173,25 +173,9 @@ class AsyncClient(_ClientBase):
         if self._closing:
             raise PoolClosed("client is closed")
         name, timeout = _method(method), _timeout(timeout_ms)
-        p = _params(params)
         future: "asyncio.Future[Any]" = loop.create_future()
         ref = self._ref
-        token = next(_tokens)
-        with _registry_lock:
-            _pending[token] = (lambda outcome: _settle(ref, future, outcome), self._state)
-            self._state.pending.add(token)
-        try:
-            status = _load().gp.goxelpool_call_async(self._state.handle, name, p, timeout,
-                                                     _CALL_TRAMPOLINE, token)
-            message = _last_error() if status != Status.OK else ""
-        except BaseException:
-            _forget(self._state, token)
-            raise
-        finally:
-            _decref(p)  # the library copied it
-        if status != Status.OK:
-            _forget(self._state, token)  # the callback never runs
-            raise _error(status, message)
+        _start_call(self._state, name, params, timeout, lambda outcome: _settle(ref, future, outcome))
         self._calls.add(future)
         future.add_done_callback(self._calls.discard)
         return await future
