@@ -60,7 +60,7 @@ session-bench-smoke: bench-build
 test-extra: session-bench-smoke
 
 # Instructions per call (callgrind): the library against the raw client, exact and repeatable on
-# a noisy machine. Not in make bench's timing rows; about 80 s. The -add modes measure what a
+# a noisy machine. Not in make bench's timing rows; about 2 minutes. The -add modes measure what a
 # session and a durable session's journal add to a call that changes the document.
 CALLCOST_BIN   := $(BENCH_DIR)/callcost
 CALLCOST_N     ?= 2000
