@@ -130,6 +130,11 @@ public final class Session: @unchecked Sendable {
     public func call(method: String, params: OpaquePointer?, timeout: Span?) -> CallOutcome {
         let deadline = Clock.now() + (timeout ?? .milliseconds(configuration.timeoutMs))
         let changes = options.durable && !configuration.isIdempotent(method: method)
+        // Serialized once, outside the lock (the lock is the session's: its threads queue on it),
+        // and sent as the request's params on every attempt. nil (out of memory, or params jansson
+        // cannot encode): the call encodes its params itself, and fails if they cannot be.
+        let entry = changes ? JournalEntry(method: method, params: params) : nil
+        let unjournaled = changes && entry == nil
         lock.lock()
         while true {
             // The gate: wait while the document is being checkpointed, checked or restored.
@@ -158,11 +163,6 @@ public final class Session: @unchecked Sendable {
             let pool = self.pool, expected = pid, before = generation
             lock.unlock()
 
-            // Serialized outside the lock (the lock is the session's: its threads queue on it), and
-            // before the call, whose request carries the same text. nil (out of memory, or params
-            // jansson cannot encode): the call encodes its params itself, and fails if they cannot be.
-            let entry = changes ? JournalEntry(method: method, params: params) : nil
-            let unjournaled = changes && entry == nil
             let remaining = deadline - Clock.now()
             let outcome: PinnedOutcome
             if options.durable, let expected {
