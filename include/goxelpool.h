@@ -87,6 +87,13 @@ typedef struct goxelpool_client goxelpool_client;
  *            load_balancing "least_used" | "round_robin" | "random" (among idle connections; a
  *            thread first gets back the connection it released last, when that one is idle and
  *            healthy), connect_timeout_ms 1000,
+ *            reuse_while_waiting 8 (0..1000000: while calls wait for a connection, one that is
+ *              released is kept for the releasing thread's next call up to this many calls in a
+ *              row, then handed to the longest-waiting call; 0: hand it over at every release,
+ *              strict FIFO. Waiters stay FIFO among themselves; each waits at most this many
+ *              extra calls per connection),
+ *            reuse_grace_us 200 (1..1000000: a kept connection whose thread does not call again
+ *              within this many microseconds goes to the longest-waiting call),
  *            validate_on_connect true },
  *     reconnect { initial_backoff_ms 1000, multiplier 1.6, jitter 0.2, max_backoff_ms 120000 },
  *     health { interval_ms 30000, timeout_ms 5000, method "ping", failure_threshold 3,

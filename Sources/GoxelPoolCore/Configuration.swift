@@ -125,6 +125,9 @@ public struct ClientConfiguration: Sendable, Equatable {
         public var maxRequestsPerConnection = 0
         /// Calls that may wait for a free connection; 0: fail at once with EBUSY when none is free.
         public var maxWaiters = 1024
+        /// See PoolStateMachine.Settings.reuseWhileWaiting and reuseGrace.
+        public var reuseWhileWaiting = 8
+        public var reuseGraceUs = 200
         public var loadBalancing = LoadBalancing.leastUsed
         public var connectTimeoutMs = 1000
         public var validateOnConnect = true
@@ -378,6 +381,8 @@ public struct ClientConfiguration: Sendable, Equatable {
         c.pool.maxRequestsPerConnection = try p.int(
             "max_requests_per_connection", c.pool.maxRequestsPerConnection, 0...countMax)
         c.pool.maxWaiters = try p.int("max_waiters", c.pool.maxWaiters, 0...1_000_000)
+        c.pool.reuseWhileWaiting = try p.int("reuse_while_waiting", c.pool.reuseWhileWaiting, 0...1_000_000)
+        c.pool.reuseGraceUs = try p.int("reuse_grace_us", c.pool.reuseGraceUs, 1...1_000_000)
         c.pool.loadBalancing = try p.choice("load_balancing", c.pool.loadBalancing)
         c.pool.connectTimeoutMs = try p.int("connect_timeout_ms", c.pool.connectTimeoutMs, 1...msMax)
         c.pool.validateOnConnect = try p.bool("validate_on_connect", c.pool.validateOnConnect)

@@ -129,10 +129,19 @@ public struct PoolStateMachine {
         /// many in its lifetime: past this the pool opens nothing more and callers wait (for a
         /// connection coming back, or for the daemon's replacement).
         public var maxConnectionAttempts = 0
+        /// While callers wait, a released connection is kept for the caller that released it (its
+        /// next call takes it back without parking) up to this many calls in a row; the next
+        /// release hands it to the longest waiter. 0: every release while callers wait hands the
+        /// connection over at once (strict FIFO, one park and wake per call beyond max).
+        public var reuseWhileWaiting = 0
+        /// How long a kept connection waits for its caller; then the longest waiter gets it.
+        public var reuseGrace = Span(nanoseconds: 200_000)
         public init() {}
     }
 
-    enum ConnectionState: Equatable { case opening, idle, leased, checking }
+    /// `kept`: released while callers wait and held for its releaser's next call, until
+    /// `keptUntil` (see `Settings.reuseWhileWaiting`). Counted as idle from outside.
+    enum ConnectionState: Equatable { case opening, idle, leased, checking, kept }
 
     /// A class, not a struct: the hot path (lease, release) updates it in place, where a struct
     /// copied out of the dictionary and written back would copy its health samples each time.
@@ -153,6 +162,9 @@ public struct PoolStateMachine {
         var health: HealthTracker
         /// Closed when it comes back: the pool shut down meanwhile.
         var retireOnReturn = false
+        /// Calls in a row its releaser got it back while callers waited (bounded by reuseWhileWaiting).
+        var reuseStreak = 0
+        var keptUntil = Instant(nanoseconds: 0)
 
         init(id: ConnectionID, state: ConnectionState, lastUsed: Instant, windowStart: Instant, health: HealthTracker) {
             self.id = id; self.state = state; self.lastUsed = lastUsed; self.windowStart = windowStart; self.health = health
@@ -181,6 +193,9 @@ public struct PoolStateMachine {
     private var lastPoolTrend = Trend.stable
     private var lastSpikeAt: Instant?
     private var queueSaturatedReported = false
+    private var keptCount = 0
+    /// No kept connection expires before this (it may be stale-early: then a scan corrects it).
+    private var keptExpiryBound: Instant?
     /// Why the last connection attempt was refused (a configuration fault), until one succeeds.
     public private(set) var rejection: String?
 
@@ -213,7 +228,8 @@ public struct PoolStateMachine {
     }
 
     /// The earliest instant at which `tick` has something to do (backoff end, idle or lifetime
-    /// expiry, a health check due), or nil.
+    /// expiry, a health check due), or nil. Kept connections' expiry is `keptExpiry` (the runner
+    /// may check those less often: every other call into the pool checks them too).
     public func nextDeadline() -> Instant? {
         var next = backoffUntil
         func consider(_ instant: Instant?) {
@@ -229,6 +245,9 @@ public struct PoolStateMachine {
         }
         return next
     }
+
+    /// The earliest instant a kept connection must go to a waiter (or become idle), or nil.
+    public var keptExpiry: Instant? { keptCount > 0 ? keptExpiryBound : nil }
 
     // MARK: - Events
 
@@ -258,6 +277,16 @@ public struct PoolStateMachine {
         // The cool-down is over: this call is the half-open probe.
         var actions: [PoolAction] = breaker.state == breakerBefore ? []
             : [.event(.circuitChanged(from: breakerBefore, to: breaker.state))]
+        if keptCount > 0 {
+            handOverKept(now: now, into: &actions)
+            if let id = preferred, let connection = connections[id], connection.state == .kept {
+                unkeep(connection)
+                connection.reuseStreak += 1
+                connection.state = .leased
+                statistics.recordAcquireWait(.zero)
+                return (.leased(id), actions)
+            }
+        }
         if let id = idlePreferred(preferred) ?? pickIdle(now: now) {
             lease(id, now: now)
             statistics.recordAcquireWait(.zero)
@@ -422,8 +451,15 @@ public struct PoolStateMachine {
             updatePoolState(into: &actions)
             return actions
         }
-        connection.state = .idle
-        makeAvailable(id, now: now, into: &actions)
+        handOverKept(now: now, into: &actions)
+        if settings.reuseWhileWaiting > 0 && !waiters.isEmpty && connection.reuseStreak < settings.reuseWhileWaiting
+            && connection.health.tier == .healthy {
+            keep(connection, until: now + settings.reuseGrace)
+        } else {
+            connection.reuseStreak = 0
+            connection.state = .idle
+            makeAvailable(id, now: now, into: &actions)
+        }
         if actions.contains(where: { if case .event(.healthChanged) = $0 { true } else { false } }) {
             updatePoolState(into: &actions)
         }
@@ -460,6 +496,7 @@ public struct PoolStateMachine {
         if isClosed { return [] }
         var actions: [PoolAction] = []
         if let until = backoffUntil, until <= now { backoffUntil = nil }
+        handOverKept(now: now, into: &actions)
         for id in connections.keys.sorted() {
             guard let connection = connections[id], connection.state == .idle else { continue }
             if let expiry = connection.expiresAt, expiry <= now {
@@ -491,7 +528,7 @@ public struct PoolStateMachine {
         for id in connections.keys.sorted() {
             guard let connection = connections[id] else { continue }
             switch connection.state {
-            case .idle: remove(id, reason: .shutdown, into: &actions)
+            case .idle, .kept: remove(id, reason: .shutdown, into: &actions)
             case .opening, .leased, .checking:
                 connection.retireOnReturn = true
             }
@@ -515,6 +552,8 @@ public struct PoolStateMachine {
         let ids = connections.keys.sorted()
         for _ in ids { statistics.recordClose(.shutdown) }
         connections.removeAll()
+        keptCount = 0
+        keptExpiryBound = nil
         return ids
     }
 
@@ -550,7 +589,48 @@ public struct PoolStateMachine {
     }
 
     private mutating func lease(_ id: ConnectionID, now: Instant) {
-        connections[id]?.state = .leased
+        // A read of the dictionary, then a write to the object: no copy-on-write of the dictionary.
+        if let connection = connections[id] { connection.state = .leased }
+    }
+
+    private mutating func keep(_ connection: Connection, until: Instant) {
+        connection.state = .kept
+        connection.keptUntil = until
+        keptCount += 1
+        if keptExpiryBound.map({ until < $0 }) ?? true { keptExpiryBound = until }
+    }
+
+    private mutating func unkeep(_ connection: Connection) {
+        keptCount -= 1
+        if keptCount == 0 { keptExpiryBound = nil }
+    }
+
+    /// Kept connections whose caller did not come back within `reuseGrace` go to the longest
+    /// waiter; with nobody waiting any more, every kept connection is simply idle. Runs on every
+    /// lease, release and tick, so a caller that never comes back holds nothing for long.
+    private mutating func handOverKept(now: Instant, into actions: inout [PoolAction]) {
+        guard keptCount > 0 else { return }
+        let nobodyWaits = waiters.isEmpty
+        if !nobodyWaits, let bound = keptExpiryBound, bound > now { return }
+        var due: [ConnectionID] = []
+        var bound: Instant?
+        for connection in connections.values where connection.state == .kept {
+            if nobodyWaits || connection.keptUntil <= now {
+                due.append(connection.id)
+            } else if bound.map({ connection.keptUntil < $0 }) ?? true {
+                bound = connection.keptUntil
+            }
+        }
+        keptExpiryBound = bound
+        // In id order: which waiter gets which connection must not vary with the dictionary's order.
+        for id in due.sorted() {
+            guard let connection = connections[id] else { continue }
+            unkeep(connection)
+            connection.reuseStreak = 0
+            connection.state = .idle
+            makeAvailable(id, now: now, into: &actions)
+        }
+        if keptCount > 0 && keptExpiryBound == nil { keptExpiryBound = now }
     }
 
     /// A connection became usable: the longest-waiting caller gets it.
@@ -694,7 +774,8 @@ public struct PoolStateMachine {
     }
 
     private mutating func remove(_ id: ConnectionID, reason: CloseReason, into actions: inout [PoolAction]) {
-        guard connections.removeValue(forKey: id) != nil else { return }
+        guard let removed = connections.removeValue(forKey: id) else { return }
+        if removed.state == .kept { unkeep(removed) }
         if reason == .error || reason == .health { lostConnections += 1 }
         statistics.recordClose(reason)
         actions.append(.close(id, reason))
@@ -778,7 +859,7 @@ public enum ConnectionStateQuery: Sendable {
     case opening, idle, busy, checking
     func matches(_ state: PoolStateMachine.ConnectionState) -> Bool {
         switch (self, state) {
-        case (.opening, .opening), (.idle, .idle), (.busy, .leased), (.checking, .checking): return true
+        case (.opening, .opening), (.idle, .idle), (.idle, .kept), (.busy, .leased), (.checking, .checking): return true
         default: return false
         }
     }

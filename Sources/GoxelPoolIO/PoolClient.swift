@@ -55,6 +55,9 @@ public final class PoolClient: @unchecked Sendable {
     private let attemptObserver: ((Int) -> Void)?
 
     private let maintenanceWakeup = Condition()
+    /// Where the maintenance thread sleeps until (nil: awake). A kept connection whose expiry it
+    /// would sleep past wakes it; otherwise releases do not signal it.
+    private var maintenanceSleepsUntil: Instant?
     private var maintenanceThread: LibraryThread?
     private var maintenanceStop = false
     /// Opens and health checks (async calls run on MultiPoolClient's workers, so one waiting
@@ -142,6 +145,8 @@ public final class PoolClient: @unchecked Sendable {
         settings.maxLifetime = .milliseconds(pool.maxLifetimeMs)
         settings.maxRequestsPerConnection = pool.maxRequestsPerConnection
         settings.loadBalancing = pool.loadBalancing
+        settings.reuseWhileWaiting = pool.reuseWhileWaiting
+        settings.reuseGrace = Span(nanoseconds: Int64(pool.reuseGraceUs) * 1000)
         let reconnect = configuration.reconnect
         settings.backoff = Backoff.Policy(initial: .milliseconds(reconnect.initialBackoffMs), multiplier: reconnect.multiplier,
                                           jitter: reconnect.jitter, maximum: .milliseconds(reconnect.maxBackoffMs))
@@ -294,7 +299,11 @@ public final class PoolClient: @unchecked Sendable {
             return .success(connection)
         case .failed(let failure):
             let described = describe(failure)
+            // A refusal may still carry actions: a busy pool grows toward max, kept connections
+            // go to waiters.
+            let deferred = actions.isEmpty ? [] : apply(actions)
             lock.unlock()
+            perform(deferred)
             return .failure(described)
         case .queued:
             let box = WaiterBox()
@@ -322,6 +331,13 @@ public final class PoolClient: @unchecked Sendable {
         machine.withStatistics { $0.bytesSent &+= sent; $0.bytesReceived &+= received }
         let actions = machine.release(connection.id, now: Clock.now(), outcome: outcome)
         var deferred = actions.isEmpty ? [] : apply(actions)
+        // Kept for this thread's next call: the maintenance thread hands it over if that call
+        // does not come (when no other call into the pool does it first).
+        if let expiry = machine.keptExpiry, let sleeping = maintenanceSleepsUntil,
+           sleeping > expiry + Self.keptCheckInterval {
+            maintenanceSleepsUntil = nil
+            maintenanceWakeup.signal()
+        }
         // Forgotten by the pool (a drain timed out and it was abandoned): close it here.
         if closing && connections[connection.id] != nil && machine.health(of: connection.id) == nil {
             connections[connection.id] = nil
@@ -449,6 +465,10 @@ public final class PoolClient: @unchecked Sendable {
         modify { $0.healthCheckFinished(connection.id, now: Clock.now(), success: success, latency: latency, error: error) }
     }
 
+    /// The maintenance thread wakes for kept connections at most this often (under load there is
+    /// always one: waking at each expiry would cost a thread switch every reuse_grace_us).
+    static let keptCheckInterval = Span.milliseconds(2)
+
     private func maintenanceLoop() {
         lock.lock()
         while !maintenanceStop {
@@ -457,7 +477,14 @@ public final class PoolClient: @unchecked Sendable {
             // wake this thread) is seen on time.
             var until = now + .milliseconds(1000)
             if let next = machine.nextDeadline(), next < until { until = next }
-            if until > now { maintenanceWakeup.wait(lock, until: until) }
+            // Kept connections are checked by every call into the pool; this thread is only the
+            // backstop for a caller that does not come back, at most every keptCheckInterval.
+            if let kept = machine.keptExpiry { until = min(until, max(kept, now + Self.keptCheckInterval)) }
+            if until > now {
+                maintenanceSleepsUntil = until
+                maintenanceWakeup.wait(lock, until: until)
+                maintenanceSleepsUntil = nil
+            }
             if maintenanceStop { break }
             let deferred = apply(machine.tick(now: Clock.now()))
             lock.unlock()

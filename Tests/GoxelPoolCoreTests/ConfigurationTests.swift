@@ -27,6 +27,8 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(c.pool.maxLifetimeMs, 0)
         XCTAssertEqual(c.pool.maxRequestsPerConnection, 0)
         XCTAssertEqual(c.pool.maxWaiters, 1024)
+        XCTAssertEqual(c.pool.reuseWhileWaiting, 8)
+        XCTAssertEqual(c.pool.reuseGraceUs, 200)
         XCTAssertEqual(c.pool.loadBalancing, .leastUsed)
         XCTAssertEqual(c.pool.connectTimeoutMs, 1000)
         XCTAssertTrue(c.pool.validateOnConnect)
@@ -88,6 +90,8 @@ final class ConfigurationTests: XCTestCase {
                 "max_lifetime_ms": 3_600_000,
                 "max_requests_per_connection": 100,
                 "max_waiters": 0,
+                "reuse_while_waiting": 0,
+                "reuse_grace_us": 1_000_000,
                 "load_balancing": "round_robin",
                 "connect_timeout_ms": 2147483647,
                 "validate_on_connect": false,
@@ -129,6 +133,8 @@ final class ConfigurationTests: XCTestCase {
         expected.pool.maxLifetimeMs = 3_600_000
         expected.pool.maxRequestsPerConnection = 100
         expected.pool.maxWaiters = 0
+        expected.pool.reuseWhileWaiting = 0
+        expected.pool.reuseGraceUs = 1_000_000
         expected.pool.loadBalancing = .roundRobin
         expected.pool.connectTimeoutMs = Int(Int32.max)
         expected.pool.validateOnConnect = false
@@ -279,6 +285,9 @@ final class ConfigurationTests: XCTestCase {
         Bad(["pool": ["max_requests_per_connection": -1]], "pool.max_requests_per_connection"),
         Bad(["pool": ["max_waiters": 1_000_001]], "pool.max_waiters"),
         Bad(["pool": ["max_waiters": -1]], "pool.max_waiters"),
+        Bad(["pool": ["reuse_while_waiting": -1]], "pool.reuse_while_waiting"),
+        Bad(["pool": ["reuse_grace_us": 0]], "pool.reuse_grace_us"),
+        Bad(["pool": ["reuse_grace_us": 1_000_001]], "pool.reuse_grace_us"),
         Bad(["pool": ["load_balancing": "fastest"]], "pool.load_balancing",
             "pool.load_balancing: must be one of least_used, round_robin, random, got \"fastest\""),
         Bad(["pool": ["load_balancing": "leastUsed"]], "pool.load_balancing"),

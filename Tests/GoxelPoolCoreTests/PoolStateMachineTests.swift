@@ -435,8 +435,9 @@ final class PoolStateMachineTests: XCTestCase {
 /// Thread affinity: a caller gets back the connection it released last when that one is idle and
 /// healthy; otherwise the balancing policy decides, as before.
 final class PoolAffinityTests: XCTestCase {
-    private func pool(_ count: Int) -> (PoolStateMachine, [ConnectionID]) {
+    private func pool(_ count: Int, reuse: Int = 0) -> (PoolStateMachine, [ConnectionID]) {
         var settings = PoolStateMachine.Settings()
+        settings.reuseWhileWaiting = reuse
         settings.minConnections = count
         settings.maxConnections = count
         settings.healthInterval = .zero
@@ -480,9 +481,9 @@ final class PoolAffinityTests: XCTestCase {
 }
 
 extension PoolAffinityTests {
-    /// The affinity path never overtakes a waiter: a released connection goes to the oldest
-    /// waiter first, so the thread that released it, asking again at once with it as preferred,
-    /// queues behind (the bound on overtaking is zero).
+    /// With reuse_while_waiting 0 the affinity path never overtakes a waiter: a released
+    /// connection goes to the oldest waiter first, so the thread that released it, asking again
+    /// at once with it as preferred, queues behind (the bound on overtaking is zero).
     func testAffinityNeverOvertakesAWaiter() {
         var (m, _) = pool(1)
         guard case (.leased(let only), _) = m.requestLease(WaiterID(1), now: .milliseconds(10)) else { return XCTFail() }
@@ -501,5 +502,150 @@ extension PoolAffinityTests {
         }
         XCTAssertEqual(order.prefix(2), [WaiterID(2), WaiterID(3)], "the waiters that were there first, in order")
         XCTAssertEqual(Array(order.dropFirst(2)), [100, 101, 102, 103].map { WaiterID(UInt64($0)) }, "then the returning callers, FIFO")
+    }
+}
+
+/// reuse_while_waiting: while callers wait, a released connection is kept for its releaser's next
+/// call, at most `reuse` calls in a row and at most `reuseGrace` long; then the longest waiter gets it.
+extension PoolAffinityTests {
+    private func leases(_ actions: [PoolAction]) -> [WaiterID] {
+        actions.compactMap { action -> WaiterID? in if case .lease(let w, _) = action { w } else { nil } }
+    }
+
+    /// The bound: the releaser gets its connection back `reuse` times in a row, then the waiter
+    /// gets it on the next release, and the releaser queues behind.
+    func testAReleaserOvertakesAWaiterAtMostReuseTimes() {
+        var (m, _) = pool(1, reuse: 3)
+        guard case (.leased(let only), _) = m.requestLease(WaiterID(1), now: .milliseconds(10)) else { return XCTFail() }
+        XCTAssertEqual(m.requestLease(WaiterID(2), now: .milliseconds(11)).0, .queued)
+        var now = Instant.milliseconds(20)
+        for step in 0..<3 {
+            XCTAssertEqual(leases(m.release(only, now: now, outcome: .answered(latency: .milliseconds(1)))), [], "step \(step): kept")
+            XCTAssertEqual(m.count(.idle), 1, "a kept connection counts as idle")
+            XCTAssertEqual(m.requestLease(WaiterID(UInt64(100 + step)), now: now, preferred: only).0, .leased(only), "step \(step)")
+            now = now + .milliseconds(1)
+        }
+        XCTAssertEqual(leases(m.release(only, now: now, outcome: .answered(latency: .milliseconds(1)))), [WaiterID(2)])
+        XCTAssertEqual(m.requestLease(WaiterID(200), now: now, preferred: only).0, .queued, "the releaser now waits its turn")
+        // The waiter that got it starts its own streak; the queued releaser is next after it.
+        for step in 0..<3 {
+            XCTAssertEqual(leases(m.release(only, now: now, outcome: .answered(latency: .milliseconds(1)))), [], "step \(step)")
+            XCTAssertEqual(m.requestLease(WaiterID(UInt64(300 + step)), now: now, preferred: only).0, .leased(only))
+        }
+        XCTAssertEqual(leases(m.release(only, now: now, outcome: .answered(latency: .milliseconds(1)))), [WaiterID(200)])
+    }
+
+    /// A releaser that does not come back holds nothing past reuseGrace: the next tick (the
+    /// runner's backstop) or any other call into the pool hands the connection to the waiter.
+    func testAKeptConnectionGoesToTheWaiterWhenItsCallerDoesNotComeBack() {
+        var (m, _) = pool(1, reuse: 8)
+        guard case (.leased(let only), _) = m.requestLease(WaiterID(1), now: .milliseconds(10)) else { return XCTFail() }
+        XCTAssertEqual(m.requestLease(WaiterID(2), now: .milliseconds(11)).0, .queued)
+        let releasedAt = Instant.milliseconds(20)
+        XCTAssertEqual(leases(m.release(only, now: releasedAt, outcome: .answered(latency: .milliseconds(1)))), [])
+        let expiry = releasedAt + m.settings.reuseGrace
+        XCTAssertEqual(m.keptExpiry, expiry)
+        XCTAssertEqual(leases(m.tick(now: expiry + Span(nanoseconds: -1))), [], "not before reuseGrace")
+        XCTAssertEqual(leases(m.tick(now: expiry)), [WaiterID(2)])
+        XCTAssertNil(m.keptExpiry)
+
+        // The same through another caller's request: it queues behind the waiter, which is served.
+        XCTAssertEqual(leases(m.release(only, now: expiry, outcome: .answered(latency: .milliseconds(1)))), [], "kept for waiter 2's thread? no: nobody waits")
+        XCTAssertEqual(m.requestLease(WaiterID(3), now: expiry, preferred: only).0, .leased(only))
+        XCTAssertEqual(m.requestLease(WaiterID(4), now: expiry).0, .queued)
+        let later = expiry + .milliseconds(1)
+        XCTAssertEqual(leases(m.release(only, now: later, outcome: .answered(latency: .milliseconds(1)))), [], "kept for its releaser")
+        let (decision, actions) = m.requestLease(WaiterID(5), now: later + m.settings.reuseGrace)
+        XCTAssertEqual(decision, .queued, "a newcomer never takes a kept connection")
+        XCTAssertEqual(leases(actions), [WaiterID(4)], "but its request hands the expired one to the longest waiter")
+    }
+
+    /// With nobody waiting any more a kept connection is plain idle: anyone may take it, and
+    /// close closes it.
+    func testAKeptConnectionIsIdleOnceNobodyWaits() {
+        var (m, ids) = pool(2, reuse: 8)
+        guard case (.leased(let a), _) = m.requestLease(WaiterID(1), now: .milliseconds(10)),
+              case (.leased(let b), _) = m.requestLease(WaiterID(2), now: .milliseconds(10)) else { return XCTFail() }
+        XCTAssertEqual(Set([a, b]), Set(ids))
+        XCTAssertEqual(m.requestLease(WaiterID(3), now: .milliseconds(11)).0, .queued)
+        XCTAssertEqual(leases(m.release(a, now: .milliseconds(12), outcome: .answered(latency: .milliseconds(1)))), [])
+        _ = m.waiterTimedOut(WaiterID(3), now: .milliseconds(13))
+        XCTAssertEqual(m.requestLease(WaiterID(4), now: .milliseconds(13)).0, .leased(a), "a newcomer takes it: nobody waits")
+        XCTAssertEqual(m.requestLease(WaiterID(5), now: .milliseconds(14)).0, .queued)
+        XCTAssertEqual(leases(m.release(b, now: .milliseconds(15), outcome: .answered(latency: .milliseconds(1)))), [])
+        let closing = m.close(now: .milliseconds(16))
+        XCTAssertTrue(closing.contains(.close(b, .shutdown)), "close closes a kept connection like an idle one")
+        XCTAssertNil(m.keptExpiry)
+    }
+
+    /// A model check over random sequences: no connection is ever idle while callers wait, no
+    /// streak exceeds the bound, and every waiter is served within a bounded number of releases
+    /// of its connection pool (each connection overtakes at most `reuse` times per waiter).
+    func testRandomSequencesKeepTheBoundAndLoseNoWaiter() {
+        for seed in 1...40 {
+            var rng = SplitMix64(seed: UInt64(seed))
+            let reuse = Int(rng.next() % 4)
+            var (m, _) = pool(3, reuse: reuse)
+            var now = Instant.milliseconds(10)
+            var holders: [WaiterID: ConnectionID] = [:]        // caller -> leased connection
+            var queued: [WaiterID: Int] = [:]                  // waiter -> releases seen while it waited
+            var ahead: [WaiterID: Int] = [:]                   // waiter -> waiters ahead of it when it queued
+            var nextCaller: UInt64 = 1
+            var served = 0
+            for _ in 0..<600 {
+                now = now + Span(nanoseconds: Int64(rng.next() % 150_000))
+                var actions: [PoolAction] = []
+                // Contended: callers arrive until about 6 wait; holders mostly come straight back.
+                var roll = rng.next() % 8
+                if holders.isEmpty && roll < 4 { roll = 4 }
+                if queued.count >= 6 && (4...6).contains(roll) { roll = holders.isEmpty ? 7 : 0 }
+                switch roll {
+                case 0...3:
+                    // A holder releases; it comes straight back three times in four.
+                    let caller = holders.keys.sorted { $0.value < $1.value }[Int(rng.next() % UInt64(holders.count))]
+                    let connection = holders.removeValue(forKey: caller)!
+                    actions = m.release(connection, now: now, outcome: .answered(latency: .milliseconds(1)))
+                    for waiter in queued.keys { queued[waiter]! += 1 }
+                    if rng.next() % 4 != 0 {
+                        let (decision, more) = m.requestLease(caller, now: now, preferred: connection)
+                        actions += more
+                        switch decision {
+                        case .leased(let id): holders[caller] = id
+                        case .queued: ahead[caller] = queued.count; queued[caller] = 0
+                        case .failed: XCTFail("seed \(seed): refused")
+                        }
+                    }
+                case 4...6:
+                    let caller = WaiterID(nextCaller); nextCaller += 1
+                    let (decision, more) = m.requestLease(caller, now: now)
+                    actions += more
+                    switch decision {
+                    case .leased(let id): holders[caller] = id
+                    case .queued: ahead[caller] = queued.count; queued[caller] = 0
+                    case .failed: XCTFail("seed \(seed): refused")
+                    }
+                default:
+                    actions = m.tick(now: now)
+                }
+                for case .lease(let waiter, let id) in actions {
+                    XCTAssertNotNil(queued.removeValue(forKey: waiter), "seed \(seed): lease to a caller that was not waiting")
+                    holders[waiter] = id
+                    served += 1
+                }
+                if !queued.isEmpty {
+                    XCTAssertEqual(m.connections.values.filter { $0.state == .idle }.count, 0, "seed \(seed): an idle connection while callers wait")
+                }
+                for connection in m.connections.values {
+                    XCTAssertLessThanOrEqual(connection.reuseStreak, reuse, "seed \(seed): streak past the bound")
+                }
+                // Each of the 3 connections is kept at most `reuse` releases in a row, so at least
+                // every 3 * reuse + 1 releases one goes to the longest waiter: a waiter with n
+                // callers ahead of it is served within (n + 1) * (3 * reuse + 1) releases.
+                for (waiter, releases) in queued {
+                    XCTAssertLessThanOrEqual(releases, (ahead[waiter]! + 1) * (3 * reuse + 1), "seed \(seed): a waiter starves")
+                }
+            }
+            XCTAssertGreaterThan(served, 50, "seed \(seed): the sequence was contended")
+        }
     }
 }

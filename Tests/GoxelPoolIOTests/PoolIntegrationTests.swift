@@ -45,6 +45,53 @@ final class PoolIntegrationTests: XCTestCase {
         XCTAssertEqual(order.values, Array(0..<6))
     }
 
+    /// reuse_while_waiting: a connection released while a caller waits is kept for its
+    /// releaser's next call. This releaser never calls again: the waiter must get the connection
+    /// within reuse_grace_us plus the maintenance thread's check (2 ms), not at the maintenance
+    /// thread's once-a-second housekeeping, nor at its own deadline.
+    func testAKeptConnectionReachesTheWaiterWhenItsCallerStops() throws {
+        let client = try PoolClient.forTest(daemon.socketPath, #""timeout_ms": 5000, "pool": {"min_connections": 1, "max_connections": 1, "reuse_while_waiting": 8, "acquire_timeout_ms": 3000}"#)
+        defer { client.close(drain: .zero) }
+        XCTAssertEqual(client.run("ping").status, .ok)
+        try daemon.setFaults(#"{"latency_ms": 300}"#)
+        let finishedAt = OrderLog()   // [holder's release, waiter's answer], in ns
+        let holder = LibraryThread {
+            XCTAssertEqual(client.run("ping").status, .ok)
+            finishedAt.append(Int(Clock.now().nanoseconds))
+        }
+        XCTAssertTrue(eventually { client.snapshot().busy == 1 })
+        let waiter = LibraryThread {
+            XCTAssertEqual(client.run("ping").status, .ok, "the waiter's call")
+            finishedAt.append(Int(Clock.now().nanoseconds))
+        }
+        XCTAssertTrue(eventually { client.snapshot().waiting == 1 })
+        try daemon.setFaults(#"{"latency_ms": 0}"#)
+        waiter.join()
+        holder.join()
+        let times = finishedAt.values
+        XCTAssertEqual(times.count, 2)
+        guard times.count == 2 else { return }
+        let gapMs = Double(times[1] - times[0]) / 1e6
+        XCTAssertLessThan(gapMs, 150, "the waiter got the kept connection \(gapMs) ms after the holder released it")
+    }
+
+    /// 16 callers on 2 connections, each coming straight back for its next call (the pattern
+    /// that keeps connections for their releasers): with a 1 s acquire timeout, a caller starved
+    /// by the others would fail with ETIMEDOUT. Every call succeeds and every caller finishes.
+    func testCallersBeyondMaxAllFinishWhileConnectionsAreReused() throws {
+        let client = try PoolClient.forTest(daemon.socketPath, #""pool": {"min_connections": 2, "max_connections": 2, "reuse_while_waiting": 4, "acquire_timeout_ms": 1000, "max_waiters": 100}"#)
+        defer { client.close(drain: .zero) }
+        let failures = Counter(), finished = Counter()
+        concurrently(16) { index in
+            for call in 0..<200 where client.run("goxel.get_voxel", "[\(index), \(call), 0]").status != .ok { failures.add() }
+            finished.add()
+        }
+        XCTAssertEqual(failures.value, 0)
+        XCTAssertEqual(finished.value, 16)
+        XCTAssertEqual(client.snapshot().statistics.connectionsCreated, 2)
+        XCTAssertGreaterThan(client.snapshot().statistics.maxWaitingSeen, 0, "callers did wait")
+    }
+
     func testScalesUpUnderLoadAndDownWhenIdle() throws {
         let client = try PoolClient.forTest(daemon.socketPath, #""pool": {"min_connections": 1, "max_connections": 4, "idle_timeout_ms": 200}"#)
         defer { client.close(drain: .zero) }
