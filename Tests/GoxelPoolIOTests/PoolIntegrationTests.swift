@@ -75,6 +75,17 @@ final class PoolIntegrationTests: XCTestCase {
         XCTAssertLessThan(gapMs, 150, "the waiter got the kept connection \(gapMs) ms after the holder released it")
     }
 
+    /// max_waiters 0 and no connection yet: the call fails with EBUSY at once, and the pool
+    /// opens a connection for the next one (the refusal's open used to be dropped, which
+    /// left the pool "opening" for ever and every call EBUSY).
+    func testABusyRefusalStillGrowsThePool() throws {
+        let client = try PoolClient.forTest(daemon.socketPath, #""pool": {"min_connections": 0, "max_connections": 1, "max_waiters": 0}"#)
+        defer { client.close(drain: .zero) }
+        XCTAssertEqual(client.run("ping").status, .busy)
+        XCTAssertTrue(eventually { client.snapshot().idle == 1 }, "the refusal opened a connection")
+        XCTAssertEqual(client.run("ping").status, .ok)
+    }
+
     /// 16 callers on 2 connections, each coming straight back for its next call (the pattern
     /// that keeps connections for their releasers): with a 1 s acquire timeout, a caller starved
     /// by the others would fail with ETIMEDOUT. Every call succeeds and every caller finishes.
