@@ -93,6 +93,9 @@ tsan:
 	@# One swift test invocation (a separate build then --skip-build trips SwiftPM's "unknown
 	@# build description"); TSAN_FILTER is a regular expression, quoted for the shell.
 	@# Managed daemons are started with a raw clone(), which ThreadSanitizer's runtime cannot follow.
+	@# A second run on the same scratch path fails at once with "unknown build description" unless
+	@# SwiftPM's saved build descriptions go first (it writes them anew; the build stays incremental).
+	rm -f .build-tsan/*/debug/description.json .build-tsan/*/debug/plugin-tools-description.json
 	TSAN_OPTIONS=halt_on_error=0:second_deadlock_stack=1 \
 	  $(SWIFT) test --sanitize=thread --scratch-path .build-tsan $(if $(TSAN_FILTER),--filter '$(TSAN_FILTER)') \
 	  --skip 'ManagedDaemonTests|ManagedSessionTests'
