@@ -344,8 +344,8 @@ static goxelpool_client *lib_open(int pooling, int min_conns, int max_conns, int
  * Throughput runs
  * -------------------------------------------------------------------------------------------- */
 
-enum { MODE_RAW, MODE_POOL, MODE_SINGLE, MODE_ACQ, MODE_ASYNC_THREAD, MODE_ASYNC_DISPATCH, MODE_POOL_DEFAULT };
-static const char *mode_names[] = {"raw", "pool", "single", "acquire", "thread", "dispatch", "pool-2..10"};
+enum { MODE_RAW, MODE_POOL, MODE_SINGLE, MODE_ACQ, MODE_ASYNC_THREAD, MODE_ASYNC_DISPATCH, MODE_POOL_DEFAULT, MODE_POOL_FIFO };
+static const char *mode_names[] = {"raw", "pool", "single", "acquire", "thread", "dispatch", "pool-2..10", "pool-fifo"};
 
 enum { PHASE_WARMUP, PHASE_MEASURE, PHASE_STOP };
 
@@ -798,6 +798,13 @@ static void run_row(int i, int round) {
     if (w->mode == MODE_POOL || w->mode == MODE_ACQ) client = lib_open(1, w->conns, w->conns, w->health_ms);
     if (w->mode == MODE_SINGLE) client = lib_open(0, 1, 1, 0);
     if (w->mode == MODE_POOL_DEFAULT) client = lib_open(1, 2, 10, 0);
+    if (w->mode == MODE_POOL_FIFO) {
+        /* reuse_while_waiting 0: every release while callers wait hands the connection over. */
+        json_t *cfg = json_pack("{s:s, s:i, s:{s:i, s:i, s:i, s:i}}", "socket_path", socket_path, "timeout_ms", 30000,
+                                "pool", "min_connections", w->conns, "max_connections", w->conns, "max_waiters", 4096,
+                                "reuse_while_waiting", 0);
+        client = lib_open_config(cfg, w->conns);
+    }
     json_int_t checks0 = client ? stat_int(client, "health_checks") : 0;
     run_result r = run_threads(w->mode, client, w->threads, row_seconds(w));
     if (client) {
@@ -1267,6 +1274,7 @@ int main(int argc, char **argv) {
         int r10 = add_row("pool10", MODE_RAW, 10, 10, 0, 0, -1);
         add_row("pool10", MODE_RAW, 32, 32, 0, 0, -1);
         add_row("pool10", MODE_POOL, 32, 10, 0, 0, r10);
+        add_row("pool10", MODE_POOL_FIFO, 32, 10, 0, 0, r10);
     }
     int hoff = add_row("health", MODE_POOL, 8, 10, 0, 0, -1);
     add_row("health", MODE_POOL, 8, 10, 0, 1000, hoff);
@@ -1357,8 +1365,8 @@ int main(int argc, char **argv) {
         emit(row_json(w));
     }
     if (wanted("pool10")) {
-        printf("\nPool of 10 connections (pool-2..10: min 2, max 10), daemon latency 0: ratio against raw with the\n"
-               "same threads (T = 1, 8) or with 10 threads on 10 connections (T = 32)\n");
+        printf("\nPool of 10 connections (pool-2..10: min 2, max 10; pool-fifo: reuse_while_waiting 0), daemon latency 0:\n"
+               "ratio against raw with the same threads (T = 1, 8) or with 10 threads on 10 connections (T = 32)\n");
         for (int i = 0; i < nrows; i++) {
             row *w = &rows[i];
             if (strcmp(w->section, "pool10")) continue;
