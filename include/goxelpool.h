@@ -89,9 +89,11 @@ typedef struct goxelpool_client goxelpool_client;
  *            healthy), connect_timeout_ms 1000,
  *            reuse_while_waiting 8 (0..1000000: while calls wait for a connection, one that is
  *              released is kept for the releasing thread's next call up to this many calls in a
- *              row, then handed to the longest-waiting call; 0: hand it over at every release,
- *              strict FIFO. Waiters stay FIFO among themselves; each waits at most this many
- *              extra calls per connection),
+ *              row and within reuse_window_us of when that thread got it, then handed to the
+ *              longest-waiting call; 0: hand it over at every release, strict FIFO. Waiters stay
+ *              FIFO among themselves),
+ *            reuse_window_us 1000 (1..60000000: so only short calls are reused; a call slower
+ *              than this hands its connection over at once),
  *            reuse_grace_us 200 (1..1000000: a kept connection whose thread does not call again
  *              within this many microseconds goes to the longest-waiting call),
  *            validate_on_connect true },

@@ -130,10 +130,15 @@ public struct PoolStateMachine {
         /// connection coming back, or for the daemon's replacement).
         public var maxConnectionAttempts = 0
         /// While callers wait, a released connection is kept for the caller that released it (its
-        /// next call takes it back without parking) up to this many calls in a row; the next
-        /// release hands it to the longest waiter. 0: every release while callers wait hands the
-        /// connection over at once (strict FIFO, one park and wake per call beyond max).
+        /// next call takes it back without parking) up to this many calls in a row and while
+        /// `reuseWindow` has not passed since that caller got it; then the release hands it to the
+        /// longest waiter. 0: every release while callers wait hands the connection over at once
+        /// (strict FIFO, one park and wake per call beyond max).
         public var reuseWhileWaiting = 0
+        /// The window bounds a waiter's extra wait in time: short calls (where the park and wake
+        /// is a large share of a call's cost) are reused, slow ones (where it is not, and reuse
+        /// would only stretch the waiters' tail) are handed over at once.
+        public var reuseWindow = Span(nanoseconds: 1_000_000)
         /// How long a kept connection waits for its caller; then the longest waiter gets it.
         public var reuseGrace = Span(nanoseconds: 200_000)
         public init() {}
@@ -165,6 +170,8 @@ public struct PoolStateMachine {
         /// Calls in a row its releaser got it back while callers waited (bounded by reuseWhileWaiting).
         var reuseStreak = 0
         var keptUntil = Instant(nanoseconds: 0)
+        /// When its current caller got it from the pool (not back from being kept): reuseWindow counts from here.
+        var runStartedAt = Instant(nanoseconds: 0)
 
         init(id: ConnectionID, state: ConnectionState, lastUsed: Instant, windowStart: Instant, health: HealthTracker) {
             self.id = id; self.state = state; self.lastUsed = lastUsed; self.windowStart = windowStart; self.health = health
@@ -453,7 +460,7 @@ public struct PoolStateMachine {
         }
         handOverKept(now: now, into: &actions)
         if settings.reuseWhileWaiting > 0 && !waiters.isEmpty && connection.reuseStreak < settings.reuseWhileWaiting
-            && connection.health.tier == .healthy {
+            && now - connection.runStartedAt < settings.reuseWindow && connection.health.tier == .healthy {
             keep(connection, until: now + settings.reuseGrace)
         } else {
             connection.reuseStreak = 0
@@ -590,7 +597,10 @@ public struct PoolStateMachine {
 
     private mutating func lease(_ id: ConnectionID, now: Instant) {
         // A read of the dictionary, then a write to the object: no copy-on-write of the dictionary.
-        if let connection = connections[id] { connection.state = .leased }
+        if let connection = connections[id] {
+            connection.state = .leased
+            connection.runStartedAt = now
+        }
     }
 
     private mutating func keep(_ connection: Connection, until: Instant) {

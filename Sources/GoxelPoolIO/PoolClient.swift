@@ -147,6 +147,7 @@ public final class PoolClient: @unchecked Sendable {
         settings.loadBalancing = pool.loadBalancing
         settings.reuseWhileWaiting = pool.reuseWhileWaiting
         settings.reuseGrace = Span(nanoseconds: Int64(pool.reuseGraceUs) * 1000)
+        settings.reuseWindow = Span(nanoseconds: Int64(pool.reuseWindowUs) * 1000)
         let reconnect = configuration.reconnect
         settings.backoff = Backoff.Policy(initial: .milliseconds(reconnect.initialBackoffMs), multiplier: reconnect.multiplier,
                                           jitter: reconnect.jitter, maximum: .milliseconds(reconnect.maxBackoffMs))

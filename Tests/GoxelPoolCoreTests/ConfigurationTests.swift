@@ -29,6 +29,7 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(c.pool.maxWaiters, 1024)
         XCTAssertEqual(c.pool.reuseWhileWaiting, 8)
         XCTAssertEqual(c.pool.reuseGraceUs, 200)
+        XCTAssertEqual(c.pool.reuseWindowUs, 1000)
         XCTAssertEqual(c.pool.loadBalancing, .leastUsed)
         XCTAssertEqual(c.pool.connectTimeoutMs, 1000)
         XCTAssertTrue(c.pool.validateOnConnect)
@@ -92,6 +93,7 @@ final class ConfigurationTests: XCTestCase {
                 "max_waiters": 0,
                 "reuse_while_waiting": 0,
                 "reuse_grace_us": 1_000_000,
+                "reuse_window_us": 60_000_000,
                 "load_balancing": "round_robin",
                 "connect_timeout_ms": 2147483647,
                 "validate_on_connect": false,
@@ -135,6 +137,7 @@ final class ConfigurationTests: XCTestCase {
         expected.pool.maxWaiters = 0
         expected.pool.reuseWhileWaiting = 0
         expected.pool.reuseGraceUs = 1_000_000
+        expected.pool.reuseWindowUs = 60_000_000
         expected.pool.loadBalancing = .roundRobin
         expected.pool.connectTimeoutMs = Int(Int32.max)
         expected.pool.validateOnConnect = false
@@ -288,6 +291,8 @@ final class ConfigurationTests: XCTestCase {
         Bad(["pool": ["reuse_while_waiting": -1]], "pool.reuse_while_waiting"),
         Bad(["pool": ["reuse_grace_us": 0]], "pool.reuse_grace_us"),
         Bad(["pool": ["reuse_grace_us": 1_000_001]], "pool.reuse_grace_us"),
+        Bad(["pool": ["reuse_window_us": 0]], "pool.reuse_window_us"),
+        Bad(["pool": ["reuse_window_us": 60_000_001]], "pool.reuse_window_us"),
         Bad(["pool": ["load_balancing": "fastest"]], "pool.load_balancing",
             "pool.load_balancing: must be one of least_used, round_robin, random, got \"fastest\""),
         Bad(["pool": ["load_balancing": "leastUsed"]], "pool.load_balancing"),

@@ -435,9 +435,10 @@ final class PoolStateMachineTests: XCTestCase {
 /// Thread affinity: a caller gets back the connection it released last when that one is idle and
 /// healthy; otherwise the balancing policy decides, as before.
 final class PoolAffinityTests: XCTestCase {
-    private func pool(_ count: Int, reuse: Int = 0) -> (PoolStateMachine, [ConnectionID]) {
+    private func pool(_ count: Int, reuse: Int = 0, window: Span = .milliseconds(1000)) -> (PoolStateMachine, [ConnectionID]) {
         var settings = PoolStateMachine.Settings()
         settings.reuseWhileWaiting = reuse
+        settings.reuseWindow = window
         settings.minConnections = count
         settings.maxConnections = count
         settings.healthInterval = .zero
@@ -535,6 +536,27 @@ extension PoolAffinityTests {
         XCTAssertEqual(leases(m.release(only, now: now, outcome: .answered(latency: .milliseconds(1)))), [WaiterID(200)])
     }
 
+    /// reuseWindow: a caller keeps a connection while waiters wait only within the window since
+    /// it got it; a slow call (longer than the window) hands the connection over at its release.
+    func testAConnectionIsKeptOnlyWithinTheReuseWindow() {
+        var (m, _) = pool(1, reuse: 8, window: .milliseconds(1))
+        guard case (.leased(let only), _) = m.requestLease(WaiterID(1), now: .milliseconds(10)) else { return XCTFail() }
+        XCTAssertEqual(m.requestLease(WaiterID(2), now: .milliseconds(10)).0, .queued)
+        // Fast calls: kept twice inside the window (10.0 -> 10.4 -> 10.8 ms) ...
+        var now = Instant.milliseconds(10)
+        for step in 0..<2 {
+            now = now + Span(nanoseconds: 400_000)
+            XCTAssertEqual(leases(m.release(only, now: now, outcome: .answered(latency: .zero))), [], "step \(step)")
+            XCTAssertEqual(m.requestLease(WaiterID(UInt64(100 + step)), now: now, preferred: only).0, .leased(only))
+        }
+        // ... and handed over once the window has passed (10 + 1.2 ms), well before 8 reuses.
+        now = now + Span(nanoseconds: 400_000)
+        XCTAssertEqual(leases(m.release(only, now: now, outcome: .answered(latency: .zero))), [WaiterID(2)])
+        // The waiter's own run starts now: one slow call (2 ms) is handed over at its release.
+        XCTAssertEqual(m.requestLease(WaiterID(3), now: now).0, .queued)
+        XCTAssertEqual(leases(m.release(only, now: now + .milliseconds(2), outcome: .answered(latency: .milliseconds(2)))), [WaiterID(3)])
+    }
+
     /// A releaser that does not come back holds nothing past reuseGrace: the next tick (the
     /// runner's backstop) or any other call into the pool hands the connection to the waiter.
     func testAKeptConnectionGoesToTheWaiterWhenItsCallerDoesNotComeBack() {
@@ -585,7 +607,7 @@ extension PoolAffinityTests {
         for seed in 1...40 {
             var rng = SplitMix64(seed: UInt64(seed))
             let reuse = Int(rng.next() % 4)
-            var (m, _) = pool(3, reuse: reuse)
+            var (m, _) = pool(3, reuse: reuse, window: rng.next() % 2 == 0 ? .milliseconds(1000) : Span(nanoseconds: 300_000))
             var now = Instant.milliseconds(10)
             var holders: [WaiterID: ConnectionID] = [:]        // caller -> leased connection
             var queued: [WaiterID: Int] = [:]                  // waiter -> releases seen while it waited

@@ -270,6 +270,7 @@ static const config_key keys[] = {
     {"pool", "max_waiters", 'i', {"-1", "1000001"}},
     {"pool", "reuse_while_waiting", 'i', {"-1", "1000001"}},
     {"pool", "reuse_grace_us", 'i', {"0", "-1", "1000001"}},
+    {"pool", "reuse_window_us", 'i', {"0", "-1", "60000001"}},
     {"pool", "load_balancing", 'e', {"\"fastest\"", "\"\"", "\"LEAST_USED\""}},
     {"pool", "connect_timeout_ms", 'i', {"0", "-1"}},
     {"pool", "validate_on_connect", 'b', {NULL}},
