@@ -27,11 +27,11 @@ extern "C" {
 #endif
 
 #define GOXELPOOL_VERSION_MAJOR 1
-#define GOXELPOOL_VERSION_MINOR 1
+#define GOXELPOOL_VERSION_MINOR 2
 #define GOXELPOOL_VERSION_PATCH 0
-#define GOXELPOOL_VERSION_STRING "1.1.0"
+#define GOXELPOOL_VERSION_STRING "1.2.0"
 
-/* The library's version at run time, e.g. "1.1.0"; equals GOXELPOOL_VERSION_STRING of the
+/* The library's version at run time, e.g. "1.2.0"; equals GOXELPOOL_VERSION_STRING of the
  * header the library was built with. Static string: never free it. */
 const char *goxelpool_version(void);
 
@@ -87,15 +87,15 @@ typedef struct goxelpool_client goxelpool_client;
  *            load_balancing "least_used" | "round_robin" | "random" (among idle connections; a
  *            thread first gets back the connection it released last, when that one is idle and
  *            healthy), connect_timeout_ms 1000,
- *            reuse_while_waiting 8 (0..1000000: while calls wait for a connection, one that is
- *              released is kept for the releasing thread's next call up to this many calls in a
- *              row and within reuse_window_us of when that thread got it, then handed to the
- *              longest-waiting call; 0: hand it over at every release, strict FIFO. Waiters stay
- *              FIFO among themselves),
- *            reuse_window_us 1000 (1..60000000: so only short calls are reused; a call slower
- *              than this hands its connection over at once),
- *            reuse_grace_us 200 (1..1000000: a kept connection whose thread does not call again
- *              within this many microseconds goes to the longest-waiting call),
+ *            reuse_while_waiting 8 (since 1.2; 0..1000000: while calls wait for a connection,
+ *              one that is released is kept for the releasing thread's next call up to this
+ *              many calls in a row and within reuse_window_us of when that thread got it, then
+ *              handed to the longest-waiting call; 0: hand it over at every release, strict
+ *              FIFO. Waiters stay FIFO among themselves),
+ *            reuse_window_us 1000 (since 1.2; 1..60000000: so only short calls are reused; a
+ *              call slower than this hands its connection over at once),
+ *            reuse_grace_us 200 (since 1.2; 1..1000000: a kept connection whose thread does not
+ *              call again within this many microseconds goes to the longest-waiting call),
  *            validate_on_connect true },
  *     reconnect { initial_backoff_ms 1000, multiplier 1.6, jitter 0.2, max_backoff_ms 120000 },
  *     health { interval_ms 30000, timeout_ms 5000, method "ping", failure_threshold 3,
