@@ -572,7 +572,7 @@ extension PoolAffinityTests {
         XCTAssertNil(m.keptExpiry)
 
         // The same through another caller's request: it queues behind the waiter, which is served.
-        XCTAssertEqual(leases(m.release(only, now: expiry, outcome: .answered(latency: .milliseconds(1)))), [], "kept for waiter 2's thread? no: nobody waits")
+        XCTAssertEqual(leases(m.release(only, now: expiry, outcome: .answered(latency: .milliseconds(1)))), [], "nobody waits: it goes idle, no hand-off")
         XCTAssertEqual(m.requestLease(WaiterID(3), now: expiry, preferred: only).0, .leased(only))
         XCTAssertEqual(m.requestLease(WaiterID(4), now: expiry).0, .queued)
         let later = expiry + .milliseconds(1)
