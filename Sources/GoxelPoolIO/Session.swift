@@ -310,9 +310,13 @@ public final class Session: @unchecked Sendable {
         while true {
             if case .closed = state { break }
             if case .lost = state { break }
-            if let what = recovery {
+            if recovery != nil {
                 // Calls in flight come back first (they fail or finish and are journaled).
                 while activeCalls > 0 { changed.wait(lock, until: nil) }
+                // Read after the wait, which lets go of the lock: a move asked for meanwhile
+                // replaces a pending verify, and taking the one read before would drop the move
+                // (the session then waited for its dead daemon until restore_timeout_ms).
+                guard let what = recovery else { continue }
                 recovery = nil  // taken: a request arriving meanwhile runs after this one
                 lock.unlock()
                 recover(what)
