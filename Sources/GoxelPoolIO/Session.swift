@@ -154,9 +154,9 @@ public final class Session: @unchecked Sendable {
                 break
             }
             if changes && journal.isFull {
-                let count = journal.count
+                let count = journal.count, why = lastError ?? "see checkpoint_failed alerts"
                 lock.unlock()
-                return .failure(CallFailure(.busy, "the session's journal holds \(count) calls (max_journal_entries) because checkpoints fail: \(lastError ?? "see checkpoint_failed alerts")"))
+                return .failure(CallFailure(.busy, "the session's journal holds \(count) calls (max_journal_entries) because checkpoints fail: \(why)"))
             }
             activeCalls += 1
             calls += 1
@@ -418,8 +418,11 @@ public final class Session: @unchecked Sendable {
             }
             force = true
         }
-        let (pool, before, checkpoint, entries) = lock.withLock { (self.pool, pid, journal.checkpoint, journal.entries) }
-        var lastFailure = lastError ?? "no answer"
+        // lastError too under the lock: calls and daemonIdentified write it meanwhile.
+        let (pool, before, checkpoint, entries, reason) = lock.withLock {
+            (self.pool, pid, journal.checkpoint, journal.entries, lastError)
+        }
+        var lastFailure = reason ?? "no answer"
         attempt: while Clock.now() < deadline {
             // Closed, or asked to move meanwhile (the daemon this restore waits for is gone):
             // the worker takes the new request next.
