@@ -125,7 +125,7 @@ public struct ClientConfiguration: Sendable, Equatable {
         public var maxRequestsPerConnection = 0
         /// Calls that may wait for a free connection; 0: fail at once with EBUSY when none is free.
         public var maxWaiters = 1024
-        /// See PoolStateMachine.Settings.reuseWhileWaiting and reuseGrace.
+        /// See PoolStateMachine.Settings.reuseWhileWaiting, reuseWindow and reuseGrace.
         public var reuseWhileWaiting = 8
         public var reuseGraceUs = 200
         public var reuseWindowUs = 1000

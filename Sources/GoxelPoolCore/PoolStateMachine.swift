@@ -640,7 +640,6 @@ public struct PoolStateMachine {
             connection.state = .idle
             makeAvailable(id, now: now, into: &actions)
         }
-        if keptCount > 0 && keptExpiryBound == nil { keptExpiryBound = now }
     }
 
     /// A connection became usable: the longest-waiting caller gets it.

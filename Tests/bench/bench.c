@@ -326,14 +326,18 @@ static goxelpool_client *lib_open_config(json_t *cfg, int want) {
     return client;
 }
 
-/* pooling: 1 pooled, 0 single-connection mode. health_ms: 0 leaves the default (30 s).
- * callbacks: "thread" or "dispatch". */
-static goxelpool_client *lib_open_with(int pooling, int min_conns, int max_conns, int health_ms, const char *callbacks) {
+/* The benchmark's client configuration (new reference). pooling: 1 pooled, 0 single-connection
+ * mode. health_ms: 0 leaves the default (30 s). callbacks: "thread" or "dispatch". */
+static json_t *lib_config(int pooling, int min_conns, int max_conns, int health_ms, const char *callbacks) {
     json_t *cfg = json_pack("{s:s, s:b, s:i, s:s, s:{s:i, s:i, s:i}}", "socket_path", socket_path, "pooling", pooling,
                             "timeout_ms", 30000, "callbacks", callbacks, "pool", "min_connections", min_conns,
                             "max_connections", max_conns, "max_waiters", 4096);
     if (health_ms > 0) json_object_set_new(cfg, "health", json_pack("{s:i}", "interval_ms", health_ms));
-    return lib_open_config(cfg, pooling ? min_conns : 1);
+    return cfg;
+}
+
+static goxelpool_client *lib_open_with(int pooling, int min_conns, int max_conns, int health_ms, const char *callbacks) {
+    return lib_open_config(lib_config(pooling, min_conns, max_conns, health_ms, callbacks), pooling ? min_conns : 1);
 }
 
 static goxelpool_client *lib_open(int pooling, int min_conns, int max_conns, int health_ms) {
@@ -799,10 +803,10 @@ static void run_row(int i, int round) {
     if (w->mode == MODE_SINGLE) client = lib_open(0, 1, 1, 0);
     if (w->mode == MODE_POOL_DEFAULT) client = lib_open(1, 2, 10, 0);
     if (w->mode == MODE_POOL_FIFO) {
-        /* reuse_while_waiting 0: every release while callers wait hands the connection over. */
-        json_t *cfg = json_pack("{s:s, s:i, s:{s:i, s:i, s:i, s:i}}", "socket_path", socket_path, "timeout_ms", 30000,
-                                "pool", "min_connections", w->conns, "max_connections", w->conns, "max_waiters", 4096,
-                                "reuse_while_waiting", 0);
+        /* The pool row's configuration with reuse_while_waiting 0: every release while callers
+         * wait hands the connection over. */
+        json_t *cfg = lib_config(1, w->conns, w->conns, 0, "thread");
+        json_object_set_new(json_object_get(cfg, "pool"), "reuse_while_waiting", json_integer(0));
         client = lib_open_config(cfg, w->conns);
     }
     json_int_t checks0 = client ? stat_int(client, "health_checks") : 0;
