@@ -123,6 +123,11 @@ final class ProtocolIntegrationTests: XCTestCase {
         }
         XCTAssertLessThan(readFailures, 4, "idempotent reads fail over (\(readFailures)/\(reads) failed)")
         XCTAssertGreaterThan(client.snapshot().statistics.retries, 0)
+        // A healthy idle connection for the write: if the last read failed all its attempts, the
+        // pool has none, and the write would fail at the new connection's validation ping
+        // ("connect"), not on a lost answer.
+        try daemon.resetFaults()
+        XCTAssertEqual(client.run("ping").status, .ok)
         try daemon.setFaults(#"{"truncate_rate": 1}"#)
         let write = client.run("goxel.add_voxel", "[1,1,1,255,0,0,255,0]")
         XCTAssertEqual(write.status, .io)
