@@ -58,6 +58,10 @@ public final class PoolClient: @unchecked Sendable {
     /// Where the maintenance thread sleeps until (nil: awake). A kept connection whose expiry it
     /// would sleep past wakes it; otherwise releases do not signal it.
     private var maintenanceSleepsUntil: Instant?
+    /// When the maintenance thread last saw a kept connection, or was woken for one.
+    private var keptSeen: Instant?
+    /// Times the maintenance thread woke (under the lock; tests read maintenanceWakeupCount).
+    private var maintenanceWakeups = 0
     private var maintenanceThread: LibraryThread?
     private var maintenanceStop = false
     /// Opens and health checks (async calls run on MultiPoolClient's workers, so one waiting
@@ -337,6 +341,7 @@ public final class PoolClient: @unchecked Sendable {
         if let expiry = machine.keptExpiry, let sleeping = maintenanceSleepsUntil,
            sleeping > expiry + Self.keptCheckInterval {
             maintenanceSleepsUntil = nil
+            keptSeen = Clock.now()
             maintenanceWakeup.signal()
         }
         // Forgotten by the pool (a drain timed out and it was abandoned): close it here.
@@ -469,6 +474,11 @@ public final class PoolClient: @unchecked Sendable {
     /// The maintenance thread wakes for kept connections at most this often (under load there is
     /// always one: waking at each expiry would cost a thread switch every reuse_grace_us).
     static let keptCheckInterval = Span.milliseconds(2)
+    /// After it last saw a kept connection, the maintenance thread keeps checking every
+    /// keptCheckInterval for this long. A kept connection lives microseconds (until its thread's
+    /// next call), so the thread mostly wakes to find none; sleeping a second then would let the
+    /// next keep signal it again at once: thousands of wake-ups a second under contention.
+    static let keptCheckLinger = Span.milliseconds(100)
 
     private func maintenanceLoop() {
         lock.lock()
@@ -480,11 +490,17 @@ public final class PoolClient: @unchecked Sendable {
             if let next = machine.nextDeadline(), next < until { until = next }
             // Kept connections are checked by every call into the pool; this thread is only the
             // backstop for a caller that does not come back, at most every keptCheckInterval.
-            if let kept = machine.keptExpiry { until = min(until, max(kept, now + Self.keptCheckInterval)) }
+            if let kept = machine.keptExpiry {
+                keptSeen = now
+                until = min(until, max(kept, now + Self.keptCheckInterval))
+            } else if let seen = keptSeen, now - seen < Self.keptCheckLinger {
+                until = min(until, now + Self.keptCheckInterval)
+            }
             if until > now {
                 maintenanceSleepsUntil = until
                 maintenanceWakeup.wait(lock, until: until)
                 maintenanceSleepsUntil = nil
+                maintenanceWakeups &+= 1
             }
             if maintenanceStop { break }
             let deferred = apply(machine.tick(now: Clock.now()))
@@ -503,6 +519,9 @@ public final class PoolClient: @unchecked Sendable {
     }
 
     public var isClosing: Bool { lock.withLock { closing } }
+
+    /// How often the maintenance thread has woken (tests: it must not wake at every keep).
+    var maintenanceWakeupCount: Int { lock.withLock { maintenanceWakeups } }
 
     /// Calls waiting for a connection fail now with ECLOSED (not sent): the endpoint is going.
     public func failWaiters() { modify { $0.failWaiters() } }
