@@ -3,7 +3,7 @@
  * Built like a user's program:
  *   cc -std=c11 -O2 -Wall -Wextra -Werror bench.c $(pkg-config --cflags --libs goxelpool) -lpthread
  *
- * Usage: bench [--quick] [--rounds N] [--duration SECONDS] [--refd PATH] [--socket PATH]
+ * Usage: bench [--quick] [--rounds N] [--duration SECONDS] [--cycles N] [--slice SECONDS] [--refd PATH] [--socket PATH]
  *   Starts `goxel-refd` (--refd, default: goxel-refd from PATH) on a temporary socket, or uses the
  *   daemon at --socket / $SOCKET. Daemon latency is set through its control socket PATH.ctl
  *   (refd.set_faults); without one, the 2 ms rows are skipped. $BENCH_QUICK=1 is --quick.
@@ -11,7 +11,10 @@
  * Output (stdout): readable tables, then one JSON object per row, one per line (lines starting
  * with '{'). Progress goes to stderr. Every figure in the tables is the median over the rounds; a
  * ratio is the median of the per-round ratios (the baseline and the library run back to back in
- * each round).
+ * each round). The pool-of-10 section is measured differently, interleaved (--cycles N, --slice
+ * SECONDS; see pool10_interleaved): the modes take turns in short slices, and a ratio is the
+ * median of the per-cycle ratios, shown with its quartiles and with the raw client's ratio to
+ * itself (the method's noise in that run).
  *
  * Every call is `goxel.get_voxel [x, y, z]` (idempotent, cheap in the daemon). The raw baseline
  * builds each request with jansson (json_pack + json_dumpb), writes it with one send(), reads the
@@ -348,8 +351,8 @@ static goxelpool_client *lib_open(int pooling, int min_conns, int max_conns, int
  * Throughput runs
  * -------------------------------------------------------------------------------------------- */
 
-enum { MODE_RAW, MODE_POOL, MODE_SINGLE, MODE_ACQ, MODE_ASYNC_THREAD, MODE_ASYNC_DISPATCH, MODE_POOL_DEFAULT, MODE_POOL_FIFO };
-static const char *mode_names[] = {"raw", "pool", "single", "acquire", "thread", "dispatch", "pool-2..10", "pool-fifo"};
+enum { MODE_RAW, MODE_POOL, MODE_SINGLE, MODE_ACQ, MODE_ASYNC_THREAD, MODE_ASYNC_DISPATCH };
+static const char *mode_names[] = {"raw", "pool", "single", "acquire", "thread", "dispatch"};
 
 enum { PHASE_WARMUP, PHASE_MEASURE, PHASE_STOP };
 
@@ -734,6 +737,309 @@ static void health_idle_cost(double seconds, json_int_t *checks, double *cpu_ms)
 }
 
 /* ----------------------------------------------------------------------------------------------
+ * Pool of 10, interleaved: the raw client and the pools take turns in short slices on the same
+ * threads, so each slice of the pool has a slice of its baseline next to it in time. On this
+ * shared 2-CPU machine the load moves by ±15 % over seconds (two runs of the same program 1 s
+ * apart); rows run 2 s apart each cannot tell 5 % apart, slices a quarter-second apart can.
+ * A cycle runs every mode once, in a random order (the same in every run), so neither a slow
+ * drift nor a mode's place in the cycle favours one mode. Per mode: calls/s and CPU per call over all its slices; against its
+ * baseline: the median and quartiles of the per-cycle ratios and CPU differences. "raw-again"
+ * is the baseline measured a second time (an A/A comparison): its spread is this method's
+ * noise floor in the same run.
+ * -------------------------------------------------------------------------------------------- */
+
+#define IL_MAX_MODES 5
+#define IL_MAX_CYCLES 64
+
+static int opt_cycles = 30;          /* --cycles N: interleaved cycles per experiment */
+static double opt_slice = 0.25;      /* --slice SECONDS: one mode's turn */
+static char *il_table;               /* the lines of the table, printed with the other tables */
+static size_t il_table_len;
+static FILE *il_out;
+
+static void emit(json_t *obj);
+
+typedef struct {
+    const char *name;        /* raw, raw-again, pool, pool-2..10, pool-fifo */
+    int threads, conns;
+    goxelpool_client *client; /* NULL: the raw client, thread i on raw connection i */
+    int base;                /* mode compared with, or -1 */
+    double calls[IL_MAX_CYCLES], errors[IL_MAX_CYCLES], seconds[IL_MAX_CYCLES], cpu[IL_MAX_CYCLES],
+        switches[IL_MAX_CYCLES];
+} il_mode;
+
+typedef struct {
+    il_mode modes[IL_MAX_MODES];
+    int nmodes, nthreads;
+    raw_conn *raws;          /* nthreads raw connections */
+    pthread_mutex_t lock;
+    pthread_cond_t go, parked_cv;
+    int generation, current, parked, stop;
+    _Atomic int active;
+} il_bench;
+
+typedef struct {
+    il_bench *b;
+    int index;
+    json_t *params;
+    worker stats[IL_MAX_MODES]; /* calls, errors and latencies per mode, this thread's */
+} il_worker;
+
+static void *il_worker_main(void *arg) {
+    il_worker *w = arg;
+    il_bench *b = w->b;
+    int seen = 0;
+    pthread_mutex_lock(&b->lock);
+    for (;;) {
+        while (b->generation == seen && !b->stop) pthread_cond_wait(&b->go, &b->lock);
+        if (b->stop) break;
+        seen = b->generation;
+        int m = b->current;
+        pthread_mutex_unlock(&b->lock);
+        const il_mode *mode = &b->modes[m];
+        worker *s = &w->stats[m];
+        if (w->index < mode->threads) {
+            while (atomic_load_explicit(&b->active, memory_order_relaxed)) {
+                uint64_t t0 = now_ns();
+                int rc;
+                if (mode->client) {
+                    json_t *result = NULL;
+                    rc = goxelpool_call(mode->client, METHOD, w->params, -1, &result, NULL) == GOXELPOOL_OK ? 0 : -1;
+                    json_decref(result);
+                } else {
+                    rc = raw_call(&b->raws[w->index], METHOD, w->params);
+                }
+                if (rc == 0) { s->calls++; record(s, now_ns() - t0); }
+                else s->errors++;
+            }
+        }
+        pthread_mutex_lock(&b->lock);
+        if (++b->parked == b->nthreads) pthread_cond_signal(&b->parked_cv);
+    }
+    pthread_mutex_unlock(&b->lock);
+    return NULL;
+}
+
+static double il_sum(il_worker *ws, int n, int m, int errors) {
+    double v = 0;
+    for (int i = 0; i < n; i++) v += (double)(errors ? ws[i].stats[m].errors : ws[i].stats[m].calls);
+    return v;
+}
+
+/* One turn of mode m; cycle < 0 is the warm-up, not kept. */
+static void il_slice(il_bench *b, il_worker *ws, int m, int cycle) {
+    double calls0 = il_sum(ws, b->nthreads, m, 0), errors0 = il_sum(ws, b->nthreads, m, 1);
+    pthread_mutex_lock(&b->lock);
+    b->current = m;
+    b->parked = 0;
+    atomic_store(&b->active, 1);
+    b->generation++;
+    double t0 = now_s(), c0 = cpu_s();
+    long s0 = context_switches();
+    pthread_cond_broadcast(&b->go);
+    pthread_mutex_unlock(&b->lock);
+    sleep_s(cycle < 0 ? 0.1 : opt_slice);
+    atomic_store(&b->active, 0);
+    pthread_mutex_lock(&b->lock);
+    while (b->parked < b->nthreads) pthread_cond_wait(&b->parked_cv, &b->lock);
+    pthread_mutex_unlock(&b->lock);
+    double t1 = now_s(), c1 = cpu_s();
+    long s1 = context_switches();
+    if (cycle < 0) return;
+    il_mode *mode = &b->modes[m];
+    mode->calls[cycle] = il_sum(ws, b->nthreads, m, 0) - calls0;
+    mode->errors[cycle] = il_sum(ws, b->nthreads, m, 1) - errors0;
+    mode->seconds[cycle] = t1 - t0;
+    mode->cpu[cycle] = c1 - c0;
+    mode->switches[cycle] = (double)(s1 - s0);
+}
+
+/* The p-quantile (0..1) of v[0..n), linear between neighbours; v is sorted in place. */
+static double quantile(double *v, int n, double p) {
+    if (n <= 0) return 0;
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    double at = p * (n - 1);
+    int lo = (int)at;
+    return lo + 1 < n ? v[lo] + (at - lo) * (v[lo + 1] - v[lo]) : v[lo];
+}
+
+static double il_total(const double *v, int n) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += v[i];
+    return s;
+}
+
+/* Prints one table line per mode and emits its JSON row. The modes' latencies are in ws. */
+static void il_report(il_bench *b, il_worker *ws, int cycles) {
+    for (int m = 0; m < b->nmodes; m++) {
+        il_mode *mode = &b->modes[m];
+        double calls = il_total(mode->calls, cycles), seconds = il_total(mode->seconds, cycles);
+        double cpu_us = calls > 0 ? il_total(mode->cpu, cycles) * 1e6 / calls : 0;
+        double switches = calls > 0 ? il_total(mode->switches, cycles) / calls : 0;
+        size_t total = 0;
+        for (int i = 0; i < b->nthreads; i++) total += ws[i].stats[m].nlat;
+        uint32_t *all = malloc((total ? total : 1) * sizeof *all);
+        if (!all) die("%s", "out of memory");
+        size_t k = 0;
+        for (int i = 0; i < b->nthreads; i++) {
+            if (ws[i].stats[m].nlat) memcpy(all + k, ws[i].stats[m].lat, ws[i].stats[m].nlat * sizeof *all);
+            k += ws[i].stats[m].nlat;
+        }
+        qsort(all, total, sizeof *all, cmp_u32);
+        double p50 = total ? all[total / 2] / 1e3 : 0, p99 = total ? all[(size_t)((double)total * 0.99)] / 1e3 : 0;
+        double max = total ? all[total - 1] / 1e3 : 0;
+        free(all);
+        json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I, s:f, s:f}",
+                              "bench", "pool10", "method", "interleaved", "mode", mode->name, "threads", mode->threads,
+                              "connections", mode->conns, "daemon_latency_ms", 0, "cycles", cycles, "slice_s", opt_slice,
+                              "calls_per_s", seconds > 0 ? calls / seconds : 0, "p50_us", p50, "p99_us", p99,
+                              "max_us", max, "cpu_us_per_call", cpu_us, "calls", (json_int_t)calls,
+                              "errors", (json_int_t)il_total(mode->errors, cycles),
+                              "context_switches_per_call", switches, "seconds", seconds);
+        char against[96] = "";
+        if (mode->base >= 0) {
+            const il_mode *base = &b->modes[mode->base];
+            double ratio[IL_MAX_CYCLES], cpu_ratio[IL_MAX_CYCLES], cpu_diff[IL_MAX_CYCLES];
+            int n = 0;
+            for (int c = 0; c < cycles; c++) {
+                if (mode->calls[c] <= 0 || base->calls[c] <= 0) continue;
+                double mine = mode->calls[c] / mode->seconds[c], theirs = base->calls[c] / base->seconds[c];
+                double my_cpu = mode->cpu[c] * 1e6 / mode->calls[c], their_cpu = base->cpu[c] * 1e6 / base->calls[c];
+                ratio[n] = mine / theirs;
+                cpu_ratio[n] = my_cpu / their_cpu;
+                cpu_diff[n] = my_cpu - their_cpu;
+                n++;
+            }
+            double r50 = quantile(ratio, n, 0.5), r25 = quantile(ratio, n, 0.25), r75 = quantile(ratio, n, 0.75);
+            double d50 = quantile(cpu_diff, n, 0.5), d25 = quantile(cpu_diff, n, 0.25), d75 = quantile(cpu_diff, n, 0.75);
+            double c50 = quantile(cpu_ratio, n, 0.5);
+            json_object_set_new(o, "compared_with", json_string(base->name));
+            json_object_set_new(o, "compared_with_threads", json_integer(base->threads));
+            json_object_set_new(o, "ratio", json_real(r50));
+            json_object_set_new(o, "ratio_q1", json_real(r25));
+            json_object_set_new(o, "ratio_q3", json_real(r75));
+            json_object_set_new(o, "cpu_ratio", json_real(c50));
+            json_object_set_new(o, "cpu_diff_us", json_real(d50));
+            json_object_set_new(o, "cpu_diff_q1_us", json_real(d25));
+            json_object_set_new(o, "cpu_diff_q3_us", json_real(d75));
+            snprintf(against, sizeof against, "%.2f [%.2f %.2f]  %+5.1f µs [%+.1f %+.1f]  vs %s T=%d", r50, r25, r75,
+                     d50, d25, d75, base->name, base->threads);
+        }
+        fprintf(il_out, "  %-10s T=%-2d C=%-2d %10.0f calls/s  p50 %7.1f µs  p99 %7.1f µs  CPU %5.1f µs/call  %4.2f switches/call  %s\n",
+               mode->name, mode->threads, mode->conns, seconds > 0 ? calls / seconds : 0, p50, p99, cpu_us, switches,
+               against);
+        emit(o);
+    }
+}
+
+/* Runs the modes of b (set up by the caller) for the warm-up and opt_cycles cycles, reports. */
+static void il_run(il_bench *b, const char *title) {
+    il_worker *ws = calloc((size_t)b->nthreads, sizeof *ws);
+    pthread_t *tids = calloc((size_t)b->nthreads, sizeof *tids);
+    if (!ws || !tids) die("%s", "out of memory");
+    pthread_mutex_init(&b->lock, NULL);
+    pthread_cond_init(&b->go, NULL);
+    pthread_cond_init(&b->parked_cv, NULL);
+    for (int i = 0; i < b->nthreads; i++) {
+        ws[i].b = b;
+        ws[i].index = i;
+        ws[i].params = make_params(i, 0);
+        pthread_create(&tids[i], NULL, il_worker_main, &ws[i]);
+    }
+    for (int m = 0; m < b->nmodes; m++) il_slice(b, ws, m, -1);
+    for (int i = 0; i < b->nthreads; i++)
+        for (int m = 0; m < b->nmodes; m++) ws[i].stats[m].nlat = 0; /* warm-up latencies are not kept */
+    int cycles = opt_cycles < IL_MAX_CYCLES ? opt_cycles : IL_MAX_CYCLES;
+    char what[160];
+    unsigned seed = 1; /* the same orders in every run */
+    for (int c = 0; c < cycles; c++) {
+        snprintf(what, sizeof what, "pool10 interleaved: %s, cycle %d/%d", title, c + 1, cycles);
+        progress(what);
+        int order[IL_MAX_MODES];
+        for (int k = 0; k < b->nmodes; k++) order[k] = k;
+        for (int k = b->nmodes - 1; k > 0; k--) { /* Fisher-Yates */
+            int j = (int)(rand_r(&seed) % (unsigned)(k + 1)), t = order[k];
+            order[k] = order[j];
+            order[j] = t;
+        }
+        for (int k = 0; k < b->nmodes; k++) il_slice(b, ws, order[k], c);
+    }
+    pthread_mutex_lock(&b->lock);
+    b->stop = 1;
+    pthread_cond_broadcast(&b->go);
+    pthread_mutex_unlock(&b->lock);
+    for (int i = 0; i < b->nthreads; i++) pthread_join(tids[i], NULL);
+    progress_done();
+    il_report(b, ws, cycles);
+    for (int i = 0; i < b->nthreads; i++) {
+        for (int m = 0; m < b->nmodes; m++) free(ws[i].stats[m].lat);
+        json_decref(ws[i].params);
+    }
+    free(ws);
+    free(tids);
+}
+
+static int il_add(il_bench *b, const char *name, int threads, int conns, goxelpool_client *client, int base) {
+    il_mode *mode = &b->modes[b->nmodes];
+    memset(mode, 0, sizeof *mode);
+    mode->name = name;
+    mode->threads = threads;
+    mode->conns = conns;
+    mode->client = client;
+    mode->base = base;
+    if (threads > b->nthreads) b->nthreads = threads;
+    return b->nmodes++;
+}
+
+/* The three experiments: T = 1 (raw, A/A, pool 10..10, pool 2..10); T = 8 (raw, A/A, pool
+ * 10..10); 32 threads on 10 connections against the raw client with 10 threads (and with 32). */
+static void pool10_interleaved(void) {
+    set_latency(0);
+    il_out = open_memstream(&il_table, &il_table_len);
+    if (!il_out) die("%s", "out of memory");
+    static const int experiment_threads[] = {1, 8, 32};
+    for (int e = 0; e < 3; e++) {
+        if (opt_threads && opt_threads != experiment_threads[e]) continue; /* --threads 1|8|32 */
+        static il_bench bench;
+        il_bench *b = &bench;
+        memset(b, 0, sizeof *b);
+        const char *title;
+        if (e == 0) {
+            title = "T=1";
+            int raw = il_add(b, "raw", 1, 1, NULL, -1);
+            il_add(b, "raw-again", 1, 1, NULL, raw);
+            il_add(b, "pool", 1, 10, lib_open(1, 10, 10, 0), raw);
+            il_add(b, "pool-2..10", 1, 10, lib_open(1, 2, 10, 0), raw);
+        } else if (e == 1) {
+            title = "T=8";
+            int raw = il_add(b, "raw", 8, 8, NULL, -1);
+            il_add(b, "raw-again", 8, 8, NULL, raw);
+            il_add(b, "pool", 8, 10, lib_open(1, 10, 10, 0), raw);
+        } else {
+            title = "T=32 on 10 connections";
+            int raw = il_add(b, "raw", 10, 10, NULL, -1);
+            il_add(b, "raw", 32, 32, NULL, -1);
+            il_add(b, "pool", 32, 10, lib_open(1, 10, 10, 0), raw);
+            /* The pool row's configuration with reuse_while_waiting 0: every release while
+             * callers wait hands the connection over. */
+            json_t *cfg = lib_config(1, 10, 10, 0, "thread");
+            json_object_set_new(json_object_get(cfg, "pool"), "reuse_while_waiting", json_integer(0));
+            il_add(b, "pool-fifo", 32, 10, lib_open_config(cfg, 10), raw);
+        }
+        b->raws = calloc((size_t)b->nthreads, sizeof *b->raws);
+        if (!b->raws) die("%s", "out of memory");
+        for (int i = 0; i < b->nthreads; i++)
+            if (raw_open(&b->raws[i]) != 0) die("raw connect to %s failed", socket_path);
+        il_run(b, title);
+        for (int i = 0; i < b->nthreads; i++) close(b->raws[i].fd);
+        free(b->raws);
+        for (int m = 0; m < b->nmodes; m++)
+            if (b->modes[m].client) goxelpool_client_free(b->modes[m].client);
+    }
+    fclose(il_out);
+}
+
+/* ----------------------------------------------------------------------------------------------
  * Rows: every row keeps one result per round; the tables show medians.
  * -------------------------------------------------------------------------------------------- */
 
@@ -801,14 +1107,6 @@ static void run_row(int i, int round) {
     goxelpool_client *client = NULL;
     if (w->mode == MODE_POOL || w->mode == MODE_ACQ) client = lib_open(1, w->conns, w->conns, w->health_ms);
     if (w->mode == MODE_SINGLE) client = lib_open(0, 1, 1, 0);
-    if (w->mode == MODE_POOL_DEFAULT) client = lib_open(1, 2, 10, 0);
-    if (w->mode == MODE_POOL_FIFO) {
-        /* The pool row's configuration with reuse_while_waiting 0: every release while callers
-         * wait hands the connection over. */
-        json_t *cfg = lib_config(1, w->conns, w->conns, 0, "thread");
-        json_object_set_new(json_object_get(cfg, "pool"), "reuse_while_waiting", json_integer(0));
-        client = lib_open_config(cfg, w->conns);
-    }
     json_int_t checks0 = client ? stat_int(client, "health_checks") : 0;
     run_result r = run_threads(w->mode, client, w->threads, row_seconds(w));
     if (client) {
@@ -1191,7 +1489,8 @@ static json_t *row_json(const row *w) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: bench [--quick] [--rounds N] [--duration SECONDS] [--refd PATH] [--socket PATH]\n");
+    fprintf(stderr, "usage: bench [--quick] [--rounds N] [--duration SECONDS] [--cycles N] [--slice SECONDS] [--refd PATH]\n"
+                    "             [--socket PATH] [--only SECTION] [--threads T] [--mode MODE] [--latency 0|2]\n");
     exit(2);
 }
 
@@ -1200,7 +1499,7 @@ int main(int argc, char **argv) {
     if (env && *env && strcmp(env, "0")) opt_quick = 1;
     const char *sock = getenv("SOCKET");
     if (sock && !*sock) sock = NULL;
-    int rounds_set = 0, duration_set = 0;
+    int rounds_set = 0, duration_set = 0, cycles_set = 0, slice_set = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) opt_quick = 1;
         else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) { opt_rounds = atoi(argv[++i]); rounds_set = 1; }
@@ -1214,6 +1513,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--latency") && i + 1 < argc) opt_latency = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--async-inflight") && i + 1 < argc) opt_async_inflight = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--async-connections") && i + 1 < argc) opt_async_conns = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--cycles") && i + 1 < argc) { opt_cycles = atoi(argv[++i]); cycles_set = 1; }
+        else if (!strcmp(argv[i], "--slice") && i + 1 < argc) { opt_slice = atof(argv[++i]); slice_set = 1; }
         else usage();
     }
     if (opt_quick) {
@@ -1221,7 +1522,12 @@ int main(int argc, char **argv) {
         if (!duration_set) opt_duration = 0.3;
         opt_warmup = 0.1;
         opt_memory_calls = 20000;
+        if (!cycles_set) opt_cycles = 3;
+        if (!slice_set) opt_slice = 0.1;
     }
+    if (opt_cycles < 1) opt_cycles = 1;
+    if (opt_cycles > IL_MAX_CYCLES) opt_cycles = IL_MAX_CYCLES;
+    if (!(opt_slice >= 0.01)) opt_slice = 0.01;
     if (opt_rounds < 1) opt_rounds = 1;
     if (opt_async_inflight < 1) opt_async_inflight = 1;
     if (opt_async_conns < 1) opt_async_conns = 1;
@@ -1266,20 +1572,10 @@ int main(int argc, char **argv) {
         add_row("scaling", MODE_POOL, 10, 5, 2, 0, one);
         add_row("scaling", MODE_POOL, 10, 10, 2, 0, one);
     }
-    /* The configurations services run: a pool of 10 connections (and the default 2..10) against
-     * the raw client with the same threads, and 32 threads on 10 connections against the raw
-     * client with 10 (the same daemon-side cost). Daemon latency 0. */
-    if (opt_latency <= 0) {
-        int r1 = add_row("pool10", MODE_RAW, 1, 1, 0, 0, -1);
-        add_row("pool10", MODE_POOL, 1, 10, 0, 0, r1);
-        add_row("pool10", MODE_POOL_DEFAULT, 1, 10, 0, 0, r1);
-        int r8 = add_row("pool10", MODE_RAW, 8, 8, 0, 0, -1);
-        add_row("pool10", MODE_POOL, 8, 10, 0, 0, r8);
-        int r10 = add_row("pool10", MODE_RAW, 10, 10, 0, 0, -1);
-        add_row("pool10", MODE_RAW, 32, 32, 0, 0, -1);
-        add_row("pool10", MODE_POOL, 32, 10, 0, 0, r10);
-        add_row("pool10", MODE_POOL_FIFO, 32, 10, 0, 0, r10);
-    }
+    /* The configurations services run (a pool of 10 connections) run interleaved with their raw
+     * baselines: pool10_interleaved, after the rounds. */
+    int do_pool10 = wanted("pool10") && opt_latency <= 0 &&
+                    (!opt_threads || opt_threads == 1 || opt_threads == 8 || opt_threads == 32);
     int hoff = add_row("health", MODE_POOL, 8, 10, 0, 0, -1);
     add_row("health", MODE_POOL, 8, 10, 0, 1000, hoff);
     /* Async: T = calls kept in flight, C = connections; dispatch compared with thread. */
@@ -1294,6 +1590,7 @@ int main(int argc, char **argv) {
     int batches = !wanted("batch") ? 0 : opt_quick ? 1 : 5;
     int do_memory = wanted("memory");
     step_total = 2 * do_memory + nrows * opt_rounds + (have_control ? batches : 0) +
+                 (do_pool10 ? (opt_threads ? 1 : 3) * opt_cycles : 0) + wanted("health") + wanted("endpoints") +
                  (wanted("tls") ? opt_rounds * TLS_TS * FWD_COUNT + FWD_COUNT : 0);
 
     jrows = json_array();
@@ -1312,6 +1609,7 @@ int main(int argc, char **argv) {
 
     for (int round = 0; round < opt_rounds; round++)
         for (int i = 0; i < nrows; i++) run_row(i, round);
+    if (do_pool10) pool10_interleaved();
 
     double bm[MAX_ROUNDS], sm[MAX_ROUNDS], br[MAX_ROUNDS];
     int batch_ok = 1;
@@ -1368,26 +1666,14 @@ int main(int argc, char **argv) {
                MED(w, calls_s), MED(w, p50_us), MED(w, p99_us), MED(w, max_us), MED(w, cpu_us_call), ratio, cpur);
         emit(row_json(w));
     }
-    if (wanted("pool10")) {
-        printf("\nPool of 10 connections (pool-2..10: min 2, max 10; pool-fifo: reuse_while_waiting 0), daemon latency 0:\n"
-               "ratio against raw with the same threads (T = 1, 8) or with 10 threads on 10 connections (T = 32)\n");
-        for (int i = 0; i < nrows; i++) {
-            row *w = &rows[i];
-            if (strcmp(w->section, "pool10")) continue;
-            char ratio[16] = "-", cpur[16] = "-", against[24] = "";
-            if (w->base >= 0) {
-                snprintf(ratio, sizeof ratio, "%.2f", med_arr(w->ratio, w->n));
-                snprintf(cpur, sizeof cpur, "%.2f", med_arr(w->cpu_ratio, w->n));
-                snprintf(against, sizeof against, "vs raw T=%d", rows[w->base].threads);
-            }
-            printf("  %-10s T=%-2d C=%-2d %10.0f calls/s  p50 %7.1f µs  p99 %7.1f µs  CPU %5.1f µs/call  %4.2f switches/call  %7s %7s  %s\n",
-                   mode_names[w->mode], w->threads, w->conns, MED(w, calls_s), MED(w, p50_us), MED(w, p99_us),
-                   MED(w, cpu_us_call), MED(w, switches_call), ratio, cpur, against);
-            json_t *o = row_json(w);
-            json_object_set_new(o, "context_switches_per_call", json_real(MED(w, switches_call)));
-            if (w->base >= 0) json_object_set_new(o, "compared_with_threads", json_integer(rows[w->base].threads));
-            emit(o);
-        }
+    if (do_pool10) {
+        printf("\nPool of 10 connections (pool-2..10: min 2, max 10; pool-fifo: reuse_while_waiting 0), daemon latency 0,\n"
+               "interleaved: %d cycles, each mode %.2f s per cycle; ratio [quartiles] of calls/s and CPU µs per call\n"
+               "[quartiles] against raw with the same threads (T = 1, 8) or with 10 threads on 10 connections (T = 32),\n"
+               "per cycle; raw-again: the raw client against itself (the method's noise)\n",
+               opt_cycles, opt_slice);
+        fwrite(il_table, 1, il_table_len, stdout);
+        free(il_table);
     }
     if (have_control && wanted("scaling")) {
         printf("\nScaling with connections, daemon latency 2 ms, 10 threads (ratio against 1 connection)\n");
