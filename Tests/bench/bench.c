@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -751,7 +752,7 @@ static void health_idle_cost(double seconds, json_int_t *checks, double *cpu_ms)
 #define IL_MAX_MODES 5
 #define IL_MAX_CYCLES 64
 
-static int opt_cycles = 30;          /* --cycles N: interleaved cycles per experiment */
+static int opt_cycles = 40;          /* --cycles N: interleaved cycles per experiment */
 static double opt_slice = 0.25;      /* --slice SECONDS: one mode's turn */
 static char *il_table;               /* the lines of the table, printed with the other tables */
 static size_t il_table_len;
@@ -863,6 +864,26 @@ static double quantile(double *v, int n, double p) {
     return lo + 1 < n ? v[lo] + (at - lo) * (v[lo + 1] - v[lo]) : v[lo];
 }
 
+/* A 95 % confidence interval of the median of v[0..n) (sorted in place): the order statistics
+ * n/2 ∓ 0.98·√n (the binomial's normal approximation); the whole range below 6 values. */
+static void median_ci95(double *v, int n, double *low, double *high) {
+    *low = *high = 0;
+    if (n <= 0) return;
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    double half = 0.98 * sqrt((double)n);
+    int lo = (int)floor(n / 2.0 - half), hi = (int)ceil(n / 2.0 + half) - 1;
+    if (n < 6 || lo < 0) lo = 0;
+    if (n < 6 || hi > n - 1) hi = n - 1;
+    *low = v[lo];
+    *high = v[hi];
+}
+
+static json_t *json_reals(const double *v, int n) {
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(a, json_real(v[i]));
+    return a;
+}
+
 static double il_total(const double *v, int n) {
     double s = 0;
     for (int i = 0; i < n; i++) s += v[i];
@@ -896,7 +917,7 @@ static void il_report(il_bench *b, il_worker *ws, int cycles) {
                               "max_us", max, "cpu_us_per_call", cpu_us, "calls", (json_int_t)calls,
                               "errors", (json_int_t)il_total(mode->errors, cycles),
                               "context_switches_per_call", switches, "seconds", seconds);
-        char against[96] = "";
+        char against[160] = "";
         if (mode->base >= 0) {
             const il_mode *base = &b->modes[mode->base];
             double ratio[IL_MAX_CYCLES], cpu_ratio[IL_MAX_CYCLES], cpu_diff[IL_MAX_CYCLES];
@@ -910,9 +931,15 @@ static void il_report(il_bench *b, il_worker *ws, int cycles) {
                 cpu_diff[n] = my_cpu - their_cpu;
                 n++;
             }
+            /* Per cycle, in cycle order (before the sorts below). */
+            json_object_set_new(o, "cycle_ratios", json_reals(ratio, n));
+            json_object_set_new(o, "cycle_cpu_diffs_us", json_reals(cpu_diff, n));
             double r50 = quantile(ratio, n, 0.5), r25 = quantile(ratio, n, 0.25), r75 = quantile(ratio, n, 0.75);
             double d50 = quantile(cpu_diff, n, 0.5), d25 = quantile(cpu_diff, n, 0.25), d75 = quantile(cpu_diff, n, 0.75);
             double c50 = quantile(cpu_ratio, n, 0.5);
+            double rlo, rhi, dlo, dhi;
+            median_ci95(ratio, n, &rlo, &rhi);
+            median_ci95(cpu_diff, n, &dlo, &dhi);
             json_object_set_new(o, "compared_with", json_string(base->name));
             json_object_set_new(o, "compared_with_threads", json_integer(base->threads));
             json_object_set_new(o, "ratio", json_real(r50));
@@ -922,8 +949,10 @@ static void il_report(il_bench *b, il_worker *ws, int cycles) {
             json_object_set_new(o, "cpu_diff_us", json_real(d50));
             json_object_set_new(o, "cpu_diff_q1_us", json_real(d25));
             json_object_set_new(o, "cpu_diff_q3_us", json_real(d75));
-            snprintf(against, sizeof against, "%.2f [%.2f %.2f]  %+5.1f µs [%+.1f %+.1f]  vs %s T=%d", r50, r25, r75,
-                     d50, d25, d75, base->name, base->threads);
+            json_object_set_new(o, "ratio_ci95", json_pack("[f,f]", rlo, rhi));
+            json_object_set_new(o, "cpu_diff_ci95_us", json_pack("[f,f]", dlo, dhi));
+            snprintf(against, sizeof against, "%.2f (CI %.2f-%.2f) [%.2f %.2f]  %+5.1f µs (CI %+.1f %+.1f)  vs %s T=%d",
+                     r50, rlo, rhi, r25, r75, d50, dlo, dhi, base->name, base->threads);
         }
         fprintf(il_out, "  %-10s T=%-2d C=%-2d %10.0f calls/s  p50 %7.1f µs  p99 %7.1f µs  CPU %5.1f µs/call  %4.2f switches/call  %s\n",
                mode->name, mode->threads, mode->conns, seconds > 0 ? calls / seconds : 0, p50, p99, cpu_us, switches,
@@ -1668,9 +1697,9 @@ int main(int argc, char **argv) {
     }
     if (do_pool10) {
         printf("\nPool of 10 connections (pool-2..10: min 2, max 10; pool-fifo: reuse_while_waiting 0), daemon latency 0,\n"
-               "interleaved: %d cycles, each mode %.2f s per cycle; ratio [quartiles] of calls/s and CPU µs per call\n"
-               "[quartiles] against raw with the same threads (T = 1, 8) or with 10 threads on 10 connections (T = 32),\n"
-               "per cycle; raw-again: the raw client against itself (the method's noise)\n",
+               "interleaved: %d cycles, each mode %.2f s per cycle. Against raw with the same threads (T = 1, 8) or with\n"
+               "10 threads on 10 connections (T = 32), per cycle: median ratio of calls/s (95 %% CI of the median)\n"
+               "[quartiles], median difference of client CPU per call (95 %% CI); raw-again: the raw client against itself\n",
                opt_cycles, opt_slice);
         fwrite(il_table, 1, il_table_len, stdout);
         free(il_table);

@@ -26,7 +26,7 @@ BENCH_QUICK ?=
 bench-build: examples
 	@mkdir -p $(BENCH_DIR)
 	PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(CC) -std=c11 -O2 -Wall -Wextra -Werror Tests/bench/bench.c \
-	  $$(PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(PKG_CONFIG) --cflags --libs goxelpool) -lpthread -o $(BENCH_BIN)
+	  $$(PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(PKG_CONFIG) --cflags --libs goxelpool) -lpthread -lm -o $(BENCH_BIN)
 	PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(CC) -std=c11 -O2 -Wall -Wextra -Werror Tests/bench/session_bench.c \
 	  $$(PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(PKG_CONFIG) --cflags --libs goxelpool) -lpthread -o $(SESSION_BENCH_BIN)
 

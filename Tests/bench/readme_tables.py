@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The README's Performance tables, from the JSON lines of two `make bench` outputs.
 
-    python3 Tests/bench/readme_tables.py docs/bench/run-6.txt docs/bench/run-5.txt
+    python3 Tests/bench/readme_tables.py docs/bench/run-9.txt docs/bench/run-8.txt
 
 Figures come from the first run; ratios are shown as "first (second)". Nothing is typed by hand:
 rerun `make bench` twice, save the outputs, and run this to get the tables for the README.
@@ -53,24 +53,31 @@ def throughput_table(latest, earlier):
 
 
 def pool10_table(latest, earlier):
-    print("| T | raw client | pool | × raw calls/s (earlier run) | client CPU per call, raw → pool (earlier run) "
-          "| switches per call, raw → pool | p99 µs, raw → pool |")
+    """The interleaved pool-of-10 rows: per-cycle ratio and CPU difference, median (95 % CI)."""
+    print("| T | raw client | compared | × raw calls/s (95 % CI) (earlier run) "
+          "| client CPU per call, raw → compared; difference (95 % CI) (earlier run) "
+          "| switches per call, raw → compared | p99 µs, raw → compared |")
     print("|---:|---|---|---:|---|---|---|")
-    names = {"pool": "10..10", "pool-2..10": "2..10", "pool-fifo": "10..10, reuse_while_waiting 0"}
+    names = {"raw-again": "raw again (the method's noise)", "pool": "pool 10..10", "pool-2..10": "pool 2..10",
+             "pool-fifo": "pool 10..10, reuse_while_waiting 0"}
     for row in latest:
-        if row["bench"] != "pool10" or row["mode"] == "raw":
+        if row["bench"] != "pool10" or "compared_with" not in row:
             continue
-        base_threads = row.get("compared_with_threads", row["threads"])
+        base_threads = row["compared_with_threads"]
         base = find(latest, "pool10", mode="raw", threads=base_threads)
         other = find(earlier, "pool10", mode=row["mode"], threads=row["threads"]) or {}
-        other_base = find(earlier, "pool10", mode="raw", threads=base_threads) or {}
         raw = f"{base_threads} threads, {base['connections']} connections" if base_threads != row["threads"] \
             else f"{base['connections']} connection{'s' if base['connections'] > 1 else ''}"
-        cpu = f"{base['cpu_us_per_call']:.1f} → {row['cpu_us_per_call']:.1f} µs"
-        if other and other_base:
-            cpu += f" ({other_base['cpu_us_per_call']:.1f} → {other['cpu_us_per_call']:.1f})"
-        print(f"| {row['threads']} | {raw} | {names.get(row['mode'], row['mode'])} | "
-              f"{ratio(row, 'ratio')} ({ratio(other, 'ratio')}) | {cpu} | "
+        low, high = row["ratio_ci95"]
+        spread = f"{row['ratio']:.2f} ({low:.2f}–{high:.2f})"
+        if "ratio" in other:
+            spread += f" ({other['ratio']:.2f})"
+        low, high = row["cpu_diff_ci95_us"]
+        cpu = (f"{base['cpu_us_per_call']:.1f} → {row['cpu_us_per_call']:.1f} µs; {row['cpu_diff_us']:+.1f} "
+               f"({low:+.1f}, {high:+.1f})")
+        if "cpu_diff_us" in other:
+            cpu += f" ({other['cpu_diff_us']:+.1f})"
+        print(f"| {row['threads']} | {raw} | {names.get(row['mode'], row['mode'])} | {spread} | {cpu} | "
               f"{base['context_switches_per_call']:.2f} → {row['context_switches_per_call']:.2f} | "
               f"{number(base['p99_us'])} → {number(row['p99_us'])} |")
 
