@@ -13,8 +13,8 @@
  * ratio is the median of the per-round ratios (the baseline and the library run back to back in
  * each round). The pool-of-10 section is measured differently, interleaved (--cycles N, --slice
  * SECONDS; see pool10_interleaved): the modes take turns in short slices, and a ratio is the
- * median of the per-cycle ratios, shown with its quartiles and with the raw client's ratio to
- * itself (the method's noise in that run).
+ * median of the per-cycle ratios, shown with a 95 % confidence interval and quartiles, and with
+ * the raw client's ratio to itself (the method's noise in that run).
  *
  * Every call is `goxel.get_voxel [x, y, z]` (idempotent, cheap in the daemon). The raw baseline
  * builds each request with jansson (json_pack + json_dumpb), writes it with one send(), reads the
@@ -743,10 +743,10 @@ static void health_idle_cost(double seconds, json_int_t *checks, double *cpu_ms)
  * shared 2-CPU machine the load moves by ±15 % over seconds (two runs of the same program 1 s
  * apart); rows run 2 s apart each cannot tell 5 % apart, slices a quarter-second apart can.
  * A cycle runs every mode once, in a random order (the same in every run), so neither a slow
- * drift nor a mode's place in the cycle favours one mode. Per mode: calls/s and CPU per call over all its slices; against its
- * baseline: the median and quartiles of the per-cycle ratios and CPU differences. "raw-again"
- * is the baseline measured a second time (an A/A comparison): its spread is this method's
- * noise floor in the same run.
+ * drift nor a mode's place in the cycle favours one mode. Per mode: calls/s and CPU per call
+ * over all its slices; against its baseline: the median of the per-cycle ratios and CPU
+ * differences, with a 95 % confidence interval and quartiles. "raw-again" is the baseline
+ * measured a second time (an A/A comparison): its spread is this method's noise in the same run.
  * -------------------------------------------------------------------------------------------- */
 
 #define IL_MAX_MODES 5

@@ -1,4 +1,4 @@
-# Benchmarks: make bench (about 7 minutes), make bench BENCH_QUICK=1 (about 25 s), make bench-smoke.
+# Benchmarks: make bench (about 12 minutes), make bench BENCH_QUICK=1 (about 30 s), make bench-smoke.
 # Two programs: Tests/bench/bench.c (the pool against a raw client) and Tests/bench/session_bench.c
 # (sessions against plain calls, and the restore time of a durable session).
 #

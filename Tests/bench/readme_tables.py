@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The README's Performance tables, from the JSON lines of two `make bench` outputs.
+"""The README's Performance tables and quoted figures, from the JSON lines of two `make bench` outputs.
 
     python3 Tests/bench/readme_tables.py docs/bench/run-9.txt docs/bench/run-8.txt
 
@@ -61,7 +61,7 @@ def pool10_table(latest, earlier):
     names = {"raw-again": "raw again (the method's noise)", "pool": "pool 10..10", "pool-2..10": "pool 2..10",
              "pool-fifo": "pool 10..10, reuse_while_waiting 0"}
     for row in latest:
-        if row["bench"] != "pool10" or "compared_with" not in row:
+        if row["bench"] != "pool10" or "ratio_ci95" not in row:  # runs 1-7 measured pool10 in rounds
             continue
         base_threads = row["compared_with_threads"]
         base = find(latest, "pool10", mode="raw", threads=base_threads)
@@ -82,6 +82,39 @@ def pool10_table(latest, earlier):
               f"{number(base['p99_us'])} → {number(row['p99_us'])} |")
 
 
+def sessions_table(latest, earlier):
+    print("| T | mode | calls/s | × plain (earlier run) | × plain CPU (earlier run) |")
+    print("|---:|---|---:|---:|---:|")
+    names = {"session": "session", "journal": "durable, journal only", "durable": "durable, checkpoint every 10 000"}
+    for row in latest:
+        if row["bench"] != "session_cost" or row["mode"] == "plain":
+            continue
+        other = find(earlier, "session_cost", mode=row["mode"], threads=row["threads"]) or {}
+        print(f"| {row['threads']} | {names.get(row['mode'], row['mode'])} | {number(row['calls_per_s'])} | "
+              f"{ratio(row, 'ratio')} ({ratio(other, 'ratio')}) | {ratio(row, 'cpu_ratio')} ({ratio(other, 'cpu_ratio')}) |")
+
+
+def other_figures(latest, earlier):
+    """One line per figure the README quotes in prose: latest (earlier)."""
+    def pair(bench, key, fmt="{:.2f}", **fields):
+        a, b = find(latest, bench, **fields), find(earlier, bench, **fields)
+        text = fmt.format(a[key]) if a and key in a else "-"
+        return text + (f" ({fmt.format(b[key])})" if b and key in b else "")
+    print(f"- batch of 100 against 100 sequential calls: {pair('batch', 'speedup')}×")
+    print(f"- three daemons against one: {pair('endpoints', 'ratio')}×")
+    print(f"- 2 ms daemon, 10 threads, 10 connections / 1: {pair('scaling', 'ratio', connections=10)}×")
+    print(f"- RSS per idle connection: {pair('memory', 'per_idle_connection_kib', '{:.1f}')} KiB; "
+          f"growth over 1 M calls: {pair('memory', 'growth_kib', '{:+.0f}')} KiB")
+    print(f"- durable session restore, 10 000 journaled calls: {pair('session_restore', 'restore_ms', '{:.0f}')} ms")
+    for latency in (0, 2):
+        print(f"- dispatch / thread mode at {latency} ms: {pair('async', 'ratio', mode='dispatch', daemon_latency_ms=latency)}, "
+              f"CPU × {pair('async', 'cpu_ratio', mode='dispatch', daemon_latency_ms=latency)}")
+    print(f"- 2 ms daemon, pool / raw at T = 1, 8, 32, 64: " + ", ".join(
+        pair('throughput', 'ratio', mode='pool', threads=t, connections=t, daemon_latency_ms=2) for t in (1, 8, 32, 64)))
+    print(f"- 64 threads on 1 connection (single), 2 ms daemon, p99 µs: "
+          f"{pair('throughput', 'p99_us', '{:.0f}', mode='single', threads=64, daemon_latency_ms=2)}")
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
@@ -89,6 +122,10 @@ def main():
     throughput_table(latest, earlier)
     print()
     pool10_table(latest, earlier)
+    print()
+    sessions_table(latest, earlier)
+    print()
+    other_figures(latest, earlier)
 
 
 if __name__ == "__main__":
