@@ -1009,13 +1009,7 @@ static void il_run(il_bench *b, const char *title) {
 }
 
 static int il_add(il_bench *b, const char *name, int threads, int conns, goxelpool_client *client, int base) {
-    il_mode *mode = &b->modes[b->nmodes];
-    memset(mode, 0, sizeof *mode);
-    mode->name = name;
-    mode->threads = threads;
-    mode->conns = conns;
-    mode->client = client;
-    mode->base = base;
+    b->modes[b->nmodes] = (il_mode){.name = name, .threads = threads, .conns = conns, .client = client, .base = base};
     if (threads > b->nthreads) b->nthreads = threads;
     return b->nmodes++;
 }
