@@ -95,7 +95,9 @@ typedef struct goxelpool_client goxelpool_client;
  *            reuse_window_us 1000 (since 1.2; 1..60000000: so only short calls are reused; a
  *              call slower than this hands its connection over at once),
  *            reuse_grace_us 200 (since 1.2; 1..1000000: a kept connection whose thread does not
- *              call again within this many microseconds goes to the longest-waiting call),
+ *              call again within this many microseconds goes to the longest-waiting call, at
+ *              the next call into the pool or at the latest 2 ms later, from the library's
+ *              maintenance thread),
  *            validate_on_connect true },
  *     reconnect { initial_backoff_ms 1000, multiplier 1.6, jitter 0.2, max_backoff_ms 120000 },
  *     health { interval_ms 30000, timeout_ms 5000, method "ping", failure_threshold 3,
