@@ -185,12 +185,14 @@ class AsyncClientTests(AsyncBase):
                 self.assertTrue(all(e["kind"] == "request" for e in got))
                 self.assertTrue(seen)
                 self.assertEqual(set(seen), {loop_thread})
-                # A stream ends when the client closes.
+                # A stream ends when the client closes. What it held is not the point: a real
+                # alert (a latency trend from the calls above) may come first.
                 stream = client.events(EventKind.ALERT)
                 ended = asyncio.create_task(self._drain(stream))
                 await asyncio.sleep(0.05)
                 await client.aclose()
-                self.assertEqual(await asyncio.wait_for(ended, 5), [])
+                drained = await asyncio.wait_for(ended, 5)
+                self.assertTrue(all(e["kind"] == "alert" for e in drained), drained)
         self.run_async(main())
 
     @staticmethod
