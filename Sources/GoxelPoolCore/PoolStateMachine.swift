@@ -287,7 +287,7 @@ public struct PoolStateMachine {
         if keptCount > 0 {
             handOverKept(now: now, into: &actions)
             if let id = preferred, let connection = connections[id], connection.state == .kept {
-                unkeep(connection)
+                unkeepOne()
                 connection.reuseStreak += 1
                 connection.state = .leased
                 statistics.recordAcquireWait(.zero)
@@ -610,7 +610,8 @@ public struct PoolStateMachine {
         if keptExpiryBound.map({ until < $0 }) ?? true { keptExpiryBound = until }
     }
 
-    private mutating func unkeep(_ connection: Connection) {
+    /// A connection leaves `kept` (its caller sets the new state): only the count changes.
+    private mutating func unkeepOne() {
         keptCount -= 1
         if keptCount == 0 { keptExpiryBound = nil }
     }
@@ -635,7 +636,7 @@ public struct PoolStateMachine {
         // In id order: which waiter gets which connection must not vary with the dictionary's order.
         for id in due.sorted() {
             guard let connection = connections[id] else { continue }
-            unkeep(connection)
+            unkeepOne()
             connection.reuseStreak = 0
             connection.state = .idle
             makeAvailable(id, now: now, into: &actions)
@@ -784,7 +785,7 @@ public struct PoolStateMachine {
 
     private mutating func remove(_ id: ConnectionID, reason: CloseReason, into actions: inout [PoolAction]) {
         guard let removed = connections.removeValue(forKey: id) else { return }
-        if removed.state == .kept { unkeep(removed) }
+        if removed.state == .kept { unkeepOne() }
         if reason == .error || reason == .health { lostConnections += 1 }
         statistics.recordClose(reason)
         actions.append(.close(id, reason))
