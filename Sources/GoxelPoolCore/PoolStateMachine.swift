@@ -409,34 +409,31 @@ public struct PoolStateMachine {
     public mutating func release(_ id: ConnectionID, now: Instant, outcome: ReleaseOutcome) -> [PoolAction] {
         guard let connection = connections[id], connection.state == .leased else { return [] }
         var actions: [PoolAction] = []
-        connection.lastUsed = now
-        connection.nextHealthCheck = healthCheckDue(after: now)
         var closeReason: CloseReason?
         switch outcome {
         case .answered(let latency):
-            connection.requestsServed += 1
-            countInWindow(connection, now: now)
-            statistics.recordRequest(latency)
-            detectSpike(id, latency: latency, now: now, into: &actions)
-            poolHealth.record(success: true, latency: latency, at: now)
-            updateBreaker(into: &actions) { $0.recordCall(success: true, now: now) }
-            if let tier = recordHealth(connection, success: true, latency: latency, now: now, error: nil, into: &actions),
-               tier == .unhealthy {
-                closeReason = .health
-            }
+            closeReason = recordAnswer(connection, latency: latency, now: now, into: &actions)
         case .unused:
+            connection.lastUsed = now
+            connection.nextHealthCheck = healthCheckDue(after: now)
             breaker.probeAbandoned()
         case .sent:
+            connection.lastUsed = now
+            connection.nextHealthCheck = healthCheckDue(after: now)
             connection.requestsServed += 1
             countInWindow(connection, now: now)
             statistics.notificationsSent += 1
             breaker.probeAbandoned()
         case .broken(let reason):
+            connection.lastUsed = now
+            connection.nextHealthCheck = healthCheckDue(after: now)
             poolHealth.record(success: false, latency: .zero, at: now, error: reason)
             updateBreaker(into: &actions) { $0.recordCall(success: false, now: now) }
             recordHealth(connection, success: false, latency: .zero, now: now, error: reason, into: &actions)
             closeReason = .error
         case .rejected(let reason):
+            connection.lastUsed = now
+            connection.nextHealthCheck = healthCheckDue(after: now)
             breaker.probeAbandoned()
             remove(connection.id, reason: .error, into: &actions)
             statistics.lastConnectError = reason
@@ -444,6 +441,33 @@ public struct PoolStateMachine {
             updatePoolState(into: &actions)
             return actions
         }
+        settle(connection, closeReason: closeReason, mayKeep: true, now: now, into: &actions)
+        return actions
+    }
+
+    /// The bookkeeping of an answered call (statistics, health, breaker, spike, balancing counts):
+    /// the part of `release` that the fast path defers to `recordFastCall`. Returns `.health` when
+    /// the connection became unhealthy.
+    private mutating func recordAnswer(_ connection: Connection, latency: Span, now: Instant,
+                                       into actions: inout [PoolAction]) -> CloseReason? {
+        connection.lastUsed = now
+        connection.nextHealthCheck = healthCheckDue(after: now)
+        connection.requestsServed += 1
+        countInWindow(connection, now: now)
+        statistics.recordRequest(latency)
+        detectSpike(connection.id, latency: latency, now: now, into: &actions)
+        poolHealth.record(success: true, latency: latency, at: now)
+        updateBreaker(into: &actions) { $0.recordCall(success: true, now: now) }
+        let tier = recordHealth(connection, success: true, latency: latency, now: now, error: nil, into: &actions)
+        return tier == .unhealthy ? .health : nil
+    }
+
+    /// What happens to a connection after its calls are recorded: closed (health, error, shutdown,
+    /// rotation, lifetime), kept for its caller while others wait (`mayKeep`), or idle and given
+    /// to the longest waiter.
+    private mutating func settle(_ connection: Connection, closeReason reason: CloseReason?, mayKeep: Bool,
+                                 now: Instant, into actions: inout [PoolAction]) {
+        var closeReason = reason
         if closeReason == nil {
             if isClosed || connection.retireOnReturn { closeReason = .shutdown }
             else if settings.maxRequestsPerConnection > 0 && connection.requestsServed >= settings.maxRequestsPerConnection {
@@ -456,20 +480,88 @@ public struct PoolStateMachine {
             remove(connection.id, reason: closeReason, into: &actions)
             fill(now: now, into: &actions)
             updatePoolState(into: &actions)
-            return actions
+            return
         }
         handOverKept(now: now, into: &actions)
-        if settings.reuseWhileWaiting > 0 && !waiters.isEmpty && connection.reuseStreak < settings.reuseWhileWaiting
+        if mayKeep && settings.reuseWhileWaiting > 0 && !waiters.isEmpty && connection.reuseStreak < settings.reuseWhileWaiting
             && now - connection.runStartedAt < settings.reuseWindow && connection.health.tier == .healthy {
             keep(connection, until: now + settings.reuseGrace)
         } else {
             connection.reuseStreak = 0
             connection.state = .idle
-            makeAvailable(id, now: now, into: &actions)
+            makeAvailable(connection.id, now: now, into: &actions)
         }
         if actions.contains(where: { if case .event(.healthChanged) = $0 { true } else { false } }) {
             updatePoolState(into: &actions)
         }
+    }
+
+    // MARK: - The fast path (see PoolClient: a thread's own connection without the pool's lock)
+
+    /// What a leased connection's calls may do without the state machine: a thread that holds it
+    /// records answered calls in a buffer (`recordFastCall` later, in order) and parks it for its
+    /// next call, as long as `admits` says that release would have changed nothing but counters.
+    public struct FastReleaseTerms: Sendable, Equatable {
+        /// Answered calls this connection may still make before its rotation is due.
+        public var callsLeft: Int
+        /// Its lifetime ends here (nil: no limit).
+        public var expiresAt: Instant?
+        /// Answers slower than this go through `release`: they could change its health tier or be
+        /// a latency spike.
+        public var latencyBelow: Span
+
+        /// True when a `release(.answered(latency))` at `now` would only count: no tier change, no
+        /// spike, no rotation or lifetime due. The breaker must be closed and nobody waiting
+        /// (PoolClient's gate checks those).
+        public func admits(latency: Span, now: Instant) -> Bool {
+            callsLeft > 0 && latency < latencyBelow && (expiresAt.map { now < $0 } ?? true)
+        }
+    }
+
+    /// The terms for a connection just leased, or nil when its releases must all go through
+    /// `release` (not healthy, retiring, the pool closed, the breaker not closed).
+    public func fastReleaseTerms(for id: ConnectionID) -> FastReleaseTerms? {
+        guard let connection = connections[id], connection.state == .leased, !isClosed, !connection.retireOnReturn,
+              connection.health.tier == .healthy, breaker.state == .closed else { return nil }
+        // A healthy connection's answer within the healthy latency keeps it healthy; under 10 ms
+        // it cannot be a spike (that takes 10 ms above the average).
+        let latencyBelow = min(Span(nanoseconds: settings.health.healthyLatency.nanoseconds.addingSaturating(1)), Self.spikeMinimumExcess)
+        let callsLeft = settings.maxRequestsPerConnection > 0
+            ? settings.maxRequestsPerConnection - connection.requestsServed - 1 : Int.max
+        return FastReleaseTerms(callsLeft: callsLeft, expiresAt: connection.expiresAt, latencyBelow: latencyBelow)
+    }
+
+    /// A call made on the fast path, recorded now in the order it happened: exactly the
+    /// bookkeeping of `release(.answered)` at `at`, and of a lease that did not wait
+    /// (`leasedWithoutPool`: its caller took the connection back without the pool). The
+    /// connection stays leased; `returnParked` gives it back.
+    public mutating func recordFastCall(_ id: ConnectionID, at: Instant, latency: Span, leasedWithoutPool: Bool) -> [PoolAction] {
+        guard let connection = connections[id], connection.state == .leased else { return [] }
+        var actions: [PoolAction] = []
+        if leasedWithoutPool { statistics.recordAcquireWait(.zero) }
+        // The terms exclude a close for health; should it happen anyway, the return closes it.
+        if recordAnswer(connection, latency: latency, now: at, into: &actions) == .health { connection.retireOnReturn = true }
+        if actions.contains(where: { if case .event(.healthChanged) = $0 { true } else { false } }) {
+            updatePoolState(into: &actions)
+        }
+        return actions
+    }
+
+    /// A caller took a parked connection back without the pool and its release goes through
+    /// `release` (not admitted to the fast path): count that lease, as `requestLease` would have.
+    public mutating func recordLeaseWithoutPool(_ id: ConnectionID) {
+        guard let connection = connections[id], connection.state == .leased else { return }
+        statistics.recordAcquireWait(.zero)
+    }
+
+    /// A connection parked on the fast path comes back to the pool, its calls already recorded.
+    /// `byItsCaller`: its caller returns it (it may be kept for that caller while others wait);
+    /// otherwise the pool took it back while nobody held it.
+    public mutating func returnParked(_ id: ConnectionID, now: Instant, byItsCaller: Bool) -> [PoolAction] {
+        guard let connection = connections[id], connection.state == .leased else { return [] }
+        var actions: [PoolAction] = []
+        let reason: CloseReason? = connection.retireOnReturn && !isClosed && connection.health.tier == .unhealthy ? .health : nil
+        settle(connection, closeReason: reason, mayKeep: byItsCaller, now: now, into: &actions)
         return actions
     }
 
@@ -819,10 +911,13 @@ public struct PoolStateMachine {
         while let waiter = waiters.popFirst() { actions.append(.failWaiter(waiter.id, .unavailable)) }
     }
 
+    /// A spike is at least this much above the recent average (and `latencySpikeFactor` times it).
+    static let spikeMinimumExcess = Span.milliseconds(10)
+
     private mutating func detectSpike(_ id: ConnectionID, latency: Span, now: Instant, into actions: inout [PoolAction]) {
         guard poolHealth.samples.count >= 3, let average = poolHealth.averageLatency else { return }
         let far = Double(latency.nanoseconds) >= settings.latencySpikeFactor * Double(average.nanoseconds)
-        guard far, latency.nanoseconds - average.nanoseconds >= Span.milliseconds(10).nanoseconds else { return }
+        guard far, latency.nanoseconds - average.nanoseconds >= Self.spikeMinimumExcess.nanoseconds else { return }
         // At most one a second: a slow daemon is one story, not thousands of alerts.
         if let last = lastSpikeAt, now - last < .milliseconds(1000) { return }
         lastSpikeAt = now
