@@ -129,6 +129,9 @@ public struct ClientConfiguration: Sendable, Equatable {
         public var reuseWhileWaiting = 8
         public var reuseGraceUs = 200
         public var reuseWindowUs = 1000
+        /// A thread's last connection is taken and given back without the pool's lock while
+        /// nobody waits (PoolClient, "The fast path"). False: every call goes through the lock.
+        public var fastPath = true
         public var loadBalancing = LoadBalancing.leastUsed
         public var connectTimeoutMs = 1000
         public var validateOnConnect = true
@@ -385,6 +388,7 @@ public struct ClientConfiguration: Sendable, Equatable {
         c.pool.reuseWhileWaiting = try p.int("reuse_while_waiting", c.pool.reuseWhileWaiting, 0...1_000_000)
         c.pool.reuseGraceUs = try p.int("reuse_grace_us", c.pool.reuseGraceUs, 1...1_000_000)
         c.pool.reuseWindowUs = try p.int("reuse_window_us", c.pool.reuseWindowUs, 1...60_000_000)
+        c.pool.fastPath = try p.bool("fast_path", c.pool.fastPath)
         c.pool.loadBalancing = try p.choice("load_balancing", c.pool.loadBalancing)
         c.pool.connectTimeoutMs = try p.int("connect_timeout_ms", c.pool.connectTimeoutMs, 1...msMax)
         c.pool.validateOnConnect = try p.bool("validate_on_connect", c.pool.validateOnConnect)

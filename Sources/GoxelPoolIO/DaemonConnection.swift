@@ -32,6 +32,9 @@ public final class DaemonConnection {
     /// notification with `"id": null`; a JSON-RPC 2.0 daemon sends nothing. A notification never
     /// waits for its answer: the next exchange skips null-id lines while any are owed.
     private var owedNotificationAnswers = 0
+    /// Its pool's fast path for it (nil: its releases always go through the pool's lock). Set
+    /// under the pool's lock before the connection is first leased.
+    var fastLane: FastLane?
     /// The daemon process on the other end (its `status` pid), once learned: a connection is
     /// bound to one process for life, so a new pid on a new connection means a restarted daemon.
     public internal(set) var daemonPid: Int64?

@@ -82,6 +82,22 @@ public final class PoolClient: @unchecked Sendable {
     private let onDaemonIdentified: (@Sendable (Int64) -> Void)?
     /// The client's TLS context, for a `tls:` endpoint.
     private let tls: TLSContext?
+    /// The fast path: one lane per connection the pool may hold (fixed, so a thread reads its
+    /// lane without the lock), and the lanes no connection uses (under the lock).
+    private let lanes: [FastLane]
+    private var freeLanes: [Int]
+    /// Zero when calls may take and release connections without the lock. Each caller on the
+    /// slow acquire path and each queued waiter adds one (so a waiter never sleeps beside a
+    /// parked connection, and nobody takes one past it); `fastGateShut` adds while the pool is
+    /// closing or its circuit is not closed.
+    private let fastGate = Atomic<Int>(0)
+    private var fastGateShut = false
+    /// Acquires that took the lock (tests: the fast path is taken).
+    private var lockedAcquires = 0
+    /// collectFastCalls' scratch space (under the lock), kept to spare an allocation each time.
+    private var collected: [(id: ConnectionID, call: FastLane.Call)] = []
+    private var reclaimed: [FastLane] = []
+    private static let fastGateShutWeight = 1 << 40
     /// Told (on an opener thread, no lock held) when a connection attempt failed: a DNS name's
     /// resolver looks again when every address of the name fails.
     private let openFailed: (@Sendable () -> Void)?
@@ -174,6 +190,9 @@ public final class PoolClient: @unchecked Sendable {
         machine = PoolStateMachine(settings: settings, now: now, seed: UInt64(bitPattern: now.nanoseconds) ^ UInt64(getpid()))
         jobs = WorkerGroup(threads: min(settings.maxConnections, 4), capacity: 4 * settings.maxConnections + 16)
         events = shared ?? EventDispatcher(capacity: configuration.eventQueueSize)
+        let laneCount = pool.fastPath ? settings.maxConnections : 0
+        lanes = (0..<laneCount).map { FastLane(index: $0) }
+        freeLanes = Array((0..<laneCount).reversed())
         maintenanceThread = LibraryThread { [unowned self] in self.maintenanceLoop() }
         modify { $0.start(now: Clock.now()) }
     }
@@ -287,16 +306,25 @@ public final class PoolClient: @unchecked Sendable {
     // MARK: - Acquire and release
 
     private func acquire(deadline: Instant) -> Result<DaemonConnection, CallFailure> {
+        let remembered = ThreadAffinity.lastConnection(of: affinitySerial)
+        if let remembered, let connection = takeParked(lane: remembered.lane) { return .success(connection) }
         let now = Clock.now()
         let acquireDeadline = min(deadline, now + .milliseconds(configuration.pool.acquireTimeoutMs))
-        let preferred = ThreadAffinity.lastConnection(of: affinitySerial)
         lock.lock()
+        // Before the lanes are looked at: a connection parked from now on sees the gate and comes
+        // back through the lock (a Dekker pair with `parkOrReturn`).
+        fastGate.add(1, ordering: .sequentiallyConsistent)
+        lockedAcquires &+= 1
+        var actions = collectFastCalls(now: now)
         let waiterID = WaiterID(nextWaiter)
         nextWaiter &+= 1
-        let (decision, actions) = machine.requestLease(waiterID, now: now, preferred: preferred)
+        let (decision, leaseActions) = machine.requestLease(waiterID, now: now, preferred: remembered?.connection)
+        actions += leaseActions
+        if case .queued = decision {} else { fastGate.subtract(1, ordering: .sequentiallyConsistent) }
         switch decision {
         case .leased(let id):
             let connection = connections[id]
+            lend(id)
             let deferred = actions.isEmpty ? [] : apply(actions)
             lock.unlock()
             perform(deferred)
@@ -329,24 +357,130 @@ public final class PoolClient: @unchecked Sendable {
         }
     }
 
+    // MARK: - The fast path
+    //
+    // A thread's last connection, taken and given back without the pool's lock (HikariCP's
+    // thread-local list). A release that would only count (`FastReleaseTerms.admits`: answered,
+    // healthy, nothing due) buffers the call in the connection's lane and parks the connection;
+    // the same thread's next call takes it back with a compare-and-swap. The state machine still
+    // sees it leased. Every operation under the lock first records the buffered calls, in order,
+    // and takes parked connections back (`collectFastCalls`), so the pool decides on exactly the
+    // state it would have had: the model test in PoolStateMachineTests runs both paths.
+
+    /// A connection parked in this lane, if there is one and nobody waits.
+    private func takeParked(lane index: Int) -> DaemonConnection? {
+        guard index >= 0, index < lanes.count, fastGate.load(ordering: .sequentiallyConsistent) == 0 else { return nil }
+        let lane = lanes[index]
+        guard lane.parked.compareExchange(expected: 1, desired: 0, ordering: .acquiringAndReleasing).exchanged else { return nil }
+        guard let connection = lane.connection else { return nil }  // never: a lane parks only with a connection
+        lane.leasedWithoutPool = true
+        return connection
+    }
+
+    /// Under the lock, after a lease: the terms of the connection's fast releases.
+    private func lend(_ id: ConnectionID) {
+        guard let lane = connections[id]?.fastLane else { return }
+        lane.terms = machine.fastReleaseTerms(for: id)
+        lane.leasedWithoutPool = false
+    }
+
+    /// Releases without the lock when the terms allow; false: go through the lock.
+    private func releaseWithoutLock(_ connection: DaemonConnection, latency: Span) -> Bool {
+        guard let lane = connection.fastLane, let terms = lane.terms,
+              fastGate.load(ordering: .relaxed) == 0, lane.hasRoom else { return false }
+        let now = Clock.now()
+        guard terms.admits(latency: latency, now: now) else { return false }
+        let (sent, received) = connection.takeByteCounts()
+        _ = lane.append(FastLane.Call(at: now, latency: latency, bytesSent: sent, bytesReceived: received,
+                                      leasedWithoutPool: lane.leasedWithoutPool))
+        lane.terms?.callsLeft -= 1
+        ThreadAffinity.remember(connection.id, lane: lane.index, of: affinitySerial)
+        lane.parked.store(1, ordering: .sequentiallyConsistent)
+        // A caller came to the lock meanwhile (it may wait): if it did not take the connection
+        // already, give it back through the lock, so the pool hands it over.
+        if fastGate.load(ordering: .sequentiallyConsistent) != 0,
+           lane.parked.compareExchange(expected: 1, desired: 0, ordering: .sequentiallyConsistent).exchanged {
+            lock.lock()
+            lane.terms = nil
+            let now = Clock.now()
+            var actions = collectFastCalls(now: now)
+            actions += machine.returnParked(connection.id, now: now, byItsCaller: true)
+            let deferred = apply(actions)
+            wakeMaintenanceForKept()
+            lock.unlock()
+            perform(deferred)
+        }
+        return true
+    }
+
+    /// Under the lock, before any decision: the calls made without the lock are recorded, in
+    /// order, and parked connections come back to the pool.
+    private func collectFastCalls(now: Instant) -> [PoolAction] {
+        var actions: [PoolAction] = []
+        guard !lanes.isEmpty else { return actions }
+        // Parked connections first, then the buffers: a call is buffered before its connection
+        // is parked, so taking the connection makes its last call visible to the drain below.
+        for lane in lanes where lane.connection != nil {
+            if lane.parked.load(ordering: .sequentiallyConsistent) == 1,
+               lane.parked.compareExchange(expected: 1, desired: 0, ordering: .sequentiallyConsistent).exchanged {
+                reclaimed.append(lane)
+            }
+        }
+        for lane in lanes {
+            guard let connection = lane.connection else { continue }
+            lane.drain { collected.append((connection.id, $0)) }
+        }
+        if !collected.isEmpty {
+            // In the order they were made, across connections: the pool's health samples, the
+            // breaker's window and the spike detector see the sequence the lock path would have.
+            if lanes.count > 1 { collected.sort { $0.call.at < $1.call.at } }
+            for (id, call) in collected {
+                machine.withStatistics { $0.bytesSent &+= call.bytesSent; $0.bytesReceived &+= call.bytesReceived }
+                actions += machine.recordFastCall(id, at: call.at, latency: call.latency, leasedWithoutPool: call.leasedWithoutPool)
+            }
+            collected.removeAll(keepingCapacity: true)
+        }
+        for lane in reclaimed {
+            guard let connection = lane.connection else { continue }
+            lane.terms = nil
+            actions += machine.returnParked(connection.id, now: now, byItsCaller: false)
+        }
+        reclaimed.removeAll(keepingCapacity: true)
+        return actions
+    }
+
+    /// Under the lock, after every change: the gate is shut while closing or the circuit is not closed.
+    private func updateFastGate() {
+        let shut = closing || machine.breaker.state != .closed
+        guard shut != fastGateShut else { return }
+        fastGateShut = shut
+        if shut { fastGate.add(Self.fastGateShutWeight, ordering: .sequentiallyConsistent) }
+        else { fastGate.subtract(Self.fastGateShutWeight, ordering: .sequentiallyConsistent) }
+    }
+
     private func release(_ connection: DaemonConnection, _ outcome: ReleaseOutcome) {
-        ThreadAffinity.remember(connection.id, of: affinitySerial)
+        if case .answered(let latency) = outcome, releaseWithoutLock(connection, latency: latency) {
+            if events.wants(.request) {
+                postRequestEvent("request_served", [("connection_id", .int(Int64(connection.id.value))),
+                                                    ("latency_ms", .double(latency.milliseconds))])
+            }
+            return
+        }
+        ThreadAffinity.remember(connection.id, lane: connection.fastLane?.index ?? -1, of: affinitySerial)
         lock.lock()
+        connection.fastLane?.terms = nil
+        let now = Clock.now()
         let (sent, received) = connection.takeByteCounts()
         machine.withStatistics { $0.bytesSent &+= sent; $0.bytesReceived &+= received }
-        let actions = machine.release(connection.id, now: Clock.now(), outcome: outcome)
+        var actions = collectFastCalls(now: now)
+        if connection.fastLane?.leasedWithoutPool == true { machine.recordLeaseWithoutPool(connection.id) }
+        actions += machine.release(connection.id, now: now, outcome: outcome)
         var deferred = actions.isEmpty ? [] : apply(actions)
-        // Kept for this thread's next call: the maintenance thread hands it over if that call
-        // does not come (when no other call into the pool does it first).
-        if let expiry = machine.keptExpiry, let sleeping = maintenanceSleepsUntil,
-           sleeping > expiry + Self.keptCheckInterval {
-            maintenanceSleepsUntil = nil
-            keptSeen = Clock.now()
-            maintenanceWakeup.signal()
-        }
+        wakeMaintenanceForKept()
         // Forgotten by the pool (a drain timed out and it was abandoned): close it here.
         if closing && connections[connection.id] != nil && machine.health(of: connection.id) == nil {
             connections[connection.id] = nil
+            freeLane(of: connection)
             deferred.append(.close(connection))
         }
         let wantsServed = events.wants(.request)
@@ -358,6 +492,27 @@ public final class PoolClient: @unchecked Sendable {
         }
     }
 
+    /// Under the lock, after a release: a connection kept for this thread's next call is handed
+    /// over by the maintenance thread if that call does not come (when no other call into the
+    /// pool does it first).
+    private func wakeMaintenanceForKept() {
+        if let expiry = machine.keptExpiry, let sleeping = maintenanceSleepsUntil,
+           sleeping > expiry + Self.keptCheckInterval {
+            maintenanceSleepsUntil = nil
+            keptSeen = Clock.now()
+            maintenanceWakeup.signal()
+        }
+    }
+
+    /// Under the lock: a connection leaves the registry; its lane is free for the next one.
+    private func freeLane(of connection: DaemonConnection) {
+        guard let lane = connection.fastLane else { return }
+        connection.fastLane = nil
+        lane.connection = nil
+        lane.terms = nil
+        freeLanes.append(lane.index)
+    }
+
     /// Under the lock: records waiter results and registry changes, returns the rest.
     private func apply(_ actions: [PoolAction]) -> [Deferred] {
         var deferred: [Deferred] = []
@@ -366,19 +521,25 @@ public final class PoolClient: @unchecked Sendable {
             case .lease(let waiterID, let id):
                 // Decided here: the box leaves the registry, the waiter is told after the unlock.
                 guard let box = waiters.removeValue(forKey: waiterID) else { continue }
+                fastGate.subtract(1, ordering: .sequentiallyConsistent)
                 if let connection = connections[id] {
+                    lend(id)
                     deferred.append(.handOff(box, .success(connection)))
                 } else {
                     deferred.append(.handOff(box, .failure(CallFailure(.proto, "internal error: connection \(id) missing"))))
                 }
             case .failWaiter(let waiterID, let failure):
                 guard let box = waiters.removeValue(forKey: waiterID) else { continue }
+                fastGate.subtract(1, ordering: .sequentiallyConsistent)
                 deferred.append(.handOff(box, .failure(describe(failure))))
             case .open(let id):
                 deferred.append(.open(id))
                 if attemptObserver != nil { deferred.append(.attempted(machine.statistics.connectionAttempts)) }
             case .close(let id, _):
-                if let connection = connections.removeValue(forKey: id) { deferred.append(.close(connection)) }
+                if let connection = connections.removeValue(forKey: id) {
+                    freeLane(of: connection)
+                    deferred.append(.close(connection))
+                }
             case .checkHealth(let id):
                 if let connection = connections[id] { deferred.append(.check(connection)) }
             case .wakeMaintenance:
@@ -388,6 +549,7 @@ public final class PoolClient: @unchecked Sendable {
             }
         }
         if closing && machine.connectionCount == 0 { drained.broadcast() }
+        updateFastGate()
         return deferred
     }
 
@@ -414,7 +576,9 @@ public final class PoolClient: @unchecked Sendable {
     /// Runs a state machine event under the lock and performs its actions after.
     private func modify(_ body: (inout PoolStateMachine) -> [PoolAction]) {
         lock.lock()
-        let deferred = apply(body(&machine))
+        var actions = collectFastCalls(now: Clock.now())
+        actions += body(&machine)
+        let deferred = apply(actions)
         lock.unlock()
         perform(deferred)
     }
@@ -441,6 +605,10 @@ public final class PoolClient: @unchecked Sendable {
             let learnedPid = connection.daemonPid
             lock.lock()
             connections[id] = connection
+            if let index = freeLanes.popLast() {
+                lanes[index].connection = connection
+                connection.fastLane = lanes[index]
+            }
             if connection.tlsResumed { machine.withStatistics { $0.tlsSessionsResumed += 1 } }
             let deferred = apply(machine.connectionOpened(id, now: Clock.now()))
             lock.unlock()
@@ -503,7 +671,12 @@ public final class PoolClient: @unchecked Sendable {
                 maintenanceWakeups &+= 1
             }
             if maintenanceStop { break }
-            let deferred = apply(machine.tick(now: Clock.now()))
+            let tickAt = Clock.now()
+            // Parked connections come back first: their idle expiry and health checks are the
+            // tick's to see (a connection parked after this pass waits for the next, within a second).
+            var actions = collectFastCalls(now: tickAt)
+            actions += machine.tick(now: tickAt)
+            let deferred = apply(actions)
             lock.unlock()
             perform(deferred)
             lock.lock()
@@ -519,6 +692,9 @@ public final class PoolClient: @unchecked Sendable {
     }
 
     public var isClosing: Bool { lock.withLock { closing } }
+
+    /// How many acquires went through the lock (tests: a lone caller's go around it).
+    var lockedAcquireCount: Int { lock.withLock { lockedAcquires } }
 
     /// How often the maintenance thread has woken (tests: it must not wake at every keep).
     var maintenanceWakeupCount: Int { lock.withLock { maintenanceWakeups } }
@@ -553,7 +729,10 @@ public final class PoolClient: @unchecked Sendable {
         }
         closing = true
         drainDeadline = deadline
-        var deferred = apply(machine.close(now: Clock.now()))
+        // Shut the fast path before collecting: from here on every release comes through the lock.
+        updateFastGate()
+        let now = Clock.now()
+        var deferred = apply(collectFastCalls(now: now) + machine.close(now: now))
         lock.unlock()
         perform(deferred)
         lock.lock()
@@ -610,17 +789,21 @@ public final class PoolClient: @unchecked Sendable {
 
     public func snapshot() -> Snapshot {
         let counters = events.counters()
-        return lock.withLock {
-            Snapshot(statistics: machine.statistics, state: machine.poolState,
-                     total: machine.connectionCount - machine.count(.opening), idle: machine.count(.idle),
-                     busy: machine.count(.busy), opening: machine.count(.opening), checking: machine.count(.checking),
-                     healthy: machine.healthyCount, waiting: machine.waitingCount, poolHealth: machine.poolHealth,
-                     circuit: machine.breaker,
-                     connections: machine.connectionIDs.compactMap { id in
-                         machine.health(of: id).map { (id, $0, machine.requestsServed(by: id) ?? 0, machine.openedAt(id)) }
-                     },
-                     eventsDelivered: counters.delivered, eventsDropped: counters.dropped, now: Clock.now())
-        }
+        lock.lock()
+        // Calls made without the lock count, and parked connections are idle.
+        let deferred = apply(collectFastCalls(now: Clock.now()))
+        let snapshot = Snapshot(statistics: machine.statistics, state: machine.poolState,
+                total: machine.connectionCount - machine.count(.opening), idle: machine.count(.idle),
+                busy: machine.count(.busy), opening: machine.count(.opening), checking: machine.count(.checking),
+                healthy: machine.healthyCount, waiting: machine.waitingCount, poolHealth: machine.poolHealth,
+                circuit: machine.breaker,
+                connections: machine.connectionIDs.compactMap { id in
+                machine.health(of: id).map { (id, $0, machine.requestsServed(by: id) ?? 0, machine.openedAt(id)) }
+                },
+                eventsDelivered: counters.delivered, eventsDropped: counters.dropped, now: Clock.now())
+        lock.unlock()
+        perform(deferred)
+        return snapshot
     }
 
     private func clientEvents(for event: PoolEvent) -> [ClientEvent] {

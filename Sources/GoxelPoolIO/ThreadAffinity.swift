@@ -10,6 +10,13 @@ enum ThreadAffinity {
     private struct Slot {
         var pool: UInt64
         var connection: Int
+        /// Its FastLane's index in the pool (-1: none).
+        var lane: Int
+    }
+
+    struct Remembered {
+        var connection: ConnectionID
+        var lane: Int
     }
 
     private static let slotCount = 4
@@ -23,14 +30,16 @@ enum ThreadAffinity {
     /// A number no other pool of this process has (0 is never one).
     static func newPoolSerial() -> UInt64 { serials.add(1, ordering: .relaxed).newValue }
 
-    static func lastConnection(of pool: UInt64) -> ConnectionID? {
+    static func lastConnection(of pool: UInt64) -> Remembered? {
         guard let raw = pthread_getspecific(key) else { return nil }
         let slots = raw.assumingMemoryBound(to: Slot.self)
-        for index in 0..<slotCount where slots[index].pool == pool { return ConnectionID(slots[index].connection) }
+        for index in 0..<slotCount where slots[index].pool == pool {
+            return Remembered(connection: ConnectionID(slots[index].connection), lane: slots[index].lane)
+        }
         return nil
     }
 
-    static func remember(_ connection: ConnectionID, of pool: UInt64) {
+    static func remember(_ connection: ConnectionID, lane: Int, of pool: UInt64) {
         var raw = pthread_getspecific(key)
         if raw == nil {
             raw = calloc(slotCount, MemoryLayout<Slot>.stride)
@@ -39,6 +48,8 @@ enum ThreadAffinity {
         }
         guard let raw else { return }
         let slots = raw.assumingMemoryBound(to: Slot.self)
+        // The usual case on the fast path: the same connection again.
+        if slots[0].pool == pool && slots[0].connection == connection.value && slots[0].lane == lane { return }
         // The pool's slot, or else the least recently remembered one (slots are kept newest first).
         var index = slotCount - 1
         for candidate in 0..<slotCount where slots[candidate].pool == pool || slots[candidate].pool == 0 {
@@ -49,6 +60,6 @@ enum ThreadAffinity {
             slots[index] = slots[index - 1]
             index -= 1
         }
-        slots[0] = Slot(pool: pool, connection: connection.value)
+        slots[0] = Slot(pool: pool, connection: connection.value, lane: lane)
     }
 }

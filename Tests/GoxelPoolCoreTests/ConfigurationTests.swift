@@ -30,6 +30,7 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(c.pool.reuseWhileWaiting, 8)
         XCTAssertEqual(c.pool.reuseGraceUs, 200)
         XCTAssertEqual(c.pool.reuseWindowUs, 1000)
+        XCTAssertTrue(c.pool.fastPath)
         XCTAssertEqual(c.pool.loadBalancing, .leastUsed)
         XCTAssertEqual(c.pool.connectTimeoutMs, 1000)
         XCTAssertTrue(c.pool.validateOnConnect)
@@ -94,6 +95,7 @@ final class ConfigurationTests: XCTestCase {
                 "reuse_while_waiting": 0,
                 "reuse_grace_us": 1_000_000,
                 "reuse_window_us": 60_000_000,
+                "fast_path": false,
                 "load_balancing": "round_robin",
                 "connect_timeout_ms": 2147483647,
                 "validate_on_connect": false,
@@ -138,6 +140,7 @@ final class ConfigurationTests: XCTestCase {
         expected.pool.reuseWhileWaiting = 0
         expected.pool.reuseGraceUs = 1_000_000
         expected.pool.reuseWindowUs = 60_000_000
+        expected.pool.fastPath = false
         expected.pool.loadBalancing = .roundRobin
         expected.pool.connectTimeoutMs = Int(Int32.max)
         expected.pool.validateOnConnect = false
@@ -297,6 +300,7 @@ final class ConfigurationTests: XCTestCase {
             "pool.load_balancing: must be one of least_used, round_robin, random, got \"fastest\""),
         Bad(["pool": ["load_balancing": "leastUsed"]], "pool.load_balancing"),
         Bad(["pool": ["connect_timeout_ms": 0]], "pool.connect_timeout_ms"),
+        Bad(["pool": ["fast_path": "yes"]], "pool.fast_path", "pool.fast_path: expected a boolean, got string"),
         Bad(["pool": ["validate_on_connect": 0]], "pool.validate_on_connect",
             "pool.validate_on_connect: expected a boolean, got integer"),
         Bad(["pool": ["max_connections": 3, "max_connections": 4]], "pool.max_connections",

@@ -273,6 +273,7 @@ static const config_key keys[] = {
     {"pool", "reuse_window_us", 'i', {"0", "-1", "60000001"}},
     {"pool", "load_balancing", 'e', {"\"fastest\"", "\"\"", "\"LEAST_USED\""}},
     {"pool", "connect_timeout_ms", 'i', {"0", "-1"}},
+    {"pool", "fast_path", 'b', {NULL}},
     {"pool", "validate_on_connect", 'b', {NULL}},
     {"reconnect", "initial_backoff_ms", 'i', {"0", "-1"}},
     {"reconnect", "multiplier", 'n', {"0.5", "-1", "101", "1e300"}},

@@ -1,0 +1,75 @@
+import GoxelPoolCore
+import Synchronization
+
+/// One connection's fast path (see PoolClient, "The fast path"): whether it is parked for its
+/// caller's next call, and the calls made on it without the pool's lock, buffered until the state
+/// machine records them (`PoolStateMachine.recordFastCall`), in order, under the lock.
+///
+/// The buffer has one writer at a time (whoever holds the connection; a new holder gets it through
+/// the pool's lock or through `parked`, which orders it after the previous one) and one reader
+/// (the pool, under its lock): a single-producer, single-consumer ring.
+final class FastLane: @unchecked Sendable {
+    struct Call {
+        var at: Instant
+        var latency: Span
+        var bytesSent: Int
+        var bytesReceived: Int
+        /// Its caller took the connection back without the pool (a lease that did not wait).
+        var leasedWithoutPool: Bool
+    }
+
+    /// A power of two. When full, the release goes through the pool (which empties it).
+    static let capacity = 256
+
+    /// The lane's place in the pool's fixed array (remembered per thread by ThreadAffinity).
+    let index: Int
+    /// 1: released on the fast path and free; its thread's next call, or the pool under its lock,
+    /// takes it with a compare-and-swap to 0. 0: the pool or a caller has it.
+    let parked = Atomic<Int>(0)
+    /// The connection in this lane. Changed only under the pool's lock while nobody holds it.
+    var connection: DaemonConnection?
+    /// Set under the pool's lock when the connection is leased; then its holder's until it goes
+    /// back to the pool (a parked connection's terms pass to whoever takes it). nil: no fast release.
+    var terms: PoolStateMachine.FastReleaseTerms?
+    /// The holder took it back without the pool (counted as a lease that did not wait).
+    var leasedWithoutPool = false
+
+    private let calls: UnsafeMutablePointer<Call>
+    /// Calls written by holders, and calls the pool has recorded: both only grow.
+    private let written = Atomic<Int>(0)
+    private let recorded = Atomic<Int>(0)
+
+    init(index: Int) {
+        self.index = index
+        calls = .allocate(capacity: Self.capacity)
+    }
+
+    deinit { calls.deallocate() }
+
+    /// The holder: whether one more call fits.
+    var hasRoom: Bool {
+        written.load(ordering: .relaxed) &- recorded.load(ordering: .acquiring) < Self.capacity
+    }
+
+    /// The holder: buffers one call (check `hasRoom` first; a full buffer drops nothing, it refuses).
+    func append(_ call: Call) -> Bool {
+        let next = written.load(ordering: .relaxed)
+        guard next &- recorded.load(ordering: .acquiring) < Self.capacity else { return false }
+        (calls + (next & (Self.capacity - 1))).initialize(to: call)
+        written.store(next &+ 1, ordering: .releasing)
+        return true
+    }
+
+    /// Under the pool's lock: every buffered call, oldest first.
+    func drain(_ body: (Call) -> Void) {
+        let first = recorded.load(ordering: .relaxed)
+        let end = written.load(ordering: .acquiring)
+        guard end != first else { return }
+        var position = first
+        while position != end {
+            body(calls[position & (Self.capacity - 1)])
+            position &+= 1
+        }
+        recorded.store(end, ordering: .releasing)
+    }
+}

@@ -1,0 +1,117 @@
+import Glibc
+import GoxelPoolCore
+import XCTest
+@testable import GoxelPoolIO
+
+/// The fast path against a real daemon: a thread's last connection is taken and given back
+/// without the pool's lock, and nothing the pool promises changes (FastPathModelTests checks the
+/// state machine's side; these check PoolClient's).
+final class FastPathTests: XCTestCase {
+    var daemon: RefDaemon!
+
+    override func setUpWithError() throws { daemon = try RefDaemon() }
+    override func tearDown() { daemon?.stop(); daemon = nil }
+
+    /// A lone caller's calls go around the lock; with `fast_path: false` every one takes it.
+    func testALoneCallersCallsGoAroundTheLock() throws {
+        for fastPath in [true, false] {
+            let client = try PoolClient.forTest(daemon.socketPath, #""pool": {"min_connections": 2, "max_connections": 10, "fast_path": \#(fastPath)}"#)
+            defer { client.close(drain: .zero) }
+            for _ in 0..<500 { XCTAssertEqual(client.run("ping").status, .ok) }
+            let locked = client.lockedAcquireCount
+            if fastPath {
+                // The first call, and one after each maintenance pass took the parked connection back.
+                XCTAssertLessThan(locked, 20, "fast path on")
+            } else {
+                XCTAssertEqual(locked, 500, "fast path off")
+            }
+        }
+    }
+
+    /// The statistics count calls made without the lock exactly as calls made with it: the same
+    /// workload gives the same counts, bytes and per-connection totals either way.
+    func testStatisticsAreTheSameWithAndWithoutTheFastPath() throws {
+        var seen: [[Int]] = []
+        for fastPath in [true, false] {
+            let client = try PoolClient.forTest(daemon.socketPath, #""pool": {"min_connections": 4, "max_connections": 4, "fast_path": \#(fastPath)}"#)
+            defer { client.close(drain: .zero) }
+            concurrently(3) { _ in for _ in 0..<400 { XCTAssertEqual(client.run("echo", "[1, 2, 3]").status, .ok) } }
+            let snapshot = client.snapshot()
+            let s = snapshot.statistics
+            XCTAssertEqual(snapshot.busy, 0, "parked connections count as idle")
+            XCTAssertEqual(snapshot.idle, 4)
+            seen.append([s.totalRequestsServed, Int(s.requestLatency.totalCount), Int(s.acquireWait.totalCount), s.bytesSent, s.bytesReceived,
+                         snapshot.connections.reduce(0) { $0 + $1.requests }, snapshot.poolHealth.totalObservations])
+        }
+        XCTAssertEqual(seen[0], seen[1])
+        XCTAssertEqual(seen[0][0], 1200)
+        XCTAssertEqual(seen[0][2], 1200, "every call counted its lease")
+    }
+
+    /// A waiter is never starved by callers on the fast path: two threads call without pause on
+    /// the pool's two connections (each takes its own back without the lock). A caller from a
+    /// new thread (nothing parked for it) must wait; once it does, the gate sends every release
+    /// through the lock, which hands the connection over (`reuse_while_waiting` 0: at once). So
+    /// while it waits and makes its call, the two complete only a few calls. Without the gate
+    /// they would go on for a whole buffer (256 calls) before a release went through the lock.
+    func testAWaiterIsServedWhileOthersTakeTheFastPath() throws {
+        let client = try PoolClient.forTest(daemon.socketPath, #""timeout_ms": 5000, "pool": {"min_connections": 2, "max_connections": 2, "acquire_timeout_ms": 2000, "reuse_while_waiting": 0}"#)
+        defer { client.close(drain: .zero) }
+        let stop = Counter()   // 1: stop
+        let hammerCalls = Counter()
+        let hammers = (0..<2).map { _ in
+            LibraryThread {
+                while stop.value == 0 {
+                    XCTAssertEqual(client.run("ping").status, .ok)
+                    hammerCalls.add()
+                }
+            }
+        }
+        XCTAssertTrue(eventually { hammerCalls.value > 2000 }, "the hammers are running")
+        let overtaken = OrderLog()
+        for _ in 0..<60 {
+            LibraryThread {
+                let before = hammerCalls.value
+                XCTAssertEqual(client.run("ping").status, .ok)
+                overtaken.append(hammerCalls.value - before)
+            }.join()
+        }
+        stop.add()
+        hammers.forEach { $0.join() }
+        let sorted = overtaken.values.sorted()
+        let median = sorted[sorted.count / 2]
+        print("fast path: calls the two fast-path callers completed during a new caller's call: median \(median), max \(sorted.last ?? 0)")
+        XCTAssertLessThanOrEqual(median, 24)
+    }
+
+    /// Many callers on few connections (waiters come and go all the time): a caller that queues
+    /// while a connection is being parked must not sleep beside it. Every call finishes well
+    /// within the acquire timeout and every one is counted.
+    func testCallersComingAndGoingLoseNoConnection() throws {
+        let client = try PoolClient.forTest(daemon.socketPath, #""timeout_ms": 5000, "pool": {"min_connections": 3, "max_connections": 3, "acquire_timeout_ms": 1000}"#)
+        defer { client.close(drain: .zero) }
+        let failures = Counter()
+        concurrently(6) { index in
+            for call in 0..<600 {
+                // Bursts and pauses: the gate opens and shuts thousands of times.
+                if (call + index) % 50 == 0 { usleep(UInt32(200 + index * 100)) }
+                if client.run("ping").status != .ok { failures.add() }
+            }
+        }
+        XCTAssertEqual(failures.value, 0)
+        XCTAssertEqual(client.snapshot().statistics.totalRequestsServed, 3600)
+    }
+
+    /// A connection parked by a caller that stopped calling is still housekeeping's: it is
+    /// health-checked and closed when idle above min, within the maintenance pass's second.
+    func testAParkedConnectionIsClosedWhenIdle() throws {
+        let client = try PoolClient.forTest(daemon.socketPath, #""pool": {"min_connections": 1, "max_connections": 3, "idle_timeout_ms": 200}"#)
+        defer { client.close(drain: .zero) }
+        try daemon.setFaults(#"{"latency_ms": 20}"#)
+        concurrently(3) { _ in for _ in 0..<5 { XCTAssertEqual(client.run("ping").status, .ok) } }
+        XCTAssertGreaterThan(client.snapshot().statistics.connectionsCreated, 1)
+        // Each of those threads parked its connection: none is touched again. Asked of the daemon,
+        // not of snapshot() (which takes parked connections back itself).
+        XCTAssertTrue(eventually(3) { (try? RefDaemon.intField("open", in: daemon.stats())) == 1 }, "idle connections closed")
+    }
+}
