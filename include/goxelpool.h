@@ -27,11 +27,11 @@ extern "C" {
 #endif
 
 #define GOXELPOOL_VERSION_MAJOR 1
-#define GOXELPOOL_VERSION_MINOR 2
+#define GOXELPOOL_VERSION_MINOR 3
 #define GOXELPOOL_VERSION_PATCH 0
-#define GOXELPOOL_VERSION_STRING "1.2.0"
+#define GOXELPOOL_VERSION_STRING "1.3.0"
 
-/* The library's version at run time, e.g. "1.2.0"; equals GOXELPOOL_VERSION_STRING of the
+/* The library's version at run time, e.g. "1.3.0"; equals GOXELPOOL_VERSION_STRING of the
  * header the library was built with. Static string: never free it. */
 const char *goxelpool_version(void);
 
@@ -98,6 +98,15 @@ typedef struct goxelpool_client goxelpool_client;
  *              call again within this many microseconds goes to the longest-waiting call, at
  *              the next call into the pool or at the latest 2 ms later, from the library's
  *              maintenance thread),
+ *            fast_path true (since 1.3: while no call waits for a connection, a thread gives
+ *              back and takes back its own last connection without the pool's lock, when the
+ *              call was answered within health.healthy_latency_ms and under 10 ms, the
+ *              connection is healthy and no rotation or lifetime is due; the pool records
+ *              those calls, in the order they were made, at its next decision, so statistics,
+ *              health tiers, alerts and the circuit breaker are what they would be without it.
+ *              A snapshot counts a call's lease when the call ends. A connection parked that
+ *              way is seen by housekeeping (idle expiry, health checks) at the maintenance
+ *              pass, at least once a second. false: every call takes the pool's lock),
  *            validate_on_connect true },
  *     reconnect { initial_backoff_ms 1000, multiplier 1.6, jitter 0.2, max_backoff_ms 120000 },
  *     health { interval_ms 30000, timeout_ms 5000, method "ping", failure_threshold 3,
