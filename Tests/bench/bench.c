@@ -761,7 +761,7 @@ static FILE *il_out;
 static void emit(json_t *obj);
 
 typedef struct {
-    const char *name;        /* raw, raw-again, pool, pool-2..10, pool-fifo */
+    const char *name;        /* raw, raw-again, pool, pool-2..10, pool-locked, pool-fifo */
     int threads, conns;
     goxelpool_client *client; /* NULL: the raw client, thread i on raw connection i */
     int base;                /* mode compared with, or -1 */
@@ -954,7 +954,7 @@ static void il_report(il_bench *b, il_worker *ws, int cycles) {
             snprintf(against, sizeof against, "%.2f (CI %.2f-%.2f) [%.2f %.2f]  %+5.1f µs (CI %+.1f %+.1f)  vs %s T=%d",
                      r50, rlo, rhi, r25, r75, d50, dlo, dhi, base->name, base->threads);
         }
-        fprintf(il_out, "  %-10s T=%-2d C=%-2d %10.0f calls/s  p50 %7.1f µs  p99 %7.1f µs  CPU %5.1f µs/call  %4.2f switches/call  %s\n",
+        fprintf(il_out, "  %-11s T=%-2d C=%-2d %10.0f calls/s  p50 %7.1f µs  p99 %7.1f µs  CPU %5.1f µs/call  %4.2f switches/call  %s\n",
                mode->name, mode->threads, mode->conns, seconds > 0 ? calls / seconds : 0, p50, p99, cpu_us, switches,
                against);
         emit(o);
@@ -1014,8 +1014,16 @@ static int il_add(il_bench *b, const char *name, int threads, int conns, goxelpo
     return b->nmodes++;
 }
 
-/* The three experiments: T = 1 (raw, A/A, pool 10..10, pool 2..10); T = 8 (raw, A/A, pool
- * 10..10); 32 threads on 10 connections against the raw client with 10 threads (and with 32). */
+/* Pool 10..10 with the fast path off ("fast_path": false): every call takes the pool's lock. */
+static goxelpool_client *lib_open_locked(void) {
+    json_t *cfg = lib_config(1, 10, 10, 0, "thread");
+    json_object_set_new(json_object_get(cfg, "pool"), "fast_path", json_false());
+    return lib_open_config(cfg, 10);
+}
+
+/* The three experiments: T = 1 (raw, A/A, pool 10..10, pool 2..10, pool 10..10 without the fast
+ * path); T = 8 (raw, A/A, pool 10..10 with and without the fast path); 32 threads on 10
+ * connections against the raw client with 10 threads (and with 32). */
 static void pool10_interleaved(void) {
     set_latency(0);
     il_out = open_memstream(&il_table, &il_table_len);
@@ -1033,11 +1041,13 @@ static void pool10_interleaved(void) {
             il_add(b, "raw-again", 1, 1, NULL, raw);
             il_add(b, "pool", 1, 10, lib_open(1, 10, 10, 0), raw);
             il_add(b, "pool-2..10", 1, 10, lib_open(1, 2, 10, 0), raw);
+            il_add(b, "pool-locked", 1, 10, lib_open_locked(), raw);
         } else if (e == 1) {
             title = "T=8";
             int raw = il_add(b, "raw", 8, 8, NULL, -1);
             il_add(b, "raw-again", 8, 8, NULL, raw);
             il_add(b, "pool", 8, 10, lib_open(1, 10, 10, 0), raw);
+            il_add(b, "pool-locked", 8, 10, lib_open_locked(), raw);
         } else {
             title = "T=32 on 10 connections";
             int raw = il_add(b, "raw", 10, 10, NULL, -1);
@@ -1690,7 +1700,7 @@ int main(int argc, char **argv) {
         emit(row_json(w));
     }
     if (do_pool10) {
-        printf("\nPool of 10 connections (pool-2..10: min 2, max 10; pool-fifo: reuse_while_waiting 0), daemon latency 0,\n"
+        printf("\nPool of 10 connections (pool-2..10: min 2, max 10; pool-locked: fast_path false; pool-fifo: reuse_while_waiting 0),\ndaemon latency 0, "
                "interleaved: %d cycles, each mode %.2f s per cycle. Against raw with the same threads (T = 1, 8) or with\n"
                "10 threads on 10 connections (T = 32), per cycle: median ratio of calls/s (95 %% CI of the median)\n"
                "[quartiles], median difference of client CPU per call (95 %% CI); raw-again: the raw client against itself\n",

@@ -59,7 +59,7 @@ def pool10_table(latest, earlier):
           "| switches per call, raw → compared | p99 µs, raw → compared |")
     print("|---:|---|---|---:|---|---|---|")
     names = {"raw-again": "raw again (the method's noise)", "pool": "pool 10..10", "pool-2..10": "pool 2..10",
-             "pool-fifo": "pool 10..10, reuse_while_waiting 0"}
+             "pool-fifo": "pool 10..10, reuse_while_waiting 0", "pool-locked": "pool 10..10, fast_path false"}
     for row in latest:
         if row["bench"] != "pool10" or "ratio_ci95" not in row:  # runs 1-7 measured pool10 in rounds
             continue
