@@ -34,27 +34,33 @@ final class FastLane: @unchecked Sendable {
     /// The holder took it back without the pool (counted as a lease that did not wait).
     var leasedWithoutPool = false
 
-    private let calls: UnsafeMutablePointer<Call>
+    /// Allocated when the lane first gets a connection (a pool of max 1024 that never opens
+    /// that many does not pay for 1024 buffers).
+    private var calls: UnsafeMutablePointer<Call>?
     /// Calls written by holders, and calls the pool has recorded: both only grow.
     private let written = Atomic<Int>(0)
     private let recorded = Atomic<Int>(0)
 
-    init(index: Int) {
-        self.index = index
-        calls = .allocate(capacity: Self.capacity)
-    }
+    init(index: Int) { self.index = index }
 
-    deinit { calls.deallocate() }
+    deinit { calls?.deallocate() }
+
+    /// Under the pool's lock, as a connection moves in (before anyone can hold it).
+    func assign(_ connection: DaemonConnection) {
+        if calls == nil { calls = .allocate(capacity: Self.capacity) }
+        self.connection = connection
+        connection.fastLane = self
+    }
 
     /// The holder: whether one more call fits.
     var hasRoom: Bool {
-        written.load(ordering: .relaxed) &- recorded.load(ordering: .acquiring) < Self.capacity
+        calls != nil && written.load(ordering: .relaxed) &- recorded.load(ordering: .acquiring) < Self.capacity
     }
 
     /// The holder: buffers one call (check `hasRoom` first; a full buffer drops nothing, it refuses).
     func append(_ call: Call) -> Bool {
         let next = written.load(ordering: .relaxed)
-        guard next &- recorded.load(ordering: .acquiring) < Self.capacity else { return false }
+        guard let calls, next &- recorded.load(ordering: .acquiring) < Self.capacity else { return false }
         (calls + (next & (Self.capacity - 1))).initialize(to: call)
         written.store(next &+ 1, ordering: .releasing)
         return true
@@ -64,7 +70,7 @@ final class FastLane: @unchecked Sendable {
     func drain(_ body: (Call) -> Void) {
         let first = recorded.load(ordering: .relaxed)
         let end = written.load(ordering: .acquiring)
-        guard end != first else { return }
+        guard end != first, let calls else { return }
         var position = first
         while position != end {
             body(calls[position & (Self.capacity - 1)])

@@ -605,10 +605,7 @@ public final class PoolClient: @unchecked Sendable {
             let learnedPid = connection.daemonPid
             lock.lock()
             connections[id] = connection
-            if let index = freeLanes.popLast() {
-                lanes[index].connection = connection
-                connection.fastLane = lanes[index]
-            }
+            if let index = freeLanes.popLast() { lanes[index].assign(connection) }
             if connection.tlsResumed { machine.withStatistics { $0.tlsSessionsResumed += 1 } }
             let deferred = apply(machine.connectionOpened(id, now: Clock.now()))
             lock.unlock()
