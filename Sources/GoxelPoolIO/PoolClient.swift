@@ -312,7 +312,7 @@ public final class PoolClient: @unchecked Sendable {
         let acquireDeadline = min(deadline, now + .milliseconds(configuration.pool.acquireTimeoutMs))
         lock.lock()
         // Before the lanes are looked at: a connection parked from now on sees the gate and comes
-        // back through the lock (a Dekker pair with `parkOrReturn`).
+        // back through the lock (a Dekker pair with `releaseWithoutLock`).
         fastGate.add(1, ordering: .sequentiallyConsistent)
         lockedAcquires &+= 1
         var actions = collectFastCalls(now: now)
@@ -365,7 +365,7 @@ public final class PoolClient: @unchecked Sendable {
     // the same thread's next call takes it back with a compare-and-swap. The state machine still
     // sees it leased. Every operation under the lock first records the buffered calls, in order,
     // and takes parked connections back (`collectFastCalls`), so the pool decides on exactly the
-    // state it would have had: the model test in PoolStateMachineTests runs both paths.
+    // state it would have had: FastPathModelTests runs both paths.
 
     /// A connection parked in this lane, if there is one and nobody waits.
     private func takeParked(lane index: Int) -> DaemonConnection? {
@@ -789,15 +789,16 @@ public final class PoolClient: @unchecked Sendable {
         lock.lock()
         // Calls made without the lock count, and parked connections are idle.
         let deferred = apply(collectFastCalls(now: Clock.now()))
-        let snapshot = Snapshot(statistics: machine.statistics, state: machine.poolState,
-                total: machine.connectionCount - machine.count(.opening), idle: machine.count(.idle),
-                busy: machine.count(.busy), opening: machine.count(.opening), checking: machine.count(.checking),
-                healthy: machine.healthyCount, waiting: machine.waitingCount, poolHealth: machine.poolHealth,
-                circuit: machine.breaker,
-                connections: machine.connectionIDs.compactMap { id in
+        let snapshot = Snapshot(
+            statistics: machine.statistics, state: machine.poolState,
+            total: machine.connectionCount - machine.count(.opening), idle: machine.count(.idle),
+            busy: machine.count(.busy), opening: machine.count(.opening), checking: machine.count(.checking),
+            healthy: machine.healthyCount, waiting: machine.waitingCount, poolHealth: machine.poolHealth,
+            circuit: machine.breaker,
+            connections: machine.connectionIDs.compactMap { id in
                 machine.health(of: id).map { (id, $0, machine.requestsServed(by: id) ?? 0, machine.openedAt(id)) }
-                },
-                eventsDelivered: counters.delivered, eventsDropped: counters.dropped, now: Clock.now())
+            },
+            eventsDelivered: counters.delivered, eventsDropped: counters.dropped, now: Clock.now())
         lock.unlock()
         perform(deferred)
         return snapshot
