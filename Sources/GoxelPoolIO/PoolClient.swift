@@ -92,6 +92,10 @@ public final class PoolClient: @unchecked Sendable {
     /// closing or its circuit is not closed.
     private let fastGate = Atomic<Int>(0)
     private var fastGateShut = false
+    /// Set after a connection is parked, cleared by the collector that then looks at the lanes:
+    /// while callers wait (the gate shut, nothing parked), operations under the lock skip the
+    /// lanes altogether. Written only when it changes, so callers on the fast path only read it.
+    private let fastDirty = Atomic<Bool>(false)
     /// Acquires that took the lock (tests: the fast path is taken).
     private var lockedAcquires = 0
     /// collectFastCalls' scratch space (under the lock), kept to spare an allocation each time.
@@ -396,6 +400,9 @@ public final class PoolClient: @unchecked Sendable {
         lane.terms?.callsLeft -= 1
         ThreadAffinity.remember(connection.id, lane: lane.index, of: affinitySerial)
         lane.parked.store(1, ordering: .sequentiallyConsistent)
+        // After parking: a collector that finds this flag clear (and so skips the lanes) opened
+        // the gate before, and the gate is read next.
+        if !fastDirty.load(ordering: .sequentiallyConsistent) { fastDirty.store(true, ordering: .sequentiallyConsistent) }
         // A caller came to the lock meanwhile (it may wait): if it did not take the connection
         // already, give it back through the lock, so the pool hands it over.
         if fastGate.load(ordering: .sequentiallyConsistent) != 0,
@@ -417,7 +424,7 @@ public final class PoolClient: @unchecked Sendable {
     /// order, and parked connections come back to the pool.
     private func collectFastCalls(now: Instant) -> [PoolAction] {
         var actions: [PoolAction] = []
-        guard !lanes.isEmpty else { return actions }
+        guard !lanes.isEmpty, fastDirty.exchange(false, ordering: .sequentiallyConsistent) else { return actions }
         // Parked connections first, then the buffers: a call is buffered before its connection
         // is parked, so taking the connection makes its last call visible to the drain below.
         for lane in lanes where lane.connection != nil {

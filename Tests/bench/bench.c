@@ -1023,7 +1023,8 @@ static goxelpool_client *lib_open_locked(void) {
 
 /* The three experiments: T = 1 (raw, A/A, pool 10..10, pool 2..10, pool 10..10 without the fast
  * path); T = 8 (raw, A/A, pool 10..10 with and without the fast path); 32 threads on 10
- * connections against the raw client with 10 threads (and with 32). */
+ * connections against the raw client with 10 threads (and with 32), the pool of 10 with reuse
+ * while callers wait, with strict hand-off, and without the fast path. */
 static void pool10_interleaved(void) {
     set_latency(0);
     il_out = open_memstream(&il_table, &il_table_len);
@@ -1058,6 +1059,7 @@ static void pool10_interleaved(void) {
             json_t *cfg = lib_config(1, 10, 10, 0, "thread");
             json_object_set_new(json_object_get(cfg, "pool"), "reuse_while_waiting", json_integer(0));
             il_add(b, "pool-fifo", 32, 10, lib_open_config(cfg, 10), raw);
+            il_add(b, "pool-locked", 32, 10, lib_open_locked(), raw);
         }
         b->raws = calloc((size_t)b->nthreads, sizeof *b->raws);
         if (!b->raws) die("%s", "out of memory");

@@ -7,6 +7,7 @@ Figures come from the first run; ratios are shown as "first (second)". Nothing i
 rerun `make bench` twice, save the outputs, and run this to get the tables for the README.
 """
 import json
+import math
 import sys
 
 
@@ -82,6 +83,38 @@ def pool10_table(latest, earlier):
               f"{number(base['p99_us'])} → {number(row['p99_us'])} |")
 
 
+def median_ci95(values):
+    """Median and 95 % CI of the median, as bench.c computes them (order statistics n/2 ∓ 0.98·√n)."""
+    v, n = sorted(values), len(values)
+    half = 0.98 * n ** 0.5
+    lo, hi = math.floor(n / 2 - half), math.ceil(n / 2 + half) - 1
+    if n < 6 or lo < 0:
+        lo = 0
+    if n < 6 or hi > n - 1:
+        hi = n - 1
+    middle = (v[(n - 1) // 2] + v[n // 2]) / 2
+    return middle, v[lo], v[hi]
+
+
+def fast_path_lines(latest, earlier):
+    """The fast path's own share, paired per cycle: pool 10..10 against the same pool with
+    fast_path false, from the same interleaved cycles (calls/s ratio; CPU per call difference)."""
+    for threads in (1, 8, 32):
+        parts = []
+        for run in (latest, earlier):
+            fast = find(run, "pool10", mode="pool", threads=threads)
+            locked = find(run, "pool10", mode="pool-locked", threads=threads)
+            if not fast or not locked or "cycle_ratios" not in locked:
+                continue
+            ratios = [a / b for a, b in zip(fast["cycle_ratios"], locked["cycle_ratios"])]
+            cpu = [a - b for a, b in zip(fast["cycle_cpu_diffs_us"], locked["cycle_cpu_diffs_us"])]
+            r, rl, rh = median_ci95(ratios)
+            c, cl, ch = median_ci95(cpu)
+            parts.append(f"{r:.2f}× ({rl:.2f}–{rh:.2f}), CPU {c:+.1f} µs ({cl:+.1f}, {ch:+.1f})")
+        if parts:
+            print(f"- fast path against the lock path, T = {threads}: " + "; ".join(parts))
+
+
 def sessions_table(latest, earlier):
     print("| T | mode | calls/s | × plain (earlier run) | × plain CPU (earlier run) |")
     print("|---:|---|---:|---:|---:|")
@@ -122,6 +155,8 @@ def main():
     throughput_table(latest, earlier)
     print()
     pool10_table(latest, earlier)
+    print()
+    fast_path_lines(latest, earlier)
     print()
     sessions_table(latest, earlier)
     print()
