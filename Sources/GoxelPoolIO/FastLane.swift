@@ -21,6 +21,9 @@ final class FastLane: @unchecked Sendable {
     /// A power of two. When full, the release goes through the pool (which empties it).
     static let capacity = 256
 
+    /// Keeps another lane's fields (written by another thread on every call) off this lane's
+    /// cache lines: lanes are allocated one after another.
+    private let paddingBefore: CacheLinePadding = (0, 0, 0, 0, 0, 0, 0, 0)
     /// The lane's place in the pool's fixed array (remembered per thread by ThreadAffinity).
     let index: Int
     /// 1: released on the fast path and free; its thread's next call, or the pool under its lock,
@@ -40,6 +43,7 @@ final class FastLane: @unchecked Sendable {
     /// Calls written by holders, and calls the pool has recorded: both only grow.
     private let written = Atomic<Int>(0)
     private let recorded = Atomic<Int>(0)
+    private let paddingAfter: CacheLinePadding = (0, 0, 0, 0, 0, 0, 0, 0)
 
     init(index: Int) { self.index = index }
 
@@ -78,4 +82,19 @@ final class FastLane: @unchecked Sendable {
         }
         recorded.store(end, ordering: .releasing)
     }
+}
+
+/// 64 bytes.
+typealias CacheLinePadding = (Int, Int, Int, Int, Int, Int, Int, Int)
+
+/// The pool's fast-path gate and its dirty flag (see PoolClient), on cache lines of their own:
+/// every call reads them outside the lock, so they must not share a line with the state the
+/// lock's holder writes.
+final class FastGate: @unchecked Sendable {
+    private let paddingBefore: CacheLinePadding = (0, 0, 0, 0, 0, 0, 0, 0)
+    /// Zero when calls may take and release connections without the lock.
+    let count = Atomic<Int>(0)
+    /// Set after a connection is parked; cleared by the collector that then looks at the lanes.
+    let dirty = Atomic<Bool>(false)
+    private let paddingAfter: CacheLinePadding = (0, 0, 0, 0, 0, 0, 0, 0)
 }

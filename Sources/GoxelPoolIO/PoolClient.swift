@@ -86,16 +86,17 @@ public final class PoolClient: @unchecked Sendable {
     /// lane without the lock), and the lanes no connection uses (under the lock).
     private let lanes: [FastLane]
     private var freeLanes: [Int]
-    /// Zero when calls may take and release connections without the lock. Each caller on the
-    /// slow acquire path and each queued waiter adds one (so a waiter never sleeps beside a
-    /// parked connection, and nobody takes one past it); `fastGateShut` adds while the pool is
-    /// closing or its circuit is not closed.
-    private let fastGate = Atomic<Int>(0)
+    /// `gate.count`: zero when calls may take and release connections without the lock. Each
+    /// queued waiter adds one (so a waiter never sleeps beside a parked connection, and nobody
+    /// takes one past it); `fastGateShut` adds while the pool is closing or its circuit is not
+    /// closed. Changed only under the lock. Callers that get a connection at once leave it alone:
+    /// a caller preempted in the lock would otherwise shut every other thread's fast path.
+    /// `gate.dirty`: set after a connection is parked, cleared by the collector that then looks
+    /// at the lanes: while callers wait (the gate shut, nothing parked), operations under the
+    /// lock skip the lanes altogether. Written only when it changes, so callers on the fast path
+    /// only read it.
+    private let gate = FastGate()
     private var fastGateShut = false
-    /// Set after a connection is parked, cleared by the collector that then looks at the lanes:
-    /// while callers wait (the gate shut, nothing parked), operations under the lock skip the
-    /// lanes altogether. Written only when it changes, so callers on the fast path only read it.
-    private let fastDirty = Atomic<Bool>(false)
     /// Acquires that took the lock (tests: the fast path is taken).
     private var lockedAcquires = 0
     /// collectFastCalls' scratch space (under the lock), kept to spare an allocation each time.
@@ -315,16 +316,12 @@ public final class PoolClient: @unchecked Sendable {
         let now = Clock.now()
         let acquireDeadline = min(deadline, now + .milliseconds(configuration.pool.acquireTimeoutMs))
         lock.lock()
-        // Before the lanes are looked at: a connection parked from now on sees the gate and comes
-        // back through the lock (a Dekker pair with `releaseWithoutLock`).
-        fastGate.add(1, ordering: .sequentiallyConsistent)
         lockedAcquires &+= 1
         var actions = collectFastCalls(now: now)
         let waiterID = WaiterID(nextWaiter)
         nextWaiter &+= 1
         let (decision, leaseActions) = machine.requestLease(waiterID, now: now, preferred: remembered?.connection)
         actions += leaseActions
-        if case .queued = decision {} else { fastGate.subtract(1, ordering: .sequentiallyConsistent) }
         switch decision {
         case .leased(let id):
             let connection = connections[id]
@@ -345,6 +342,13 @@ public final class PoolClient: @unchecked Sendable {
         case .queued:
             let box = WaiterBox()
             waiters[waiterID] = box
+            // A waiter shuts the gate (apply opens it again as its box leaves), then looks at the
+            // lanes once more: a connection parked before the gate shut is taken back now and
+            // goes to the longest waiter; one parked after sees the gate and comes back through
+            // the lock (a Dekker pair with `releaseWithoutLock`). So no waiter sleeps beside a
+            // parked connection, and nobody takes one past it.
+            gate.count.add(1, ordering: .sequentiallyConsistent)
+            actions += collectFastCalls(now: now)
             let deferred = apply(actions)
             let waiting = machine.waitingCount
             lock.unlock()
@@ -373,7 +377,7 @@ public final class PoolClient: @unchecked Sendable {
 
     /// A connection parked in this lane, if there is one and nobody waits.
     private func takeParked(lane index: Int) -> DaemonConnection? {
-        guard index >= 0, index < lanes.count, fastGate.load(ordering: .sequentiallyConsistent) == 0 else { return nil }
+        guard index >= 0, index < lanes.count, gate.count.load(ordering: .sequentiallyConsistent) == 0 else { return nil }
         let lane = lanes[index]
         guard lane.parked.compareExchange(expected: 1, desired: 0, ordering: .acquiringAndReleasing).exchanged else { return nil }
         guard let connection = lane.connection else { return nil }  // never: a lane parks only with a connection
@@ -381,17 +385,19 @@ public final class PoolClient: @unchecked Sendable {
         return connection
     }
 
-    /// Under the lock, after a lease: the terms of the connection's fast releases.
+    /// Under the lock, after a lease: the terms of the connection's fast releases. None while
+    /// callers wait (its release goes through the lock anyway), so a contended pool does not
+    /// work them out at every lease.
     private func lend(_ id: ConnectionID) {
         guard let lane = connections[id]?.fastLane else { return }
-        lane.terms = machine.fastReleaseTerms(for: id)
+        lane.terms = gate.count.load(ordering: .relaxed) == 0 ? machine.fastReleaseTerms(for: id) : nil
         lane.leasedWithoutPool = false
     }
 
     /// Releases without the lock when the terms allow; false: go through the lock.
     private func releaseWithoutLock(_ connection: DaemonConnection, latency: Span) -> Bool {
         guard let lane = connection.fastLane, let terms = lane.terms,
-              fastGate.load(ordering: .relaxed) == 0, lane.hasRoom else { return false }
+              gate.count.load(ordering: .relaxed) == 0, lane.hasRoom else { return false }
         let now = Clock.now()
         guard terms.admits(latency: latency, now: now) else { return false }
         let (sent, received) = connection.takeByteCounts()
@@ -402,10 +408,10 @@ public final class PoolClient: @unchecked Sendable {
         lane.parked.store(1, ordering: .sequentiallyConsistent)
         // After parking: a collector that finds this flag clear (and so skips the lanes) opened
         // the gate before, and the gate is read next.
-        if !fastDirty.load(ordering: .sequentiallyConsistent) { fastDirty.store(true, ordering: .sequentiallyConsistent) }
+        if !gate.dirty.load(ordering: .sequentiallyConsistent) { gate.dirty.store(true, ordering: .sequentiallyConsistent) }
         // A caller came to the lock meanwhile (it may wait): if it did not take the connection
         // already, give it back through the lock, so the pool hands it over.
-        if fastGate.load(ordering: .sequentiallyConsistent) != 0,
+        if gate.count.load(ordering: .sequentiallyConsistent) != 0,
            lane.parked.compareExchange(expected: 1, desired: 0, ordering: .sequentiallyConsistent).exchanged {
             lock.lock()
             lane.terms = nil
@@ -424,7 +430,10 @@ public final class PoolClient: @unchecked Sendable {
     /// order, and parked connections come back to the pool.
     private func collectFastCalls(now: Instant) -> [PoolAction] {
         var actions: [PoolAction] = []
-        guard !lanes.isEmpty, fastDirty.exchange(false, ordering: .sequentiallyConsistent) else { return actions }
+        // A load first: while callers wait the flag stays clear, and an exchange would take its
+        // cache line from the other CPU at every operation.
+        guard !lanes.isEmpty, gate.dirty.load(ordering: .sequentiallyConsistent),
+              gate.dirty.exchange(false, ordering: .sequentiallyConsistent) else { return actions }
         // Parked connections first, then the buffers: a call is buffered before its connection
         // is parked, so taking the connection makes its last call visible to the drain below.
         for lane in lanes where lane.connection != nil {
@@ -461,8 +470,8 @@ public final class PoolClient: @unchecked Sendable {
         let shut = closing || machine.breaker.state != .closed
         guard shut != fastGateShut else { return }
         fastGateShut = shut
-        if shut { fastGate.add(Self.fastGateShutWeight, ordering: .sequentiallyConsistent) }
-        else { fastGate.subtract(Self.fastGateShutWeight, ordering: .sequentiallyConsistent) }
+        if shut { gate.count.add(Self.fastGateShutWeight, ordering: .sequentiallyConsistent) }
+        else { gate.count.subtract(Self.fastGateShutWeight, ordering: .sequentiallyConsistent) }
     }
 
     private func release(_ connection: DaemonConnection, _ outcome: ReleaseOutcome) {
@@ -528,7 +537,7 @@ public final class PoolClient: @unchecked Sendable {
             case .lease(let waiterID, let id):
                 // Decided here: the box leaves the registry, the waiter is told after the unlock.
                 guard let box = waiters.removeValue(forKey: waiterID) else { continue }
-                fastGate.subtract(1, ordering: .sequentiallyConsistent)
+                gate.count.subtract(1, ordering: .sequentiallyConsistent)
                 if let connection = connections[id] {
                     lend(id)
                     deferred.append(.handOff(box, .success(connection)))
@@ -537,7 +546,7 @@ public final class PoolClient: @unchecked Sendable {
                 }
             case .failWaiter(let waiterID, let failure):
                 guard let box = waiters.removeValue(forKey: waiterID) else { continue }
-                fastGate.subtract(1, ordering: .sequentiallyConsistent)
+                gate.count.subtract(1, ordering: .sequentiallyConsistent)
                 deferred.append(.handOff(box, .failure(describe(failure))))
             case .open(let id):
                 deferred.append(.open(id))
