@@ -99,6 +99,8 @@ public final class PoolClient: @unchecked Sendable {
     private var fastGateShut = false
     /// Acquires that took the lock (tests: the fast path is taken).
     private var lockedAcquires = 0
+    /// Tests only: runs under the lock when a caller was queued, before it shuts the gate.
+    var waiterQueuedHook: (() -> Void)?
     /// collectFastCalls' scratch space (under the lock), kept to spare an allocation each time.
     private var collected: [(id: ConnectionID, call: FastLane.Call)] = []
     private var reclaimed: [FastLane] = []
@@ -347,6 +349,7 @@ public final class PoolClient: @unchecked Sendable {
             // goes to the longest waiter; one parked after sees the gate and comes back through
             // the lock (a Dekker pair with `releaseWithoutLock`). So no waiter sleeps beside a
             // parked connection, and nobody takes one past it.
+            waiterQueuedHook?()
             gate.count.add(1, ordering: .sequentiallyConsistent)
             actions += collectFastCalls(now: now)
             let deferred = apply(actions)

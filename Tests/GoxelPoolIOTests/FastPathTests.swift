@@ -84,6 +84,45 @@ final class FastPathTests: XCTestCase {
         XCTAssertLessThanOrEqual(median, 24)
     }
 
+    /// The race the gate closes: a caller is queued (no connection free), and the connection's
+    /// holder parks it on the fast path before the queued caller shuts the gate. The waiter then
+    /// looks at the lanes again, so it gets the connection at once, instead of sleeping beside it
+    /// until the maintenance pass (up to a second) or its deadline. The hook holds the waiter in
+    /// that window until the holder's release (on the fast path: it needs no lock) is done.
+    func testAWaiterQueuedAsTheConnectionIsParkedGetsIt() throws {
+        let client = try PoolClient.forTest(daemon.socketPath, #""timeout_ms": 5000, "pool": {"min_connections": 1, "max_connections": 1, "acquire_timeout_ms": 3000}"#)
+        defer { client.close(drain: .zero) }
+        XCTAssertEqual(client.run("ping").status, .ok)
+        // Under 10 ms, so the holder's release is admitted to the fast path.
+        try daemon.setFaults(#"{"latency_ms": 8}"#)
+        var raced = 0
+        for _ in 0..<8 where raced < 3 {
+            let holderDone = Counter()
+            let hookRan = Counter()
+            client.waiterQueuedHook = {
+                hookRan.add()
+                // The holder's call ends and its connection is parked while this caller waits here.
+                let until = Clock.now() + .milliseconds(2000)
+                while holderDone.value == 0 && Clock.now() < until { usleep(200) }
+            }
+            let holder = LibraryThread {
+                XCTAssertEqual(client.run("ping").status, .ok)
+                holderDone.add()
+            }
+            // Until the holder has the connection (no sleep: its call lasts 8 ms).
+            while client.snapshot().busy == 0 && holderDone.value == 0 {}
+            let began = Clock.now()
+            XCTAssertEqual(client.run("ping").status, .ok)
+            let waited = Clock.now() - began
+            holder.join()
+            client.waiterQueuedHook = nil
+            guard hookRan.value > 0 else { continue }  // the holder finished first: no race this time
+            raced += 1
+            XCTAssertLessThan(waited, .milliseconds(300), "the waiter slept beside the parked connection")
+        }
+        XCTAssertGreaterThan(raced, 0, "the race was never set up")
+    }
+
     /// Many callers on few connections (waiters come and go all the time): a caller that queues
     /// while a connection is being parked must not sleep beside it. Every call finishes well
     /// within the acquire timeout and every one is counted.
