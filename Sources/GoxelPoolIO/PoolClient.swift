@@ -769,6 +769,8 @@ public final class PoolClient: @unchecked Sendable {
         let waitUntil = Clock.now() + .milliseconds(1000)
         while !connections.isEmpty && Clock.now() < waitUntil { drained.wait(lock, until: min(waitUntil, Clock.now() + .milliseconds(5))) }
         deferred = connections.values.map(Deferred.close)
+        // A lane and its connection refer to each other: the cycle ends here.
+        for connection in connections.values { freeLane(of: connection) }
         connections.removeAll()
         lock.unlock()
         perform(deferred)
