@@ -414,26 +414,22 @@ public struct PoolStateMachine {
         case .answered(let latency):
             closeReason = recordAnswer(connection, latency: latency, now: now, into: &actions)
         case .unused:
-            connection.lastUsed = now
-            connection.nextHealthCheck = healthCheckDue(after: now)
+            markUsed(connection, now: now)
             breaker.probeAbandoned()
         case .sent:
-            connection.lastUsed = now
-            connection.nextHealthCheck = healthCheckDue(after: now)
+            markUsed(connection, now: now)
             connection.requestsServed += 1
             countInWindow(connection, now: now)
             statistics.notificationsSent += 1
             breaker.probeAbandoned()
         case .broken(let reason):
-            connection.lastUsed = now
-            connection.nextHealthCheck = healthCheckDue(after: now)
+            markUsed(connection, now: now)
             poolHealth.record(success: false, latency: .zero, at: now, error: reason)
             updateBreaker(into: &actions) { $0.recordCall(success: false, now: now) }
             recordHealth(connection, success: false, latency: .zero, now: now, error: reason, into: &actions)
             closeReason = .error
         case .rejected(let reason):
-            connection.lastUsed = now
-            connection.nextHealthCheck = healthCheckDue(after: now)
+            markUsed(connection, now: now)
             breaker.probeAbandoned()
             remove(connection.id, reason: .error, into: &actions)
             statistics.lastConnectError = reason
@@ -450,8 +446,7 @@ public struct PoolStateMachine {
     /// the connection became unhealthy.
     private mutating func recordAnswer(_ connection: Connection, latency: Span, now: Instant,
                                        into actions: inout [PoolAction]) -> CloseReason? {
-        connection.lastUsed = now
-        connection.nextHealthCheck = healthCheckDue(after: now)
+        markUsed(connection, now: now)
         connection.requestsServed += 1
         countInWindow(connection, now: now)
         statistics.recordRequest(latency)
@@ -460,6 +455,12 @@ public struct PoolStateMachine {
         updateBreaker(into: &actions) { $0.recordCall(success: true, now: now) }
         let tier = recordHealth(connection, success: true, latency: latency, now: now, error: nil, into: &actions)
         return tier == .unhealthy ? .health : nil
+    }
+
+    /// Released after a call: idle expiry and the next health check count from here.
+    private mutating func markUsed(_ connection: Connection, now: Instant) {
+        connection.lastUsed = now
+        connection.nextHealthCheck = healthCheckDue(after: now)
     }
 
     /// What happens to a connection after its calls are recorded: closed (health, error, shutdown,

@@ -20,8 +20,9 @@ final class FastPathTests: XCTestCase {
             for _ in 0..<500 { XCTAssertEqual(client.run("ping").status, .ok) }
             let locked = client.lockedAcquireCount
             if fastPath {
-                // The first call, and one after each maintenance pass took the parked connection back.
-                XCTAssertLessThan(locked, 20, "fast path on")
+                // The first call, one after each maintenance pass took the parked connection back,
+                // and one after any call slower than 10 ms (a loaded machine): a few, not 500.
+                XCTAssertLessThan(locked, 50, "fast path on")
             } else {
                 XCTAssertEqual(locked, 500, "fast path off")
             }
@@ -88,35 +89,37 @@ final class FastPathTests: XCTestCase {
     /// holder parks it on the fast path before the queued caller shuts the gate. The waiter then
     /// looks at the lanes again, so it gets the connection at once, instead of sleeping beside it
     /// until the maintenance pass (up to a second) or its deadline. The hook holds the waiter in
-    /// that window until the holder's release (on the fast path: it needs no lock) is done.
+    /// that window until the holder's release (on the fast path: it needs no lock) is done. A
+    /// round where the holder's call was too slow for the fast path (its release then needs the
+    /// lock the hook holds) does not set the race up and is not counted.
     func testAWaiterQueuedAsTheConnectionIsParkedGetsIt() throws {
         let client = try PoolClient.forTest(daemon.socketPath, #""timeout_ms": 5000, "pool": {"min_connections": 1, "max_connections": 1, "acquire_timeout_ms": 3000}"#)
         defer { client.close(drain: .zero) }
         XCTAssertEqual(client.run("ping").status, .ok)
-        // Under 10 ms, so the holder's release is admitted to the fast path.
-        try daemon.setFaults(#"{"latency_ms": 8}"#)
+        // Well under 10 ms, so the holder's release is admitted to the fast path.
+        try daemon.setFaults(#"{"latency_ms": 3}"#)
         var raced = 0
-        for _ in 0..<8 where raced < 3 {
+        for _ in 0..<12 where raced < 3 {
             let holderDone = Counter()
-            let hookRan = Counter()
+            let parkedInWindow = Counter()
             client.waiterQueuedHook = {
-                hookRan.add()
                 // The holder's call ends and its connection is parked while this caller waits here.
-                let until = Clock.now() + .milliseconds(2000)
-                while holderDone.value == 0 && Clock.now() < until { usleep(200) }
+                let until = Clock.now() + .milliseconds(100)
+                while holderDone.value == 0 && Clock.now() < until { usleep(100) }
+                if holderDone.value > 0 { parkedInWindow.add() }
             }
             let holder = LibraryThread {
                 XCTAssertEqual(client.run("ping").status, .ok)
                 holderDone.add()
             }
-            // Until the holder has the connection (no sleep: its call lasts 8 ms).
+            // Until the holder has the connection (no sleep: its call lasts 3 ms).
             while client.snapshot().busy == 0 && holderDone.value == 0 {}
             let began = Clock.now()
             XCTAssertEqual(client.run("ping").status, .ok)
             let waited = Clock.now() - began
             holder.join()
             client.waiterQueuedHook = nil
-            guard hookRan.value > 0 else { continue }  // the holder finished first: no race this time
+            guard parkedInWindow.value > 0 else { continue }  // no race this round
             raced += 1
             XCTAssertLessThan(waited, .milliseconds(300), "the waiter slept beside the parked connection")
         }
