@@ -457,6 +457,13 @@ public struct PoolStateMachine {
         return tier == .unhealthy ? .health : nil
     }
 
+    /// A connection's tier changed: the pool's state may have too.
+    private mutating func updatePoolStateIfHealthChanged(_ actions: inout [PoolAction]) {
+        if actions.contains(where: { if case .event(.healthChanged) = $0 { true } else { false } }) {
+            updatePoolState(into: &actions)
+        }
+    }
+
     /// Released after a call: idle expiry and the next health check count from here.
     private mutating func markUsed(_ connection: Connection, now: Instant) {
         connection.lastUsed = now
@@ -492,9 +499,7 @@ public struct PoolStateMachine {
             connection.state = .idle
             makeAvailable(connection.id, now: now, into: &actions)
         }
-        if actions.contains(where: { if case .event(.healthChanged) = $0 { true } else { false } }) {
-            updatePoolState(into: &actions)
-        }
+        updatePoolStateIfHealthChanged(&actions)
     }
 
     // MARK: - The fast path (see PoolClient: a thread's own connection without the pool's lock)
@@ -540,11 +545,9 @@ public struct PoolStateMachine {
         guard let connection = connections[id], connection.state == .leased else { return [] }
         var actions: [PoolAction] = []
         if leasedWithoutPool { statistics.recordAcquireWait(.zero) }
-        // The terms exclude a close for health; should it happen anyway, the return closes it.
-        if recordAnswer(connection, latency: latency, now: at, into: &actions) == .health { connection.retireOnReturn = true }
-        if actions.contains(where: { if case .event(.healthChanged) = $0 { true } else { false } }) {
-            updatePoolState(into: &actions)
-        }
+        // The terms exclude a close for health; should it happen anyway, `returnParked` closes it.
+        _ = recordAnswer(connection, latency: latency, now: at, into: &actions)
+        updatePoolStateIfHealthChanged(&actions)
         return actions
     }
 
@@ -561,8 +564,9 @@ public struct PoolStateMachine {
     public mutating func returnParked(_ id: ConnectionID, now: Instant, byItsCaller: Bool) -> [PoolAction] {
         guard let connection = connections[id], connection.state == .leased else { return [] }
         var actions: [PoolAction] = []
-        let reason: CloseReason? = connection.retireOnReturn && !isClosed && connection.health.tier == .unhealthy ? .health : nil
-        settle(connection, closeReason: reason, mayKeep: byItsCaller, now: now, into: &actions)
+        // Only its own calls change a leased connection's tier: unhealthy means one of them did.
+        settle(connection, closeReason: connection.health.tier == .unhealthy ? .health : nil, mayKeep: byItsCaller,
+               now: now, into: &actions)
         return actions
     }
 
