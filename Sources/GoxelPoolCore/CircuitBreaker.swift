@@ -83,6 +83,21 @@ public struct CircuitBreaker: Sendable {
         }
     }
 
+    /// True when no run of successful calls can open it (closed, and the failures already in
+    /// the window stay below the rate at every count from the next call on): the fast path
+    /// records successes later, so it runs only while their order cannot matter.
+    public var successesCannotOpen: Bool {
+        guard policy.enabled else { return true }
+        guard state == .closed else { return false }
+        let count = outcomes.count
+        // A full window only drops outcomes: its failure rate cannot rise with successes.
+        if count >= policy.windowSize { return Double(failuresInWindow) < policy.failureRate * Double(count) }
+        // Below minimumCalls nothing opens; from there on the rate falls with each success.
+        let firstChecked = max(count + 1, policy.minimumCalls)
+        if firstChecked > policy.windowSize { return true }
+        return Double(failuresInWindow) < policy.failureRate * Double(firstChecked)
+    }
+
     /// A connection attempt finished.
     public mutating func recordConnect(success: Bool, consecutiveFailures: Int, now: Instant) -> State? {
         guard policy.enabled else { return nil }

@@ -126,9 +126,9 @@ public struct ClientConfiguration: Sendable, Equatable {
         /// Calls that may wait for a free connection; 0: fail at once with EBUSY when none is free.
         public var maxWaiters = 1024
         /// See PoolStateMachine.Settings.reuseWhileWaiting, reuseWindow and reuseGrace.
-        public var reuseWhileWaiting = 8
+        public var reuseWhileWaiting = 16
         public var reuseGraceUs = 200
-        public var reuseWindowUs = 1000
+        public var reuseWindowUs = 3000
         /// A thread's last connection is taken and given back without the pool's lock while
         /// nobody waits (PoolClient, "The fast path"). False: every call goes through the lock.
         public var fastPath = true

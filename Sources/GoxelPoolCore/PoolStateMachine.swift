@@ -135,9 +135,9 @@ public struct PoolStateMachine {
         /// longest waiter. 0: every release while callers wait hands the connection over at once
         /// (strict FIFO, one park and wake per call beyond max).
         public var reuseWhileWaiting = 0
-        /// The window bounds a waiter's extra wait in time: short calls (where the park and wake
-        /// is a large share of a call's cost) are reused, slow ones (where it is not, and reuse
-        /// would only stretch the waiters' tail) are handed over at once.
+        /// The window bounds a waiter's extra wait in time. Only short calls are reused (where the
+        /// park and wake is a large share of a call's cost): a call that took half the window or
+        /// longer is handed over at once (there reuse would only stretch the waiters' tail).
         public var reuseWindow = Span(nanoseconds: 1_000_000)
         /// How long a kept connection waits for its caller; then the longest waiter gets it.
         public var reuseGrace = Span(nanoseconds: 200_000)
@@ -276,16 +276,16 @@ public struct PoolStateMachine {
     /// each time. Never taken past a waiter (there is no idle connection while callers wait).
     public mutating func requestLease(_ waiter: WaiterID, now: Instant, preferred: ConnectionID? = nil) -> (LeaseDecision, [PoolAction]) {
         if isClosed { return (.failed(.closed), []) }
+        var actions: [PoolAction] = []
+        handOverKept(now: now, into: &actions)
         let breakerBefore = breaker.state
         guard breaker.allowCall(now: now) else {
             statistics.rejectedUnavailable += 1
-            return (.failed(.unavailable), [])
+            return (.failed(.unavailable), actions)
         }
         // The cool-down is over: this call is the half-open probe.
-        var actions: [PoolAction] = breaker.state == breakerBefore ? []
-            : [.event(.circuitChanged(from: breakerBefore, to: breaker.state))]
+        if breaker.state != breakerBefore { actions.append(.event(.circuitChanged(from: breakerBefore, to: breaker.state))) }
         if keptCount > 0 {
-            handOverKept(now: now, into: &actions)
             if let id = preferred, let connection = connections[id], connection.state == .kept {
                 unkeepOne()
                 connection.reuseStreak += 1
@@ -330,11 +330,13 @@ public struct PoolStateMachine {
     /// was already handed a connection (the lease and the timeout raced), nothing happens here and
     /// the caller must release that connection as `.unused`.
     public mutating func waiterTimedOut(_ waiter: WaiterID, now: Instant) -> [PoolAction] {
-        guard let index = waiters.firstIndex(where: { $0.id == waiter }) else { return [] }
+        var actions: [PoolAction] = []
+        handOverKept(now: now, into: &actions)
+        guard let index = waiters.firstIndex(where: { $0.id == waiter }) else { return actions }
         waiters.remove(at: index)
         // Nothing open and opens failing: the daemon is unreachable, which says more than "timed out".
         let unreachable = backoff.consecutiveFailures > 0 && !connections.values.contains { $0.state != .opening }
-        var actions: [PoolAction] = [.failWaiter(waiter, rejection != nil ? .rejected : unreachable ? .connectFailed : .timedOut)]
+        actions.append(.failWaiter(waiter, rejection != nil ? .rejected : unreachable ? .connectFailed : .timedOut))
         if rejection != nil {
             breaker.probeAbandoned()
         } else if unreachable {
@@ -347,8 +349,9 @@ public struct PoolStateMachine {
     }
 
     public mutating func connectionOpened(_ id: ConnectionID, now: Instant) -> [PoolAction] {
-        guard let connection = connections[id], connection.state == .opening else { return [] }
         var actions: [PoolAction] = []
+        handOverKept(now: now, into: &actions)
+        guard let connection = connections[id], connection.state == .opening else { return actions }
         backoff.succeeded()
         rejection = nil
         statistics.connectionsCreated += 1
@@ -384,14 +387,15 @@ public struct PoolStateMachine {
     /// caller at once with `.rejected` instead of letting them wait for their deadlines.
     public mutating func connectionOpenFailed(_ id: ConnectionID, now: Instant, reason: String,
                                               rejected: Bool = false) -> [PoolAction] {
-        guard let connection = connections[id], connection.state == .opening else { return [] }
+        var actions: [PoolAction] = []
+        handOverKept(now: now, into: &actions)
+        guard let connection = connections[id], connection.state == .opening else { return actions }
         connections[id] = nil
         // Cancelled by shutdown: not a failure of the daemon.
-        if isClosed { return [] }
+        if isClosed { return actions }
         statistics.connectionFailures += 1
         statistics.lastConnectError = reason
-        if rejected { return reject(reason: reason, now: now) }
-        var actions: [PoolAction] = []
+        if rejected { return actions + reject(reason: reason, now: now) }
         // Opens that fail together (at start, min > 1) are one round: one backoff step.
         if let until = backoffUntil, until > now { return actions }
         let delay = backoff.failed(random: &random)
@@ -407,8 +411,9 @@ public struct PoolStateMachine {
     /// A leased connection comes back. The request that reached the rotation limit has succeeded;
     /// the connection is closed now, after it, and replaced if needed.
     public mutating func release(_ id: ConnectionID, now: Instant, outcome: ReleaseOutcome) -> [PoolAction] {
-        guard let connection = connections[id], connection.state == .leased else { return [] }
         var actions: [PoolAction] = []
+        handOverKept(now: now, into: &actions)
+        guard let connection = connections[id], connection.state == .leased else { return actions }
         var closeReason: CloseReason?
         switch outcome {
         case .answered(let latency):
@@ -437,8 +442,14 @@ public struct PoolStateMachine {
             updatePoolState(into: &actions)
             return actions
         }
-        settle(connection, closeReason: closeReason, mayKeep: true, now: now, into: &actions)
+        settle(connection, closeReason: closeReason, mayKeep: reusePays(after: outcome), now: now, into: &actions)
         return actions
+    }
+
+    /// Whether keeping a connection for its releaser pays after this call: not after a slow one.
+    private func reusePays(after outcome: ReleaseOutcome) -> Bool {
+        guard case .answered(let latency) = outcome else { return true }
+        return latency < Span(nanoseconds: settings.reuseWindow.nanoseconds / 2)
     }
 
     /// The bookkeeping of an answered call (statistics, health, breaker, spike, balancing counts):
@@ -473,11 +484,14 @@ public struct PoolStateMachine {
     /// What happens to a connection after its calls are recorded: closed (health, error, shutdown,
     /// rotation, lifetime), kept for its caller while others wait (`mayKeep`), or idle and given
     /// to the longest waiter.
+    /// `limitsDue`: false when the release happened earlier (a parked connection the pool takes
+    /// back), when its rotation and lifetime were not due (the fast path's terms say so).
     private mutating func settle(_ connection: Connection, closeReason reason: CloseReason?, mayKeep: Bool,
-                                 now: Instant, into actions: inout [PoolAction]) {
+                                 limitsDue: Bool = true, now: Instant, into actions: inout [PoolAction]) {
         var closeReason = reason
         if closeReason == nil {
             if isClosed || connection.retireOnReturn { closeReason = .shutdown }
+            else if !limitsDue {}
             else if settings.maxRequestsPerConnection > 0 && connection.requestsServed >= settings.maxRequestsPerConnection {
                 closeReason = .rotation
             } else if let expiry = connection.expiresAt, expiry <= now {
@@ -507,6 +521,8 @@ public struct PoolStateMachine {
     /// What a leased connection's calls may do without the state machine: a thread that holds it
     /// records answered calls in a buffer (`recordFastCall` later, in order) and parks it for its
     /// next call, as long as `admits` says that release would have changed nothing but counters.
+    /// While callers wait, it may also keep it for its next call (`admitsKeep`), as `settle`
+    /// would: the holder counts the streak and the window here.
     public struct FastReleaseTerms: Sendable, Equatable {
         /// Answered calls this connection may still make before its rotation is due.
         public var callsLeft: Int
@@ -515,6 +531,14 @@ public struct PoolStateMachine {
         /// Answers slower than this go through `release`: they could change its health tier or be
         /// a latency spike.
         public var latencyBelow: Span
+        /// Times its holder may still get it back kept (`Settings.reuseWhileWaiting` less its streak).
+        public var keepsLeft: Int
+        /// A release from here on hands it over (`reuseWindow` after its holder got it from the pool).
+        public var keepWindowEnds: Instant
+        let reuseWhileWaiting: Int
+        let reuseWindow: Span
+        /// How long it is kept for its holder (`Settings.reuseGrace`).
+        public let reuseGrace: Span
 
         /// True when a `release(.answered(latency))` at `now` would only count: no tier change, no
         /// spike, no rotation or lifetime due. The breaker must be closed and nobody waiting
@@ -522,6 +546,31 @@ public struct PoolStateMachine {
         public func admits(latency: Span, now: Instant) -> Bool {
             callsLeft > 0 && latency < latencyBelow && (expiresAt.map { now < $0 } ?? true)
         }
+
+        /// True when, with callers waiting (and no kept connection overdue), that release would
+        /// keep the connection for its holder's next call and do nothing else.
+        public func admitsKeep(latency: Span, now: Instant) -> Bool {
+            keepsLeft > 0 && now < keepWindowEnds && latency.nanoseconds < reuseWindow.nanoseconds / 2
+                && admits(latency: latency, now: now)
+        }
+
+        /// Its holder took it back kept: one more in its streak.
+        public mutating func takenBackKept() { keepsLeft -= 1 }
+
+        /// Its holder took it back as a new lease (parked with nobody waiting): a new streak.
+        public mutating func takenBackFresh(now: Instant) {
+            keepsLeft = reuseWhileWaiting
+            keepWindowEnds = now + reuseWindow
+        }
+    }
+
+    /// How the holder of a connection on the fast path got it, when not from the pool.
+    public enum FastLease: Sendable, Equatable {
+        /// It took back its parked connection as a new lease (the lock path: the connection went
+        /// idle at its release, then `requestLease` preferred it).
+        case fresh(at: Instant)
+        /// It took back the connection kept for it while callers waited.
+        case kept
     }
 
     /// The terms for a connection just leased, or nil when its releases must all go through
@@ -534,17 +583,21 @@ public struct PoolStateMachine {
         let latencyBelow = min(Span(nanoseconds: settings.health.healthyLatency.nanoseconds.addingSaturating(1)), Self.spikeMinimumExcess)
         let callsLeft = settings.maxRequestsPerConnection > 0
             ? settings.maxRequestsPerConnection - connection.requestsServed - 1 : Int.max
-        return FastReleaseTerms(callsLeft: callsLeft, expiresAt: connection.expiresAt, latencyBelow: latencyBelow)
+        return FastReleaseTerms(callsLeft: callsLeft, expiresAt: connection.expiresAt, latencyBelow: latencyBelow,
+                                keepsLeft: max(0, settings.reuseWhileWaiting - connection.reuseStreak),
+                                keepWindowEnds: connection.runStartedAt + settings.reuseWindow,
+                                reuseWhileWaiting: settings.reuseWhileWaiting, reuseWindow: settings.reuseWindow,
+                                reuseGrace: settings.reuseGrace)
     }
 
     /// A call made on the fast path, recorded now in the order it happened: exactly the
-    /// bookkeeping of `release(.answered)` at `at`, and of a lease that did not wait
-    /// (`leasedWithoutPool`: its caller took the connection back without the pool). The
-    /// connection stays leased; `returnParked` gives it back.
-    public mutating func recordFastCall(_ id: ConnectionID, at: Instant, latency: Span, leasedWithoutPool: Bool) -> [PoolAction] {
+    /// bookkeeping of `release(.answered)` at `at`, and of the lease before it when its caller
+    /// took the connection back without the pool (`lease`). The connection stays leased;
+    /// `returnParked` or `adoptKept` gives it back.
+    public mutating func recordFastCall(_ id: ConnectionID, at: Instant, latency: Span, lease: FastLease?) -> [PoolAction] {
         guard let connection = connections[id], connection.state == .leased else { return [] }
         var actions: [PoolAction] = []
-        if leasedWithoutPool { statistics.recordAcquireWait(.zero) }
+        if let lease { recordLease(connection, lease) }
         // The terms exclude a close for health; should it happen anyway, `returnParked` closes it.
         _ = recordAnswer(connection, latency: latency, now: at, into: &actions)
         updatePoolStateIfHealthChanged(&actions)
@@ -553,28 +606,54 @@ public struct PoolStateMachine {
 
     /// A caller took a parked connection back without the pool and its release goes through
     /// `release` (not admitted to the fast path): count that lease, as `requestLease` would have.
-    public mutating func recordLeaseWithoutPool(_ id: ConnectionID) {
+    public mutating func recordLeaseWithoutPool(_ id: ConnectionID, _ lease: FastLease) {
         guard let connection = connections[id], connection.state == .leased else { return }
+        recordLease(connection, lease)
+    }
+
+    /// What `requestLease` records for a lease that did not wait, and what the lease meant for
+    /// the connection's reuse streak (see `settle`).
+    private mutating func recordLease(_ connection: Connection, _ lease: FastLease) {
         statistics.recordAcquireWait(.zero)
+        switch lease {
+        case .fresh(let at):
+            connection.reuseStreak = 0
+            connection.runStartedAt = at
+        case .kept:
+            connection.reuseStreak += 1
+        }
+    }
+
+    /// A connection kept on the fast path (its calls already recorded) becomes kept in the state
+    /// machine: overdue, or with nobody waiting, the next event hands it over (`handOverKept`);
+    /// within its grace, its caller asks for it through `requestLease`.
+    public mutating func adoptKept(_ id: ConnectionID, until: Instant) {
+        guard let connection = connections[id], connection.state == .leased else { return }
+        keep(connection, until: until)
     }
 
     /// A connection parked on the fast path comes back to the pool, its calls already recorded.
-    /// `byItsCaller`: its caller returns it (it may be kept for that caller while others wait);
-    /// otherwise the pool took it back while nobody held it.
-    public mutating func returnParked(_ id: ConnectionID, now: Instant, byItsCaller: Bool) -> [PoolAction] {
+    /// `byItsCaller`: its caller returns it (it may be kept for that caller while others wait,
+    /// unless its last call, `lastLatency`, was slow); otherwise the pool took it back while
+    /// nobody held it.
+    public mutating func returnParked(_ id: ConnectionID, now: Instant, byItsCaller: Bool, lastLatency: Span = .zero) -> [PoolAction] {
         guard let connection = connections[id], connection.state == .leased else { return [] }
         var actions: [PoolAction] = []
         // Only its own calls change a leased connection's tier: unhealthy means one of them did.
-        settle(connection, closeReason: connection.health.tier == .unhealthy ? .health : nil, mayKeep: byItsCaller,
-               now: now, into: &actions)
+        // Taken back by the pool: on the lock path it went idle at its last release, when its
+        // rotation and lifetime were not due (an idle connection's lifetime is the tick's).
+        settle(connection, closeReason: connection.health.tier == .unhealthy ? .health : nil,
+               mayKeep: byItsCaller && reusePays(after: .answered(latency: lastLatency)),
+               limitsDue: byItsCaller, now: now, into: &actions)
         return actions
     }
 
     /// The result of a `.checkHealth` action.
     public mutating func healthCheckFinished(_ id: ConnectionID, now: Instant, success: Bool, latency: Span,
                                              error: String?) -> [PoolAction] {
-        guard let connection = connections[id], connection.state == .checking else { return [] }
         var actions: [PoolAction] = []
+        handOverKept(now: now, into: &actions)
+        guard let connection = connections[id], connection.state == .checking else { return actions }
         statistics.healthChecks += 1
         statistics.lastHealthCheck = now
         if !success { statistics.healthCheckFailures += 1 }
@@ -714,8 +793,10 @@ public struct PoolStateMachine {
     }
 
     /// Kept connections whose caller did not come back within `reuseGrace` go to the longest
-    /// waiter; with nobody waiting any more, every kept connection is simply idle. Runs on every
-    /// lease, release and tick, so a caller that never comes back holds nothing for long.
+    /// waiter; with nobody waiting any more, every kept connection is simply idle. Runs first in
+    /// every event (lease, release, open, health check, timeout, tick), so a caller that never
+    /// comes back holds nothing for long, and so PoolClient's fast path, which hands over the
+    /// connections it keeps before every event it passes on, makes the same decisions.
     private mutating func handOverKept(now: Instant, into actions: inout [PoolAction]) {
         guard keptCount > 0 else { return }
         let nobodyWaits = waiters.isEmpty

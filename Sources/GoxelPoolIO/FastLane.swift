@@ -14,9 +14,16 @@ final class FastLane: @unchecked Sendable {
         var latency: Span
         var bytesSent: Int
         var bytesReceived: Int
-        /// Its caller took the connection back without the pool (a lease that did not wait).
-        var leasedWithoutPool: Bool
+        /// How its caller took the connection back without the pool (nil: from the pool).
+        var lease: PoolStateMachine.FastLease?
     }
+
+    /// `parked`: nobody parked it (the pool or a caller has it).
+    static let notParked = 0
+    /// `parked`: released with nobody waiting, free for its thread's next call or the pool.
+    static let parkedFree = 1
+    /// `parked`: kept for its thread's next call while callers wait, until `keptUntil`.
+    static let parkedKept = 2
 
     /// A power of two. When full, the release goes through the pool (which empties it).
     static let capacity = 256
@@ -26,16 +33,20 @@ final class FastLane: @unchecked Sendable {
     private let paddingBefore: CacheLinePadding = (0, 0, 0, 0, 0, 0, 0, 0)
     /// The lane's place in the pool's fixed array (remembered per thread by ThreadAffinity).
     let index: Int
-    /// 1: released on the fast path and free; its thread's next call, or the pool under its lock,
-    /// takes it with a compare-and-swap to 0. 0: the pool or a caller has it.
-    let parked = Atomic<Int>(0)
+    /// `parkedFree` or `parkedKept`: released on the fast path; its thread's next call, or the
+    /// pool under its lock, takes it with a compare-and-swap to `notParked`.
+    let parked = Atomic<Int>(FastLane.notParked)
+    /// While `parkedKept`: when its grace ends (nanoseconds); then the pool hands it over.
+    let keptUntil = Atomic<Int64>(0)
     /// The connection in this lane. Changed only under the pool's lock while nobody holds it.
     var connection: DaemonConnection?
     /// Set under the pool's lock when the connection is leased; then its holder's until it goes
     /// back to the pool (a parked connection's terms pass to whoever takes it). nil: no fast release.
     var terms: PoolStateMachine.FastReleaseTerms?
-    /// The holder took it back without the pool (counted as a lease that did not wait).
-    var leasedWithoutPool = false
+    /// How the holder took it back without the pool (nil: from the pool).
+    var lease: PoolStateMachine.FastLease?
+    /// Releases that kept the connection here while callers waited (written by holders; tests).
+    var keptReleases = 0
 
     /// Allocated when the lane first gets a connection (a pool of max 1024 that never opens
     /// that many does not pay for 1024 buffers).
@@ -96,5 +107,23 @@ final class FastGate: @unchecked Sendable {
     let count = Atomic<Int>(0)
     /// Set after a connection is parked; cleared by the collector that then looks at the lanes.
     let dirty = Atomic<Bool>(false)
+    /// No lane's kept connection is due before this instant (nanoseconds; Int64.max: none kept).
+    /// A parker lowers it; a collector that hands kept connections over raises it again. It may
+    /// be early (its connection went back to its thread): `keptLanes` tells.
+    let earliestKept = Atomic<Int64>(Int64.max)
+    /// Bit i: lane i holds a kept connection (pools of up to 64 connections keep in lanes).
+    let keptLanes = Atomic<UInt64>(0)
+    /// The state machine's own earliest kept expiry (nanoseconds; Int64.max: none), published
+    /// under the lock after each operation, for callers without it.
+    let machineKeptUntil = Atomic<Int64>(Int64.max)
+
+    func lowerEarliestKept(to until: Int64) {
+        var current = earliestKept.load(ordering: .sequentiallyConsistent)
+        while until < current {
+            let (exchanged, original) = earliestKept.compareExchange(expected: current, desired: until, ordering: .sequentiallyConsistent)
+            if exchanged { return }
+            current = original
+        }
+    }
     private let paddingAfter: CacheLinePadding = (0, 0, 0, 0, 0, 0, 0, 0)
 }

@@ -58,6 +58,9 @@ public final class PoolClient: @unchecked Sendable {
     /// Where the maintenance thread sleeps until (nil: awake). A kept connection whose expiry it
     /// would sleep past wakes it; otherwise releases do not signal it.
     private var maintenanceSleepsUntil: Instant?
+    /// `maintenanceSleepsUntil` for threads without the lock (nanoseconds; 0: awake): a caller
+    /// that keeps a connection in its lane reads it.
+    private let maintenanceNap = Atomic<Int64>(0)
     /// When the maintenance thread last saw a kept connection, or was woken for one.
     private var keptSeen: Instant?
     /// Times the maintenance thread woke (under the lock; tests read maintenanceWakeupCount).
@@ -96,6 +99,9 @@ public final class PoolClient: @unchecked Sendable {
     /// lock skip the lanes altogether. Written only when it changes, so callers on the fast path
     /// only read it.
     private let gate = FastGate()
+    /// Connections are kept in lanes (reuse while waiting without the lock) in pools of up to 64
+    /// (`FastGate.keptLanes` has a bit per lane); in larger ones through the state machine.
+    private let keepsInLanes: Bool
     private var fastGateShut = false
     /// Acquires that took the lock (tests: the fast path is taken).
     private var lockedAcquires = 0
@@ -103,7 +109,7 @@ public final class PoolClient: @unchecked Sendable {
     var waiterQueuedHook: (() -> Void)?
     /// collectFastCalls' scratch space (under the lock), kept to spare an allocation each time.
     private var collected: [(id: ConnectionID, call: FastLane.Call)] = []
-    private var reclaimed: [FastLane] = []
+    private var reclaimed: [(lane: FastLane, kept: Bool)] = []
     private static let fastGateShutWeight = 1 << 40
     /// Told (on an opener thread, no lock held) when a connection attempt failed: a DNS name's
     /// resolver looks again when every address of the name fails.
@@ -200,6 +206,7 @@ public final class PoolClient: @unchecked Sendable {
         let laneCount = pool.fastPath ? settings.maxConnections : 0
         lanes = (0..<laneCount).map { FastLane(index: $0) }
         freeLanes = Array((0..<laneCount).reversed())
+        keepsInLanes = laneCount > 0 && laneCount <= 64 && settings.reuseWhileWaiting > 0
         maintenanceThread = LibraryThread { [unowned self] in self.maintenanceLoop() }
         modify { $0.start(now: Clock.now()) }
     }
@@ -320,10 +327,13 @@ public final class PoolClient: @unchecked Sendable {
         lock.lock()
         lockedAcquires &+= 1
         var actions = collectFastCalls(now: now)
+        if let remembered { adoptKeptLane(remembered) }
         let waiterID = WaiterID(nextWaiter)
         nextWaiter &+= 1
         let (decision, leaseActions) = machine.requestLease(waiterID, now: now, preferred: remembered?.connection)
         actions += leaseActions
+        // Adopted and refused (the circuit is open): still kept, now by the state machine.
+        publishMachineKept()
         switch decision {
         case .leased(let id):
             let connection = connections[id]
@@ -378,73 +388,219 @@ public final class PoolClient: @unchecked Sendable {
     // and takes parked connections back (`collectFastCalls`), so the pool decides on exactly the
     // state it would have had: FastPathModelTests runs both paths.
 
-    /// A connection parked in this lane, if there is one and nobody waits.
+    /// The connection parked in this lane: free with nobody waiting (a new lease), or kept for
+    /// this thread while callers wait and not overdue, nor any other kept one (one more in its
+    /// streak; an overdue one is handed over first, under the lock).
     private func takeParked(lane index: Int) -> DaemonConnection? {
-        guard index >= 0, index < lanes.count, gate.count.load(ordering: .sequentiallyConsistent) == 0 else { return nil }
+        guard index >= 0, index < lanes.count else { return nil }
         let lane = lanes[index]
-        guard lane.parked.compareExchange(expected: 1, desired: 0, ordering: .acquiringAndReleasing).exchanged else { return nil }
-        guard let connection = lane.connection else { return nil }  // never: a lane parks only with a connection
-        lane.leasedWithoutPool = true
-        return connection
+        let state = lane.parked.load(ordering: .sequentiallyConsistent)
+        guard state != FastLane.notParked else { return nil }
+        let gateCount = gate.count.load(ordering: .sequentiallyConsistent)
+        if gateCount == 0 {
+            guard lane.parked.compareExchange(expected: state, desired: FastLane.notParked, ordering: .acquiringAndReleasing).exchanged
+            else { return nil }
+            let now = Clock.now()
+            lane.lease = .fresh(at: now)
+            lane.terms?.takenBackFresh(now: now)
+        } else if state == FastLane.parkedKept && gateCount < Self.fastGateShutWeight {
+            let now = Clock.now().nanoseconds
+            guard now < lane.keptUntil.load(ordering: .relaxed), noKeptOverdue(at: now),
+                  lane.parked.compareExchange(expected: state, desired: FastLane.notParked, ordering: .acquiringAndReleasing).exchanged
+            else { return nil }
+            lane.lease = .kept
+            lane.terms?.takenBackKept()
+        } else {
+            return nil
+        }
+        if state == FastLane.parkedKept { unmarkKept(lane) }
+        return lane.connection  // never nil: a lane parks only with a connection
     }
 
-    /// Under the lock, after a lease: the terms of the connection's fast releases. None while
-    /// callers wait (its release goes through the lock anyway), so a contended pool does not
-    /// work them out at every lease.
+    /// Under the lock, after collecting: the caller's own connection, kept in its lane and not
+    /// overdue, becomes kept in the state machine, whose `requestLease` then gives it back (or
+    /// refuses the call: the circuit is open) exactly as on the lock path.
+    private func adoptKeptLane(_ remembered: ThreadAffinity.Remembered) {
+        guard remembered.lane >= 0, remembered.lane < lanes.count else { return }
+        let lane = lanes[remembered.lane]
+        guard lane.connection?.id == remembered.connection,
+              lane.parked.compareExchange(expected: FastLane.parkedKept, desired: FastLane.notParked,
+                                          ordering: .sequentiallyConsistent).exchanged else { return }
+        unmarkKept(lane)
+        lane.terms = nil
+        machine.adoptKept(remembered.connection, until: Instant(nanoseconds: lane.keptUntil.load(ordering: .relaxed)))
+    }
+
+    /// Under the lock, after a lease: the terms of the connection's fast releases. While callers
+    /// wait they serve only to keep it (none without reuse while waiting: its release goes
+    /// through the lock anyway, so a contended pool does not work them out at every lease).
     private func lend(_ id: ConnectionID) {
         guard let lane = connections[id]?.fastLane else { return }
-        lane.terms = gate.count.load(ordering: .relaxed) == 0 ? machine.fastReleaseTerms(for: id) : nil
-        lane.leasedWithoutPool = false
+        lane.terms = gate.count.load(ordering: .relaxed) == 0 || machine.settings.reuseWhileWaiting > 0
+            ? machine.fastReleaseTerms(for: id) : nil
+        lane.lease = nil
     }
 
     /// Releases without the lock when the terms allow; false: go through the lock.
     private func releaseWithoutLock(_ connection: DaemonConnection, latency: Span) -> Bool {
-        guard let lane = connection.fastLane, let terms = lane.terms,
-              gate.count.load(ordering: .relaxed) == 0, lane.hasRoom else { return false }
+        guard let lane = connection.fastLane, let terms = lane.terms, lane.hasRoom else { return false }
+        let gateCount = gate.count.load(ordering: .relaxed)
+        if gateCount != 0 {
+            guard gateCount < Self.fastGateShutWeight, terms.keepsLeft > 0, keepsInLanes else { return false }
+            return keepWithoutLock(connection, lane: lane, terms: terms, latency: latency)
+        }
         let now = Clock.now()
         guard terms.admits(latency: latency, now: now) else { return false }
-        let (sent, received) = connection.takeByteCounts()
-        _ = lane.append(FastLane.Call(at: now, latency: latency, bytesSent: sent, bytesReceived: received,
-                                      leasedWithoutPool: lane.leasedWithoutPool))
-        lane.terms?.callsLeft -= 1
-        ThreadAffinity.remember(connection.id, lane: lane.index, of: affinitySerial)
-        lane.parked.store(1, ordering: .sequentiallyConsistent)
-        // After parking: a collector that finds this flag clear (and so skips the lanes) opened
-        // the gate before, and the gate is read next.
-        if !gate.dirty.load(ordering: .sequentiallyConsistent) { gate.dirty.store(true, ordering: .sequentiallyConsistent) }
+        buffer(connection, lane: lane, at: now, latency: latency)
+        lane.parked.store(FastLane.parkedFree, ordering: .sequentiallyConsistent)
+        markDirty()
         // A caller came to the lock meanwhile (it may wait): if it did not take the connection
-        // already, give it back through the lock, so the pool hands it over.
+        // already, give it back through the lock, so the pool hands it over (or keeps it).
         if gate.count.load(ordering: .sequentiallyConsistent) != 0,
-           lane.parked.compareExchange(expected: 1, desired: 0, ordering: .sequentiallyConsistent).exchanged {
-            lock.lock()
-            lane.terms = nil
-            let now = Clock.now()
-            var actions = collectFastCalls(now: now)
-            actions += machine.returnParked(connection.id, now: now, byItsCaller: true)
-            let deferred = apply(actions)
-            wakeMaintenanceForKept()
-            lock.unlock()
-            perform(deferred)
+           lane.parked.compareExchange(expected: FastLane.parkedFree, desired: FastLane.notParked, ordering: .sequentiallyConsistent).exchanged {
+            returnThroughLock(connection, lane: lane, lastLatency: latency)
         }
         return true
     }
 
+    /// Callers wait: keeps the connection in its lane for this thread's next call, as `settle`
+    /// would keep it (reuse while callers wait), when its streak and window allow and no kept
+    /// connection is overdue (that one is handed over first, under the lock).
+    private func keepWithoutLock(_ connection: DaemonConnection, lane: FastLane, terms: PoolStateMachine.FastReleaseTerms,
+                                 latency: Span) -> Bool {
+        let now = Clock.now()
+        guard terms.admitsKeep(latency: latency, now: now), noKeptOverdue(at: now.nanoseconds) else { return false }
+        buffer(connection, lane: lane, at: now, latency: latency)
+        let until = (now + terms.reuseGrace).nanoseconds
+        lane.keptUntil.store(until, ordering: .relaxed)
+        lane.keptReleases &+= 1
+        gate.keptLanes.bitwiseOr(1 << UInt64(lane.index), ordering: .sequentiallyConsistent)
+        lane.parked.store(FastLane.parkedKept, ordering: .sequentiallyConsistent)
+        gate.lowerEarliestKept(to: until)
+        markDirty()
+        // Closing, or the circuit opened meanwhile: nothing is kept then; back through the lock.
+        if gate.count.load(ordering: .sequentiallyConsistent) >= Self.fastGateShutWeight,
+           lane.parked.compareExchange(expected: FastLane.parkedKept, desired: FastLane.notParked, ordering: .sequentiallyConsistent).exchanged {
+            unmarkKept(lane)
+            returnThroughLock(connection, lane: lane, lastLatency: latency)
+        } else if maintenanceNap.load(ordering: .relaxed) > until + Self.keptCheckInterval.nanoseconds {
+            // The maintenance thread, the backstop for a caller that does not come back, sleeps
+            // past this connection's grace (it lingers at keptCheckInterval while keeping goes on).
+            lock.withLock { wakeMaintenanceForKept() }
+        }
+        return true
+    }
+
+    /// Whoever took a kept connection out of its lane (with the compare-and-swap).
+    @inline(__always)
+    private func unmarkKept(_ lane: FastLane) {
+        gate.keptLanes.bitwiseAnd(~(1 << UInt64(lane.index)), ordering: .sequentiallyConsistent)
+    }
+
+    /// True when no kept connection, in a lane or in the state machine, is overdue at `now`: a
+    /// fast operation never passes one (the lock path hands it over first, see `handOverKept`).
+    /// `earliestKept` says so at once unless it is early; then the kept lanes are looked at.
+    private func noKeptOverdue(at now: Int64) -> Bool {
+        guard now < gate.machineKeptUntil.load(ordering: .sequentiallyConsistent) else { return false }
+        let earliest = gate.earliestKept.load(ordering: .sequentiallyConsistent)
+        if now < earliest { return true }
+        guard let lanesEarliest = laneKeptExpiry() else { return true }
+        return now < lanesEarliest
+    }
+
+    /// The earliest expiry of a connection kept in a lane, looked up (not `earliestKept`).
+    private func laneKeptExpiry() -> Int64? {
+        var mask = gate.keptLanes.load(ordering: .sequentiallyConsistent)
+        var earliest: Int64?
+        while mask != 0 {
+            let index = mask.trailingZeroBitCount
+            mask &= mask &- 1
+            let lane = lanes[index]
+            guard lane.parked.load(ordering: .sequentiallyConsistent) == FastLane.parkedKept else { continue }
+            let until = lane.keptUntil.load(ordering: .relaxed)
+            if earliest.map({ until < $0 }) ?? true { earliest = until }
+        }
+        return earliest
+    }
+
+    /// Under the lock, after an operation: the state machine's kept expiry, for `noKeptOverdue`.
+    private func publishMachineKept() {
+        guard !lanes.isEmpty else { return }
+        let until = machine.keptExpiry?.nanoseconds ?? Int64.max
+        if gate.machineKeptUntil.load(ordering: .relaxed) != until { gate.machineKeptUntil.store(until, ordering: .sequentiallyConsistent) }
+    }
+
+    /// The holder: the call goes into the lane's buffer, the lease that preceded it with it.
+    @inline(__always)
+    private func buffer(_ connection: DaemonConnection, lane: FastLane, at now: Instant, latency: Span) {
+        let (sent, received) = connection.takeByteCounts()
+        _ = lane.append(FastLane.Call(at: now, latency: latency, bytesSent: sent, bytesReceived: received, lease: lane.lease))
+        lane.lease = nil
+        lane.terms?.callsLeft -= 1
+        ThreadAffinity.remember(connection.id, lane: lane.index, of: affinitySerial)
+    }
+
+    /// After parking: a collector that finds this flag clear (and so skips the lanes) opened the
+    /// gate before, and the gate is read next.
+    @inline(__always)
+    private func markDirty() {
+        if !gate.dirty.load(ordering: .sequentiallyConsistent) { gate.dirty.store(true, ordering: .sequentiallyConsistent) }
+    }
+
+    /// A connection its holder parked and took back at once: returned through the lock.
+    private func returnThroughLock(_ connection: DaemonConnection, lane: FastLane, lastLatency: Span) {
+        lock.lock()
+        lane.terms = nil
+        let now = Clock.now()
+        var actions = collectFastCalls(now: now)
+        actions += machine.returnParked(connection.id, now: now, byItsCaller: true, lastLatency: lastLatency)
+        let deferred = apply(actions)
+        wakeMaintenanceForKept()
+        publishMachineKept()
+        lock.unlock()
+        perform(deferred)
+    }
+
     /// Under the lock, before any decision: the calls made without the lock are recorded, in
-    /// order, and parked connections come back to the pool.
+    /// order; free parked connections come back to the pool, and kept ones when overdue or when
+    /// nobody waits any more (what `PoolStateMachine.handOverKept` does first in every event).
     private func collectFastCalls(now: Instant) -> [PoolAction] {
         var actions: [PoolAction] = []
+        guard !lanes.isEmpty else { return actions }
+        // Kept connections to hand over, even with nothing parked since the last look.
+        let earliest = gate.earliestKept.load(ordering: .sequentiallyConsistent)
+        let everyKeptGoes = machine.waitingCount == 0 || machine.isClosed
+        let keptDue = earliest != Int64.max && (earliest <= now.nanoseconds || everyKeptGoes)
         // A load first: while callers wait the flag stays clear, and an exchange would take its
         // cache line from the other CPU at every operation.
-        guard !lanes.isEmpty, gate.dirty.load(ordering: .sequentiallyConsistent),
-              gate.dirty.exchange(false, ordering: .sequentiallyConsistent) else { return actions }
+        let dirty = gate.dirty.load(ordering: .sequentiallyConsistent) && gate.dirty.exchange(false, ordering: .sequentiallyConsistent)
+        guard dirty || keptDue else { return actions }
+        // Raised before the look, lowered again for each connection still kept (a parker that the
+        // look misses lowers it itself, after parking).
+        if earliest != Int64.max { gate.earliestKept.store(Int64.max, ordering: .sequentiallyConsistent) }
+        var stillKept = Int64.max
         // Parked connections first, then the buffers: a call is buffered before its connection
         // is parked, so taking the connection makes its last call visible to the drain below.
         for lane in lanes where lane.connection != nil {
-            if lane.parked.load(ordering: .sequentiallyConsistent) == 1,
-               lane.parked.compareExchange(expected: 1, desired: 0, ordering: .sequentiallyConsistent).exchanged {
-                reclaimed.append(lane)
+            switch lane.parked.load(ordering: .sequentiallyConsistent) {
+            case FastLane.parkedFree:
+                if lane.parked.compareExchange(expected: FastLane.parkedFree, desired: FastLane.notParked, ordering: .sequentiallyConsistent).exchanged {
+                    reclaimed.append((lane, false))
+                }
+            case FastLane.parkedKept:
+                let until = lane.keptUntil.load(ordering: .relaxed)
+                if everyKeptGoes || until <= now.nanoseconds {
+                    if lane.parked.compareExchange(expected: FastLane.parkedKept, desired: FastLane.notParked, ordering: .sequentiallyConsistent).exchanged {
+                        unmarkKept(lane)
+                        reclaimed.append((lane, true))
+                    }
+                } else {
+                    stillKept = min(stillKept, until)
+                }
+            default: break
             }
         }
+        if stillKept != Int64.max { gate.lowerEarliestKept(to: stillKept) }
         for lane in lanes {
             guard let connection = lane.connection else { continue }
             lane.drain { collected.append((connection.id, $0)) }
@@ -455,22 +611,30 @@ public final class PoolClient: @unchecked Sendable {
             if lanes.count > 1 { collected.sort { $0.call.at < $1.call.at } }
             for (id, call) in collected {
                 machine.withStatistics { $0.bytesSent &+= call.bytesSent; $0.bytesReceived &+= call.bytesReceived }
-                actions += machine.recordFastCall(id, at: call.at, latency: call.latency, leasedWithoutPool: call.leasedWithoutPool)
+                actions += machine.recordFastCall(id, at: call.at, latency: call.latency, lease: call.lease)
             }
             collected.removeAll(keepingCapacity: true)
         }
-        for lane in reclaimed {
+        for (lane, kept) in reclaimed {
             guard let connection = lane.connection else { continue }
             lane.terms = nil
-            actions += machine.returnParked(connection.id, now: now, byItsCaller: false)
+            if kept && !machine.isClosed {
+                // Kept by the state machine now: the event that follows hands it over with its own
+                // kept connections, in their order, first thing (`handOverKept`).
+                machine.adoptKept(connection.id, until: Instant(nanoseconds: lane.keptUntil.load(ordering: .relaxed)))
+            } else {
+                actions += machine.returnParked(connection.id, now: now, byItsCaller: false)
+            }
         }
         reclaimed.removeAll(keepingCapacity: true)
         return actions
     }
 
-    /// Under the lock, after every change: the gate is shut while closing or the circuit is not closed.
+    /// Under the lock, after every change: the gate is shut while closing, or while the circuit
+    /// is not closed or a successful call could open it (failures near the rate: then the order
+    /// of calls matters, and calls are recorded when they are collected).
     private func updateFastGate() {
-        let shut = closing || machine.breaker.state != .closed
+        let shut = closing || !machine.breaker.successesCannotOpen
         guard shut != fastGateShut else { return }
         fastGateShut = shut
         if shut { gate.count.add(Self.fastGateShutWeight, ordering: .sequentiallyConsistent) }
@@ -492,10 +656,11 @@ public final class PoolClient: @unchecked Sendable {
         let (sent, received) = connection.takeByteCounts()
         machine.withStatistics { $0.bytesSent &+= sent; $0.bytesReceived &+= received }
         var actions = collectFastCalls(now: now)
-        if connection.fastLane?.leasedWithoutPool == true { machine.recordLeaseWithoutPool(connection.id) }
+        if let lease = connection.fastLane?.lease { machine.recordLeaseWithoutPool(connection.id, lease) }
         actions += machine.release(connection.id, now: now, outcome: outcome)
         var deferred = actions.isEmpty ? [] : apply(actions)
         wakeMaintenanceForKept()
+        publishMachineKept()
         // Forgotten by the pool (a drain timed out and it was abandoned): close it here.
         if closing && connections[connection.id] != nil && machine.health(of: connection.id) == nil {
             connections[connection.id] = nil
@@ -515,7 +680,7 @@ public final class PoolClient: @unchecked Sendable {
     /// over by the maintenance thread if that call does not come (when no other call into the
     /// pool does it first).
     private func wakeMaintenanceForKept() {
-        if let expiry = machine.keptExpiry, let sleeping = maintenanceSleepsUntil,
+        if let expiry = keptExpiry, let sleeping = maintenanceSleepsUntil,
            sleeping > expiry + Self.keptCheckInterval {
             maintenanceSleepsUntil = nil
             keptSeen = Clock.now()
@@ -598,6 +763,7 @@ public final class PoolClient: @unchecked Sendable {
         var actions = collectFastCalls(now: Clock.now())
         actions += body(&machine)
         let deferred = apply(actions)
+        publishMachineKept()
         lock.unlock()
         perform(deferred)
     }
@@ -664,6 +830,13 @@ public final class PoolClient: @unchecked Sendable {
     /// next keep signal it again at once: thousands of wake-ups a second under contention.
     static let keptCheckLinger = Span.milliseconds(100)
 
+    /// Under the lock: the earliest instant a kept connection (in the state machine or in a lane)
+    /// must go to a waiter, or nil.
+    private var keptExpiry: Instant? {
+        guard let lanes = laneKeptExpiry().map(Instant.init(nanoseconds:)) else { return machine.keptExpiry }
+        return min(machine.keptExpiry ?? lanes, lanes)
+    }
+
     private func maintenanceLoop() {
         lock.lock()
         while !maintenanceStop {
@@ -674,7 +847,7 @@ public final class PoolClient: @unchecked Sendable {
             if let next = machine.nextDeadline(), next < until { until = next }
             // Kept connections are checked by every call into the pool; this thread is only the
             // backstop for a caller that does not come back, at most every keptCheckInterval.
-            if let kept = machine.keptExpiry {
+            if let kept = keptExpiry {
                 keptSeen = now
                 until = min(until, max(kept, now + Self.keptCheckInterval))
             } else if let seen = keptSeen, now - seen < Self.keptCheckLinger {
@@ -682,7 +855,9 @@ public final class PoolClient: @unchecked Sendable {
             }
             if until > now {
                 maintenanceSleepsUntil = until
+                maintenanceNap.store(until.nanoseconds, ordering: .relaxed)
                 maintenanceWakeup.wait(lock, until: until)
+                maintenanceNap.store(0, ordering: .relaxed)
                 maintenanceSleepsUntil = nil
                 maintenanceWakeups &+= 1
             }
@@ -693,6 +868,7 @@ public final class PoolClient: @unchecked Sendable {
             var actions = collectFastCalls(now: tickAt)
             actions += machine.tick(now: tickAt)
             let deferred = apply(actions)
+            publishMachineKept()
             lock.unlock()
             perform(deferred)
             lock.lock()
@@ -711,6 +887,9 @@ public final class PoolClient: @unchecked Sendable {
 
     /// How many acquires went through the lock (tests: a lone caller's go around it).
     var lockedAcquireCount: Int { lock.withLock { lockedAcquires } }
+
+    /// How many releases kept their connection in its lane (tests; read once callers stopped).
+    var keptInLaneCount: Int { lock.withLock { lanes.reduce(0) { $0 + $1.keptReleases } } }
 
     /// How often the maintenance thread has woken (tests: it must not wake at every keep).
     var maintenanceWakeupCount: Int { lock.withLock { maintenanceWakeups } }
@@ -748,7 +927,8 @@ public final class PoolClient: @unchecked Sendable {
         // Shut the fast path before collecting: from here on every release comes through the lock.
         updateFastGate()
         let now = Clock.now()
-        var deferred = apply(collectFastCalls(now: now) + machine.close(now: now))
+        // Collected again after: connections kept in their lanes close as the state machine's do.
+        var deferred = apply(collectFastCalls(now: now) + machine.close(now: now) + collectFastCalls(now: now))
         lock.unlock()
         perform(deferred)
         lock.lock()

@@ -591,7 +591,9 @@ extension PoolAffinityTests {
         XCTAssertEqual(Set([a, b]), Set(ids))
         XCTAssertEqual(m.requestLease(WaiterID(3), now: .milliseconds(11)).0, .queued)
         XCTAssertEqual(leases(m.release(a, now: .milliseconds(12), outcome: .answered(latency: .milliseconds(1)))), [])
-        _ = m.waiterTimedOut(WaiterID(3), now: .milliseconds(13))
+        // Within the grace (after it, the timeout would hand the overdue connection to this very
+        // waiter first: every event begins by handing over what is overdue).
+        XCTAssertEqual(m.waiterTimedOut(WaiterID(3), now: .milliseconds(12) + Span(nanoseconds: 100_000)), [.failWaiter(WaiterID(3), .timedOut)])
         XCTAssertEqual(m.requestLease(WaiterID(4), now: .milliseconds(13)).0, .leased(a), "a newcomer takes it: nobody waits")
         XCTAssertEqual(m.requestLease(WaiterID(5), now: .milliseconds(14)).0, .queued)
         XCTAssertEqual(leases(m.release(b, now: .milliseconds(15), outcome: .answered(latency: .milliseconds(1)))), [])

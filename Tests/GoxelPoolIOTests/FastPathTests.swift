@@ -156,4 +156,73 @@ final class FastPathTests: XCTestCase {
         // not of snapshot() (which takes parked connections back itself).
         XCTAssertTrue(eventually(3) { (try? RefDaemon.intField("open", in: daemon.stats())) == 1 }, "idle connections closed")
     }
+
+    /// More callers than connections, each coming straight back: a release while callers wait
+    /// keeps the connection in its lane for its thread (reuse while waiting, without the lock),
+    /// and nothing of what the pool counts or promises changes. Every call succeeds within a 2 s
+    /// acquire timeout (nobody starves), and the counts equal the lock path's for the same work.
+    func testCallersBeyondMaxKeepConnectionsWithoutTheLock() throws {
+        var seen: [[Int]] = []
+        for fastPath in [true, false] {
+            let client = try PoolClient.forTest(daemon.socketPath, #""pool": {"min_connections": 2, "max_connections": 2, "max_waiters": 100, "acquire_timeout_ms": 2000, "fast_path": \#(fastPath)}"#)
+            defer { client.close(drain: .zero) }
+            let failures = Counter()
+            concurrently(6) { index in
+                for call in 0..<300 where client.run("goxel.get_voxel", "[\(index), \(call), 0]").status != .ok { failures.add() }
+            }
+            XCTAssertEqual(failures.value, 0, "fast path \(fastPath)")
+            let snapshot = client.snapshot()
+            let s = snapshot.statistics
+            XCTAssertGreaterThan(s.maxWaitingSeen, 0, "callers did wait")
+            XCTAssertEqual(s.connectionsCreated, 2)
+            seen.append([s.totalRequestsServed, Int(s.requestLatency.totalCount), Int(s.acquireWait.totalCount), s.bytesSent,
+                         snapshot.connections.reduce(0) { $0 + $1.requests }])
+            let kept = client.keptInLaneCount, locked = client.lockedAcquireCount
+            print("fast path \(fastPath), 6 threads on 2 connections: \(kept) releases kept in their lane, \(locked) of 1800 acquires took the lock")
+            if fastPath {
+                XCTAssertGreaterThan(kept, 100, "releases kept their connection without the lock")
+                XCTAssertLessThan(locked, 1500)
+            } else {
+                XCTAssertEqual(kept, 0)
+            }
+        }
+        XCTAssertEqual(seen[0], seen[1])
+        XCTAssertEqual(seen[0][0], 1800)
+        XCTAssertEqual(seen[0][2], 1800, "every call counted its lease")
+    }
+
+    /// A connection kept in its lane for a thread that never calls again reaches the waiter
+    /// within the grace (50 ms here) plus the maintenance thread's check, not at its
+    /// once-a-second housekeeping nor at the waiter's deadline. The holder's first call (300 ms,
+    /// so the waiter queues meanwhile) is kept by the state machine; its second (fast) is kept
+    /// in the lane; then it stops.
+    func testAConnectionKeptInItsLaneReachesTheWaiterWhenItsCallerStops() throws {
+        let client = try PoolClient.forTest(daemon.socketPath, #""timeout_ms": 5000, "pool": {"min_connections": 1, "max_connections": 1, "reuse_window_us": 1000000, "reuse_grace_us": 50000, "acquire_timeout_ms": 3000}"#)
+        defer { client.close(drain: .zero) }
+        XCTAssertEqual(client.run("ping").status, .ok)
+        try daemon.setFaults(#"{"latency_ms": 300}"#)
+        let finishedAt = OrderLog()   // [holder's second release, waiter's answer], in ns
+        let holder = LibraryThread {
+            XCTAssertEqual(client.run("ping").status, .ok)
+            XCTAssertEqual(client.run("ping").status, .ok)
+            finishedAt.append(Int(Clock.now().nanoseconds))
+        }
+        XCTAssertTrue(eventually { client.snapshot().busy == 1 })
+        let waiter = LibraryThread {
+            XCTAssertEqual(client.run("ping").status, .ok, "the waiter's call")
+            finishedAt.append(Int(Clock.now().nanoseconds))
+        }
+        XCTAssertTrue(eventually { client.snapshot().waiting == 1 })
+        try daemon.setFaults(#"{"latency_ms": 0}"#)
+        waiter.join()
+        holder.join()
+        XCTAssertEqual(client.keptInLaneCount, 1, "the holder's second release kept the connection in its lane")
+        let times = finishedAt.values
+        XCTAssertEqual(times.count, 2)
+        guard times.count == 2 else { return }
+        let gapMs = Double(times[1] - times[0]) / 1e6
+        print("fast path: the waiter got the connection kept in a lane \(gapMs) ms after its holder released it (grace 50 ms)")
+        XCTAssertGreaterThan(gapMs, 40, "kept for its holder during the grace")
+        XCTAssertLessThan(gapMs, 150, "the waiter got the kept connection \(gapMs) ms after the holder released it")
+    }
 }

@@ -46,11 +46,12 @@ final class PoolIntegrationTests: XCTestCase {
     }
 
     /// reuse_while_waiting: a connection released while a caller waits is kept for its
-    /// releaser's next call. This releaser never calls again: the waiter must get the connection
+    /// releaser's next call (a window of 1 s, so that a 300 ms call is kept; by default it would
+    /// be handed over at once). This releaser never calls again: the waiter must get the connection
     /// within reuse_grace_us plus the maintenance thread's check (2 ms), not at the maintenance
     /// thread's once-a-second housekeeping, nor at its own deadline.
     func testAKeptConnectionReachesTheWaiterWhenItsCallerStops() throws {
-        let client = try PoolClient.forTest(daemon.socketPath, #""timeout_ms": 5000, "pool": {"min_connections": 1, "max_connections": 1, "reuse_while_waiting": 8, "acquire_timeout_ms": 3000}"#)
+        let client = try PoolClient.forTest(daemon.socketPath, #""timeout_ms": 5000, "pool": {"min_connections": 1, "max_connections": 1, "reuse_while_waiting": 8, "reuse_window_us": 1000000, "acquire_timeout_ms": 3000}"#)
         defer { client.close(drain: .zero) }
         XCTAssertEqual(client.run("ping").status, .ok)
         try daemon.setFaults(#"{"latency_ms": 300}"#)
