@@ -27,11 +27,11 @@ extern "C" {
 #endif
 
 #define GOXELPOOL_VERSION_MAJOR 1
-#define GOXELPOOL_VERSION_MINOR 3
+#define GOXELPOOL_VERSION_MINOR 4
 #define GOXELPOOL_VERSION_PATCH 0
-#define GOXELPOOL_VERSION_STRING "1.3.0"
+#define GOXELPOOL_VERSION_STRING "1.4.0"
 
-/* The library's version at run time, e.g. "1.3.0"; equals GOXELPOOL_VERSION_STRING of the
+/* The library's version at run time, e.g. "1.4.0"; equals GOXELPOOL_VERSION_STRING of the
  * header the library was built with. Static string: never free it. */
 const char *goxelpool_version(void);
 
@@ -87,13 +87,15 @@ typedef struct goxelpool_client goxelpool_client;
  *            load_balancing "least_used" | "round_robin" | "random" (among idle connections; a
  *            thread first gets back the connection it released last, when that one is idle and
  *            healthy), connect_timeout_ms 1000,
- *            reuse_while_waiting 8 (since 1.2; 0..1000000: while calls wait for a connection,
- *              one that is released is kept for the releasing thread's next call up to this
- *              many calls in a row and within reuse_window_us of when that thread got it, then
- *              handed to the longest-waiting call; 0: hand it over at every release, strict
- *              FIFO. Waiters stay FIFO among themselves),
- *            reuse_window_us 1000 (since 1.2; 1..60000000: so only short calls are reused; a
- *              call slower than this hands its connection over at once),
+ *            reuse_while_waiting 16 (since 1.2, 8 before 1.4; 0..1000000: while calls wait for
+ *              a connection, one that is released is kept for the releasing thread's next call
+ *              up to this many calls in a row and within reuse_window_us of when that thread
+ *              got it, then handed to the longest-waiting call; 0: hand it over at every
+ *              release, strict FIFO. Waiters stay FIFO among themselves. Since 1.4, with
+ *              fast_path, a connection kept this way is taken back without the pool's lock),
+ *            reuse_window_us 3000 (since 1.2, 1000 before 1.4; 1..60000000: only short calls
+ *              are reused: a call that took half of it or longer, or that ends after it, hands
+ *              its connection over at once),
  *            reuse_grace_us 200 (since 1.2; 1..1000000: a kept connection whose thread does not
  *              call again within this many microseconds goes to the longest-waiting call, at
  *              the next call into the pool or at the latest 2 ms later, from the library's
@@ -106,7 +108,10 @@ typedef struct goxelpool_client goxelpool_client;
  *              health tiers, alerts and the circuit breaker are what they would be without it.
  *              A snapshot counts a call's lease when the call ends. A connection parked that
  *              way is seen by housekeeping (idle expiry, health checks) at the maintenance
- *              pass, at least once a second. false: every call takes the pool's lock),
+ *              pass, at least once a second. Since 1.4, while calls wait, a release that
+ *              reuse_while_waiting keeps for its thread is kept the same way (its thread takes
+ *              it back with no lock) under the same bounds; such a connection counts as busy in
+ *              a snapshot until it is handed over. false: every call takes the pool's lock),
  *            validate_on_connect true },
  *     reconnect { initial_backoff_ms 1000, multiplier 1.6, jitter 0.2, max_backoff_ms 120000 },
  *     health { interval_ms 30000, timeout_ms 5000, method "ping", failure_threshold 3,

@@ -131,7 +131,7 @@ private func checkCall(_ client: OpaquePointer?, _ method: UnsafePointer<CChar>?
 // MARK: - Version and status
 
 /// Equals GOXELPOOL_VERSION_STRING (Tests/packaging checks it at run time).
-let libraryVersion: StaticString = "1.3.0"
+let libraryVersion: StaticString = "1.4.0"
 
 @c @implementation
 public func goxelpool_version() -> UnsafePointer<CChar>! { staticCString(libraryVersion) }

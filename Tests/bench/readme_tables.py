@@ -60,7 +60,8 @@ def pool10_table(latest, earlier):
           "| switches per call, raw → compared | p99 µs, raw → compared |")
     print("|---:|---|---|---:|---|---|---|")
     names = {"raw-again": "raw again (the method's noise)", "pool": "pool 10..10", "pool-2..10": "pool 2..10",
-             "pool-fifo": "pool 10..10, reuse_while_waiting 0", "pool-locked": "pool 10..10, fast_path false"}
+             "pool-fifo": "pool 10..10, reuse_while_waiting 0", "pool-locked": "pool 10..10, fast_path false",
+             "pool-w1ms": "pool 10..10, reuse 8 calls / 1 ms (1.3's defaults)"}
     for row in latest:
         if row["bench"] != "pool10" or "ratio_ci95" not in row:  # runs 1-7 measured pool10 in rounds
             continue
@@ -99,20 +100,22 @@ def median_ci95(values):
 def fast_path_lines(latest, earlier):
     """The fast path's own share, paired per cycle: pool 10..10 against the same pool with
     fast_path false, from the same interleaved cycles (calls/s ratio; CPU per call difference)."""
-    for threads in (1, 8, 32):
-        parts = []
-        for run in (latest, earlier):
-            fast = find(run, "pool10", mode="pool", threads=threads)
-            locked = find(run, "pool10", mode="pool-locked", threads=threads)
-            if not fast or not locked or "cycle_ratios" not in locked:
-                continue
-            ratios = [a / b for a, b in zip(fast["cycle_ratios"], locked["cycle_ratios"])]
-            cpu = [a - b for a, b in zip(fast["cycle_cpu_diffs_us"], locked["cycle_cpu_diffs_us"])]
-            r, rl, rh = median_ci95(ratios)
-            c, cl, ch = median_ci95(cpu)
-            parts.append(f"{r:.2f}× ({rl:.2f}–{rh:.2f}), CPU {c:+.1f} µs ({cl:+.1f}, {ch:+.1f})")
-        if parts:
-            print(f"- fast path against the lock path, T = {threads}: " + "; ".join(parts))
+    for label, other_mode, thread_counts in (("fast path against the lock path", "pool-locked", (1, 8, 32)),
+                                             ("1.4's reuse defaults against 1.3's", "pool-w1ms", (32,))):
+        for threads in thread_counts:
+            parts = []
+            for run in (latest, earlier):
+                fast = find(run, "pool10", mode="pool", threads=threads)
+                other = find(run, "pool10", mode=other_mode, threads=threads)
+                if not fast or not other or "cycle_ratios" not in other:
+                    continue
+                ratios = [a / b for a, b in zip(fast["cycle_ratios"], other["cycle_ratios"])]
+                cpu = [a - b for a, b in zip(fast["cycle_cpu_diffs_us"], other["cycle_cpu_diffs_us"])]
+                r, rl, rh = median_ci95(ratios)
+                c, cl, ch = median_ci95(cpu)
+                parts.append(f"{r:.2f}× ({rl:.2f}–{rh:.2f}), CPU {c:+.1f} µs ({cl:+.1f}, {ch:+.1f})")
+            if parts:
+                print(f"- {label}, T = {threads}: " + "; ".join(parts))
 
 
 def sessions_table(latest, earlier):
