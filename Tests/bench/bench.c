@@ -749,7 +749,7 @@ static void health_idle_cost(double seconds, json_int_t *checks, double *cpu_ms)
  * measured a second time (an A/A comparison): its spread is this method's noise in the same run.
  * -------------------------------------------------------------------------------------------- */
 
-#define IL_MAX_MODES 5
+#define IL_MAX_MODES 6
 #define IL_MAX_CYCLES 64
 
 static int opt_cycles = 40;          /* --cycles N: interleaved cycles per experiment */
@@ -1009,6 +1009,7 @@ static void il_run(il_bench *b, const char *title) {
 }
 
 static int il_add(il_bench *b, const char *name, int threads, int conns, goxelpool_client *client, int base) {
+    if (b->nmodes == IL_MAX_MODES) die("%s", "too many interleaved modes: raise IL_MAX_MODES");
     b->modes[b->nmodes] = (il_mode){.name = name, .threads = threads, .conns = conns, .client = client, .base = base};
     if (threads > b->nthreads) b->nthreads = threads;
     return b->nmodes++;
