@@ -504,8 +504,12 @@ public final class PoolClient: @unchecked Sendable {
         guard now < gate.machineKeptUntil.load(ordering: .sequentiallyConsistent) else { return false }
         let earliest = gate.earliestKept.load(ordering: .sequentiallyConsistent)
         if now < earliest { return true }
-        guard let lanesEarliest = laneKeptExpiry() else { return true }
-        return now < lanesEarliest
+        let lanesEarliest = laneKeptExpiry() ?? Int64.max
+        guard now < lanesEarliest else { return false }
+        // Early: what it said went back to its thread. Raised to what the lanes hold, unless a
+        // parker lowered it meanwhile, so the next operations need not look at the lanes.
+        _ = gate.earliestKept.compareExchange(expected: earliest, desired: lanesEarliest, ordering: .sequentiallyConsistent)
+        return true
     }
 
     /// The earliest expiry of a connection kept in a lane, looked up (not `earliestKept`).
