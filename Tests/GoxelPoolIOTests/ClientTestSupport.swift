@@ -103,3 +103,29 @@ func eventually(_ timeout: Double = 5, _ condition: () -> Bool) -> Bool {
     }
     return condition()
 }
+
+/// A holder makes `holderCalls` calls, the first 300 ms long (a second caller queues meanwhile on
+/// the pool's only connection), then stops calling; returns the milliseconds between the holder's
+/// last release and the queued caller's answer (nil if either call is missing).
+func handOverGapAfterTheHolderStops(_ client: PoolClient, _ daemon: RefDaemon, holderCalls: Int) throws -> Double? {
+    XCTAssertEqual(client.run("ping").status, .ok)
+    try daemon.setFaults(#"{"latency_ms": 300}"#)
+    let finishedAt = OrderLog()   // [holder's last release, waiter's answer], in ns
+    let holder = LibraryThread {
+        for _ in 0..<holderCalls { XCTAssertEqual(client.run("ping").status, .ok) }
+        finishedAt.append(Int(Clock.now().nanoseconds))
+    }
+    XCTAssertTrue(eventually { client.snapshot().busy == 1 })
+    let waiter = LibraryThread {
+        XCTAssertEqual(client.run("ping").status, .ok, "the waiter's call")
+        finishedAt.append(Int(Clock.now().nanoseconds))
+    }
+    XCTAssertTrue(eventually { client.snapshot().waiting == 1 })
+    try daemon.setFaults(#"{"latency_ms": 0}"#)
+    waiter.join()
+    holder.join()
+    let times = finishedAt.values
+    XCTAssertEqual(times.count, 2)
+    guard times.count == 2 else { return nil }
+    return Double(times[1] - times[0]) / 1e6
+}

@@ -202,28 +202,8 @@ final class FastPathTests: XCTestCase {
     func testAConnectionKeptInItsLaneReachesTheWaiterWhenItsCallerStops() throws {
         let client = try PoolClient.forTest(daemon.socketPath, #""timeout_ms": 5000, "pool": {"min_connections": 1, "max_connections": 1, "reuse_window_us": 1000000, "reuse_grace_us": 200000, "acquire_timeout_ms": 3000}"#)
         defer { client.close(drain: .zero) }
-        XCTAssertEqual(client.run("ping").status, .ok)
-        try daemon.setFaults(#"{"latency_ms": 300}"#)
-        let finishedAt = OrderLog()   // [holder's second release, waiter's answer], in ns
-        let holder = LibraryThread {
-            XCTAssertEqual(client.run("ping").status, .ok)
-            XCTAssertEqual(client.run("ping").status, .ok)
-            finishedAt.append(Int(Clock.now().nanoseconds))
-        }
-        XCTAssertTrue(eventually { client.snapshot().busy == 1 })
-        let waiter = LibraryThread {
-            XCTAssertEqual(client.run("ping").status, .ok, "the waiter's call")
-            finishedAt.append(Int(Clock.now().nanoseconds))
-        }
-        XCTAssertTrue(eventually { client.snapshot().waiting == 1 })
-        try daemon.setFaults(#"{"latency_ms": 0}"#)
-        waiter.join()
-        holder.join()
+        guard let gapMs = try handOverGapAfterTheHolderStops(client, daemon, holderCalls: 2) else { return }
         XCTAssertEqual(client.keptInLaneCount, 1, "the holder's second release kept the connection in its lane")
-        let times = finishedAt.values
-        XCTAssertEqual(times.count, 2)
-        guard times.count == 2 else { return }
-        let gapMs = Double(times[1] - times[0]) / 1e6
         print("fast path: the waiter got the connection kept in a lane \(gapMs) ms after its holder released it (grace 200 ms)")
         XCTAssertGreaterThan(gapMs, 180, "kept for its holder during the grace")
         XCTAssertLessThan(gapMs, 400, "the waiter got the kept connection \(gapMs) ms after the holder released it")

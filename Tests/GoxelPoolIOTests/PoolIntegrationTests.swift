@@ -53,26 +53,7 @@ final class PoolIntegrationTests: XCTestCase {
     func testAKeptConnectionReachesTheWaiterWhenItsCallerStops() throws {
         let client = try PoolClient.forTest(daemon.socketPath, #""timeout_ms": 5000, "pool": {"min_connections": 1, "max_connections": 1, "reuse_while_waiting": 8, "reuse_window_us": 1000000, "acquire_timeout_ms": 3000}"#)
         defer { client.close(drain: .zero) }
-        XCTAssertEqual(client.run("ping").status, .ok)
-        try daemon.setFaults(#"{"latency_ms": 300}"#)
-        let finishedAt = OrderLog()   // [holder's release, waiter's answer], in ns
-        let holder = LibraryThread {
-            XCTAssertEqual(client.run("ping").status, .ok)
-            finishedAt.append(Int(Clock.now().nanoseconds))
-        }
-        XCTAssertTrue(eventually { client.snapshot().busy == 1 })
-        let waiter = LibraryThread {
-            XCTAssertEqual(client.run("ping").status, .ok, "the waiter's call")
-            finishedAt.append(Int(Clock.now().nanoseconds))
-        }
-        XCTAssertTrue(eventually { client.snapshot().waiting == 1 })
-        try daemon.setFaults(#"{"latency_ms": 0}"#)
-        waiter.join()
-        holder.join()
-        let times = finishedAt.values
-        XCTAssertEqual(times.count, 2)
-        guard times.count == 2 else { return }
-        let gapMs = Double(times[1] - times[0]) / 1e6
+        guard let gapMs = try handOverGapAfterTheHolderStops(client, daemon, holderCalls: 1) else { return }
         XCTAssertLessThan(gapMs, 150, "the waiter got the kept connection \(gapMs) ms after the holder released it")
     }
 
