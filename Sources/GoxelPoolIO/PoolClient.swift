@@ -333,7 +333,7 @@ public final class PoolClient: @unchecked Sendable {
         let (decision, leaseActions) = machine.requestLease(waiterID, now: now, preferred: remembered?.connection)
         actions += leaseActions
         // Adopted and refused (the circuit is open): still kept, now by the state machine.
-        publishMachineKept()
+        noteKeptConnections()
         switch decision {
         case .leased(let id):
             let connection = connections[id]
@@ -432,12 +432,11 @@ public final class PoolClient: @unchecked Sendable {
     }
 
     /// Under the lock, after a lease: the terms of the connection's fast releases. While callers
-    /// wait they serve only to keep it (none without reuse while waiting: its release goes
-    /// through the lock anyway, so a contended pool does not work them out at every lease).
+    /// wait they serve only to keep it in its lane (none when this pool does not keep in lanes:
+    /// its release goes through the lock anyway, so a contended pool does not work them out).
     private func lend(_ id: ConnectionID) {
         guard let lane = connections[id]?.fastLane else { return }
-        lane.terms = gate.count.load(ordering: .relaxed) == 0 || machine.settings.reuseWhileWaiting > 0
-            ? machine.fastReleaseTerms(for: id) : nil
+        lane.terms = gate.count.load(ordering: .relaxed) == 0 || keepsInLanes ? machine.fastReleaseTerms(for: id) : nil
         lane.lease = nil
     }
 
@@ -486,7 +485,7 @@ public final class PoolClient: @unchecked Sendable {
         } else if maintenanceNap.load(ordering: .relaxed) > until + Self.keptCheckInterval.nanoseconds {
             // The maintenance thread, the backstop for a caller that does not come back, sleeps
             // past this connection's grace (it lingers at keptCheckInterval while keeping goes on).
-            lock.withLock { wakeMaintenanceForKept() }
+            lock.withLock { noteKeptConnections() }
         }
         return true
     }
@@ -527,13 +526,6 @@ public final class PoolClient: @unchecked Sendable {
         return earliest
     }
 
-    /// Under the lock, after an operation: the state machine's kept expiry, for `noKeptOverdue`.
-    private func publishMachineKept() {
-        guard !lanes.isEmpty else { return }
-        let until = machine.keptExpiry?.nanoseconds ?? Int64.max
-        if gate.machineKeptUntil.load(ordering: .relaxed) != until { gate.machineKeptUntil.store(until, ordering: .sequentiallyConsistent) }
-    }
-
     /// The holder: the call goes into the lane's buffer, the lease that preceded it with it.
     @inline(__always)
     private func buffer(_ connection: DaemonConnection, lane: FastLane, at now: Instant, latency: Span) {
@@ -559,8 +551,7 @@ public final class PoolClient: @unchecked Sendable {
         var actions = collectFastCalls(now: now)
         actions += machine.returnParked(connection.id, now: now, byItsCaller: true, lastLatency: lastLatency)
         let deferred = apply(actions)
-        wakeMaintenanceForKept()
-        publishMachineKept()
+        noteKeptConnections()
         lock.unlock()
         perform(deferred)
     }
@@ -663,8 +654,7 @@ public final class PoolClient: @unchecked Sendable {
         if let lease = connection.fastLane?.lease { machine.recordLeaseWithoutPool(connection.id, lease) }
         actions += machine.release(connection.id, now: now, outcome: outcome)
         var deferred = actions.isEmpty ? [] : apply(actions)
-        wakeMaintenanceForKept()
-        publishMachineKept()
+        noteKeptConnections()
         // Forgotten by the pool (a drain timed out and it was abandoned): close it here.
         if closing && connections[connection.id] != nil && machine.health(of: connection.id) == nil {
             connections[connection.id] = nil
@@ -680,12 +670,16 @@ public final class PoolClient: @unchecked Sendable {
         }
     }
 
-    /// Under the lock, after a release: a connection kept for this thread's next call is handed
-    /// over by the maintenance thread if that call does not come (when no other call into the
-    /// pool does it first).
-    private func wakeMaintenanceForKept() {
-        if let expiry = keptExpiry, let sleeping = maintenanceSleepsUntil,
-           sleeping > expiry + Self.keptCheckInterval {
+    /// Under the lock, after any operation that may keep a connection for its thread: the state
+    /// machine's kept expiry is published for `noKeptOverdue`, and the maintenance thread wakes
+    /// in time to hand a kept connection over if its thread does not come back (when no other
+    /// call into the pool does it first).
+    private func noteKeptConnections() {
+        if !lanes.isEmpty {
+            let until = machine.keptExpiry?.nanoseconds ?? Int64.max
+            if gate.machineKeptUntil.load(ordering: .relaxed) != until { gate.machineKeptUntil.store(until, ordering: .sequentiallyConsistent) }
+        }
+        if let sleeping = maintenanceSleepsUntil, let expiry = keptExpiry, sleeping > expiry + Self.keptCheckInterval {
             maintenanceSleepsUntil = nil
             keptSeen = Clock.now()
             maintenanceWakeup.signal()
@@ -767,7 +761,7 @@ public final class PoolClient: @unchecked Sendable {
         var actions = collectFastCalls(now: Clock.now())
         actions += body(&machine)
         let deferred = apply(actions)
-        publishMachineKept()
+        noteKeptConnections()
         lock.unlock()
         perform(deferred)
     }
@@ -872,7 +866,7 @@ public final class PoolClient: @unchecked Sendable {
             var actions = collectFastCalls(now: tickAt)
             actions += machine.tick(now: tickAt)
             let deferred = apply(actions)
-            publishMachineKept()
+            noteKeptConnections()
             lock.unlock()
             perform(deferred)
             lock.lock()
