@@ -3,7 +3,7 @@ import PackageDescription
 
 // Layout (see README "Architecture"):
 //   CJansson       the system's jansson (JSON at the C boundary and on the wire)
-//   CLinux         Linux headers Swift's Glibc module lacks (eventfd)
+//   CLinux         Linux calls Swift's Glibc module lacks (eventfd, futex)
 //   COpenSSL       the system's OpenSSL (tls: and dnstls: endpoints)
 //   CGoxelPool     include/goxelpool.h as a C module: the contract the shim is checked against
 //   GoxelPoolCore  pure decisions: configuration, pool and health state machines, backoff (no I/O)

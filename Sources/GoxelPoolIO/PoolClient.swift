@@ -1,4 +1,5 @@
 import CJansson
+import CLinux
 import Glibc
 import GoxelPoolCore
 import Synchronization
@@ -115,28 +116,63 @@ public final class PoolClient: @unchecked Sendable {
     /// resolver looks again when every address of the name fails.
     private let openFailed: (@Sendable () -> Void)?
 
-    /// A waiting caller's parking spot, with a lock of its own: a hand-off wakes it without the
-    /// pool's lock, so a woken caller does not have to win the contended pool lock again.
+    /// A waiting caller's parking spot: one futex word, so a hand-off wakes it without the
+    /// pool's lock and costs one system call each way (a mutex and condition variable cost the
+    /// woken caller a third: it takes the box's mutex again, contended, and wakes nobody).
     final class WaiterBox: @unchecked Sendable {
-        private let mutex = PthreadMutex()
-        private let wakeup = Condition()
+        /// `empty`, `sleeping` (its caller is about to sleep or sleeps on it), or `delivered`.
+        private let word: UnsafeMutablePointer<Atomic<UInt32>>
+        private static let empty: UInt32 = 0
+        private static let delivered: UInt32 = 1
+        private static let sleeping: UInt32 = 2
+        /// The first deliverer writes `result`; the word publishes it (release, then acquire).
+        private let claimed = Atomic<Bool>(false)
         private var result: Result<DaemonConnection, CallFailure>?
 
-        /// After the pool's lock is released: the waiter's connection, or why it gets none.
+        init() {
+            word = .allocate(capacity: 1)
+            word.initialize(to: Atomic(Self.empty))
+        }
+
+        deinit {
+            word.deinitialize(count: 1)
+            word.deallocate()
+        }
+
+        /// The kernel's view of the word (an Atomic's storage is the value itself).
+        private var futexWord: UnsafeMutablePointer<UInt32> {
+            UnsafeMutableRawPointer(word).assumingMemoryBound(to: UInt32.self)
+        }
+
+        /// After the pool's lock is released: the waiter's connection, or why it gets none. Only
+        /// the first delivery counts.
         func deliver(_ outcome: Result<DaemonConnection, CallFailure>) {
-            mutex.withLock {
-                if result == nil { result = outcome }
-                wakeup.signal()
+            guard !claimed.exchange(true, ordering: .relaxed) else { return }
+            result = outcome
+            if word.pointee.exchange(Self.delivered, ordering: .acquiringAndReleasing) == Self.sleeping {
+                goxelpool_futex_wake_one(futexWord)
             }
         }
 
         /// The outcome, or nil when `deadline` passed first (nil deadline: wait for it).
         func wait(until deadline: Instant?) -> Result<DaemonConnection, CallFailure>? {
-            mutex.withLock {
-                while result == nil {
-                    if !wakeup.wait(mutex, until: deadline) && result == nil { return nil }
+            var spec = timespec()
+            if let deadline {
+                let nanoseconds = max(deadline.nanoseconds, 0)
+                spec = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
+            }
+            while true {
+                let state = word.pointee.load(ordering: .acquiring)
+                if state == Self.delivered { return result }
+                if state == Self.empty {
+                    guard word.pointee.compareExchange(expected: Self.empty, desired: Self.sleeping, ordering: .acquiringAndReleasing).exchanged
+                    else { continue }  // delivered meanwhile
                 }
-                return result
+                let status = deadline == nil ? goxelpool_futex_wait(futexWord, Self.sleeping, nil)
+                                             : goxelpool_futex_wait(futexWord, Self.sleeping, &spec)
+                if status == ETIMEDOUT {
+                    return word.pointee.load(ordering: .acquiring) == Self.delivered ? result : nil
+                }
             }
         }
     }
