@@ -36,6 +36,11 @@ final class ClientHandle: @unchecked Sendable {
         guard let pointer else { return nil }
         return Unmanaged<ClientHandle>.fromOpaque(UnsafeRawPointer(pointer)).takeUnretainedValue()
     }
+
+    /// `body` with the handle, not retained (the caller's use of the pointer keeps it alive).
+    static func withUnretained<R>(_ pointer: OpaquePointer, _ body: (ClientHandle) -> R) -> R {
+        Unmanaged<ClientHandle>.fromOpaque(UnsafeRawPointer(pointer))._withUnsafeGuaranteedRef(body)
+    }
 }
 
 private func status(_ value: CallStatus) -> goxelpool_status { goxelpool_status(rawValue: UInt32(value.rawValue)) }
@@ -118,14 +123,22 @@ private func paramsPointer(_ params: UnsafePointer<json_t>?) -> OpaquePointer? {
 /// The arguments every call takes: a client, a method name, params.
 private func checkCall(_ client: OpaquePointer?, _ method: UnsafePointer<CChar>?,
                        _ params: UnsafePointer<json_t>?) -> Result<(ClientHandle, String), CallFailure> {
-    guard let handle = ClientHandle.from(client) else { return .failure(CallFailure(.invalid, "client is NULL")) }
+    checkArguments(client, method, params).map { client, name in
+        (Unmanaged<ClientHandle>.fromOpaque(UnsafeRawPointer(client)).takeUnretainedValue(), name)
+    }
+}
+
+/// The same checks, without taking a reference to the client (goxelpool_call's hot path).
+private func checkArguments(_ client: OpaquePointer?, _ method: UnsafePointer<CChar>?,
+                            _ params: UnsafePointer<json_t>?) -> Result<(OpaquePointer, String), CallFailure> {
+    guard let client else { return .failure(CallFailure(.invalid, "client is NULL")) }
     let name: String
     switch methodName(method) {
     case .success(let value): name = value
     case .failure(let failure): return .failure(failure)
     }
     if let failure = checkParams(params) { return .failure(failure) }
-    return .success((handle, name))
+    return .success((client, name))
 }
 
 // MARK: - Version and status
@@ -296,13 +309,18 @@ public func goxelpool_call(_ client: OpaquePointer?, _ method: UnsafePointer<CCh
     LastError.clear()
     result?.pointee = nil
     rpcError?.pointee = nil
-    let handle: ClientHandle, name: String
-    switch checkCall(client, method, params) {
-    case .success(let checked): (handle, name) = checked
+    let checked: (client: OpaquePointer, name: String)
+    switch checkArguments(client, method, params) {
+    case .success(let value): checked = value
     case .failure(let failure): return failed(failure)
     }
-    return deliver(handle.client.call(method: name, params: paramsPointer(params), timeout: timeoutSpan(timeoutMs)),
-                   result, rpcError)
+    let name = checked.name
+    // Not retained: the header forbids freeing a client while another thread uses it, and a
+    // retain here would write the client's reference count (shared by every calling thread).
+    return ClientHandle.withUnretained(checked.client) { handle in
+        deliver(handle.client.call(method: name, params: paramsPointer(params), timeout: timeoutSpan(timeoutMs)),
+                result, rpcError)
+    }
 }
 
 /// Hands a synchronous call's outcome to the caller's out pointers (dropping what they don't want).

@@ -1,5 +1,6 @@
 import Glibc
 import GoxelPoolCore
+import Synchronization
 
 /// The client the C API drives: one `PoolClient` (sub-pool with its own health, backoff and
 /// circuit breaker) per endpoint, and an `EndpointBalancer` that picks the endpoint of each call.
@@ -22,9 +23,21 @@ public final class MultiPoolClient: @unchecked Sendable {
     private var balancer: EndpointBalancer
     private var members: [Int: Member] = [:] {
         // The hot path of a one-endpoint client reads this instead of walking the dictionary.
-        didSet { onlyMember = members.count == 1 ? members.first : nil }
+        didSet {
+            onlyMember = members.count == 1 ? members.first : nil
+            if soleRouteOpen.load(ordering: .relaxed) { soleRouteOpen.store(false, ordering: .releasing) }
+        }
     }
     private var onlyMember: (key: Int, value: Member)?
+    /// A client configured with one fixed endpoint (no spawn, no DNS name) sends its calls to
+    /// that endpoint's pool without this client's lock and without retaining anything: every
+    /// call would otherwise write the lock's and the pool's shared cache lines (a dozen atomic
+    /// operations that bounce between CPUs). Set once, at the end of init; the route shuts for
+    /// good at the first endpoint added or removed and at close (then calls take the lock).
+    /// `soleRouteOwner` keeps the pool alive as long as a caller may still be on the route.
+    private var soleRoute: Unmanaged<PoolClient>?
+    private var soleRouteOwner: PoolClient?
+    private let soleRouteOpen = Atomic<Bool>(false)
     private var nextMemberID = 1
     private var closing = false
     private let startedAt = Clock.now()
@@ -105,6 +118,11 @@ public final class MultiPoolClient: @unchecked Sendable {
         for endpoint in endpoints { _ = addLocked(endpoint, max: perEndpoint) }
         lock.withLock { for name in configuration.dnsEndpoints { addNameLocked(name) } }
         sessions.availability = { [weak self] in self?.sessionAvailability() ?? [:] }
+        if configuration.spawn == nil, configuration.dnsEndpoints.isEmpty, members.count == 1, let pool = members.first?.value.pool {
+            soleRoute = Unmanaged.passUnretained(pool)
+            soleRouteOwner = pool
+            soleRouteOpen.store(true, ordering: .releasing)
+        }
         // Last: its thread starts at once and adds endpoints as daemons answer.
         if configuration.spawn != nil {
             managedAvailability = .starting
@@ -114,6 +132,9 @@ public final class MultiPoolClient: @unchecked Sendable {
             sessions.defaultCheckpointDir = supervisor?.directory
         }
     }
+
+    /// Tests: calls take the sole route (see `soleRoute`).
+    var soleRouteIsOpen: Bool { soleRouteOpen.load(ordering: .acquiring) }
 
     /// One endpoint's pool.max_connections within max_total_connections, shared out evenly.
     private static func share(of configuration: ClientConfiguration, among count: Int) -> Int {
@@ -163,6 +184,11 @@ public final class MultiPoolClient: @unchecked Sendable {
     // MARK: - Calls
 
     public func call(method: String, params: OpaquePointer?, timeout: Span?, notification: Bool = false) -> CallOutcome {
+        if soleRouteOpen.load(ordering: .acquiring), let soleRoute {
+            return soleRoute._withUnsafeGuaranteedRef {
+                $0.call(method: method, params: params, timeout: timeout, notification: notification)
+            }
+        }
         // One endpoint (the socket_path case): nothing to choose, so no balancer on the hot path.
         lock.lock()
         if let (onlyID, only) = onlyMember, !closing {
@@ -618,6 +644,7 @@ public final class MultiPoolClient: @unchecked Sendable {
         let state: ([PoolClient], LibraryThread?)? = lock.withLock {
             if closing { return nil }
             closing = true
+            soleRouteOpen.store(false, ordering: .releasing)
             endpointsChanged.broadcast()
             resolverWakeup.signal()
             return (members.keys.sorted().compactMap { members[$0]?.pool }, resolverThread)

@@ -101,6 +101,39 @@ final class MultiEndpointTests: XCTestCase {
         XCTAssertNotNil(client.removeEndpoint(.unix(path: daemons[0].socketPath), drain: .zero), "already removed")
     }
 
+    /// A client of one fixed endpoint sends its calls past its lock (the sole route); the route
+    /// shuts when an endpoint is added, so calls follow the endpoints from then on, and at close.
+    func testAOneEndpointClientFollowsItsEndpointsWhenTheyChange() throws {
+        let configuration = try ClientConfiguration.fromJSON(#"{"socket_path": "\#(daemons[0].socketPath)", "timeout_ms": 2000}"#)
+        let client = MultiPoolClient(configuration: configuration, endpoints: configuration.effectiveEndpoints)
+        defer { client.close(drain: .zero) }
+        XCTAssertTrue(client.soleRouteIsOpen)
+        concurrently(4) { _ in for _ in 0..<50 { XCTAssertEqual(client.run("ping").status, .ok) } }
+        XCTAssertGreaterThanOrEqual(requests(daemons[0]), 200, "the calls (and the pool's own checks)")
+        XCTAssertNil(client.addEndpoint(.unix(path: daemons[1].socketPath)))
+        XCTAssertFalse(client.soleRouteIsOpen)
+        XCTAssertNil(client.removeEndpoint(.unix(path: daemons[0].socketPath), drain: .milliseconds(2000)))
+        try daemons[0].resetStats()
+        concurrently(4) { _ in for _ in 0..<50 { XCTAssertEqual(client.run("ping").status, .ok) } }
+        XCTAssertEqual(requests(daemons[0]), 0, "the removed endpoint gets nothing")
+        XCTAssertGreaterThanOrEqual(requests(daemons[1]), 200)
+        client.close(drain: .zero)
+        XCTAssertEqual(client.run("ping").status, .closed)
+    }
+
+    /// Closed, a one-endpoint client refuses calls as any client does (its route shut first).
+    func testAOneEndpointClientRefusesCallsOnceClosed() throws {
+        let configuration = try ClientConfiguration.fromJSON(#"{"socket_path": "\#(daemons[0].socketPath)", "timeout_ms": 2000}"#)
+        let client = MultiPoolClient(configuration: configuration, endpoints: configuration.effectiveEndpoints)
+        XCTAssertEqual(client.run("ping").status, .ok)
+        client.close(drain: .zero)
+        XCTAssertFalse(client.soleRouteIsOpen)
+        let outcome = client.call(method: "ping", params: nil, timeout: nil)
+        guard case .failure(let failure) = outcome else { return XCTFail("a closed client answered") }
+        XCTAssertEqual(failure.status, .closed)
+        XCTAssertEqual(failure.message, "client is closed")
+    }
+
     func testEndpointsAddedAtRunTimeShareTheTotalCap() throws {
         let client = try client(#", "max_total_connections": 5, "pool": {"min_connections": 1, "max_connections": 4}"#)
         defer { client.close(drain: .zero) }
