@@ -111,11 +111,15 @@ final class FastGate: @unchecked Sendable {
     /// A parker lowers it; a collector that hands kept connections over raises it again. It may
     /// be early (its connection went back to its thread): `keptLanes` tells.
     let earliestKept = Atomic<Int64>(Int64.max)
-    /// Bit i: lane i holds a kept connection (pools of up to 64 connections keep in lanes).
-    let keptLanes = Atomic<UInt64>(0)
     /// The state machine's own earliest kept expiry (nanoseconds; Int64.max: none), published
     /// under the lock after each operation, for callers without it.
     let machineKeptUntil = Atomic<Int64>(Int64.max)
+    /// The fields above are read by every call and written rarely; `keptLanes` is written by
+    /// every keep and every take-back while callers wait, so it has a line of its own (sharing
+    /// one, each of those writes would cost every other CPU a miss on the fields above).
+    private let paddingKept: CacheLinePadding = (0, 0, 0, 0, 0, 0, 0, 0)
+    /// Bit i: lane i holds a kept connection (pools of up to 64 connections keep in lanes).
+    let keptLanes = Atomic<UInt64>(0)
 
     func lowerEarliestKept(to until: Int64) {
         var current = earliestKept.load(ordering: .sequentiallyConsistent)
