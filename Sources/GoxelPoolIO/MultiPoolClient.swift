@@ -25,7 +25,7 @@ public final class MultiPoolClient: @unchecked Sendable {
         // The hot path of a one-endpoint client reads this instead of walking the dictionary.
         didSet {
             onlyMember = members.count == 1 ? members.first : nil
-            if soleRouteOpen.load(ordering: .relaxed) { soleRouteOpen.store(false, ordering: .releasing) }
+            shutSoleRoute()
         }
     }
     private var onlyMember: (key: Int, value: Member)?
@@ -135,6 +135,11 @@ public final class MultiPoolClient: @unchecked Sendable {
 
     /// Tests: calls take the sole route (see `soleRoute`).
     var soleRouteIsOpen: Bool { soleRouteOpen.load(ordering: .acquiring) }
+
+    /// Under the lock: calls take the lock from now on (endpoints change, or the client closes).
+    private func shutSoleRoute() {
+        if soleRouteOpen.load(ordering: .relaxed) { soleRouteOpen.store(false, ordering: .releasing) }
+    }
 
     /// One endpoint's pool.max_connections within max_total_connections, shared out evenly.
     private static func share(of configuration: ClientConfiguration, among count: Int) -> Int {
@@ -487,6 +492,7 @@ public final class MultiPoolClient: @unchecked Sendable {
 
     /// Under the lock: starts resolving `name` (its first lookup is due at once).
     private func addNameLocked(_ name: DNSName) {
+        shutSoleRoute()  // its addresses may replace the endpoint: calls go through the lock
         names[name] = DNSResolution(name: name, refresh: .milliseconds(configuration.dnsRefreshMs), now: Clock.now(),
                                     seed: UInt64(bitPattern: Clock.now().nanoseconds) ^ UInt64(names.count))
         if resolverThread == nil {
@@ -644,7 +650,7 @@ public final class MultiPoolClient: @unchecked Sendable {
         let state: ([PoolClient], LibraryThread?)? = lock.withLock {
             if closing { return nil }
             closing = true
-            soleRouteOpen.store(false, ordering: .releasing)
+            shutSoleRoute()
             endpointsChanged.broadcast()
             resolverWakeup.signal()
             return (members.keys.sorted().compactMap { members[$0]?.pool }, resolverThread)

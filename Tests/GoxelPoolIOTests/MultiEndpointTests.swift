@@ -121,6 +121,19 @@ final class MultiEndpointTests: XCTestCase {
         XCTAssertEqual(client.run("ping").status, .closed)
     }
 
+    /// A DNS name added to a one-endpoint client may bring endpoints that replace it: its calls
+    /// go through the lock from then on, which can send them elsewhere.
+    func testAOneEndpointClientShutsItsRouteWhenANameIsAdded() throws {
+        let configuration = try ClientConfiguration.fromJSON(#"{"socket_path": "\#(daemons[0].socketPath)", "timeout_ms": 2000}"#)
+        let client = MultiPoolClient(configuration: configuration, endpoints: configuration.effectiveEndpoints)
+        defer { client.close(drain: .zero) }
+        XCTAssertTrue(client.soleRouteIsOpen)
+        guard case .success(let name) = EndpointTarget.parse("dns:gxp-test.invalid:7000") else { return XCTFail("parse") }
+        XCTAssertNil(client.addEndpoint(name))
+        XCTAssertFalse(client.soleRouteIsOpen)
+        XCTAssertEqual(client.run("ping").status, .ok, "still served by the endpoint it has")
+    }
+
     /// Closed, a one-endpoint client refuses calls as any client does (its route shut first).
     func testAOneEndpointClientRefusesCallsOnceClosed() throws {
         let configuration = try ClientConfiguration.fromJSON(#"{"socket_path": "\#(daemons[0].socketPath)", "timeout_ms": 2000}"#)
