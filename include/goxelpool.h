@@ -110,8 +110,9 @@ typedef struct goxelpool_client goxelpool_client;
  *              way is seen by housekeeping (idle expiry, health checks) at the maintenance
  *              pass, at least once a second. Since 1.4, while calls wait, a release that
  *              reuse_while_waiting keeps for its thread is kept the same way (its thread takes
- *              it back with no lock) under the same bounds; such a connection counts as busy in
- *              a snapshot until it is handed over. false: every call takes the pool's lock),
+ *              it back with no lock) under the same bounds; such a connection counts as idle
+ *              in a snapshot, as one kept through the lock does (busy before 1.4.1). false:
+ *              every call takes the pool's lock),
  *            validate_on_connect true },
  *     reconnect { initial_backoff_ms 1000, multiplier 1.6, jitter 0.2, max_backoff_ms 120000 },
  *     health { interval_ms 30000, timeout_ms 5000, method "ping", failure_threshold 3,

@@ -547,6 +547,18 @@ public final class PoolClient: @unchecked Sendable {
         return true
     }
 
+    /// Under the lock: connections kept in their lanes now (each is leased in the state machine).
+    private func keptLaneCount() -> Int {
+        var mask = gate.keptLanes.load(ordering: .sequentiallyConsistent)
+        var count = 0
+        while mask != 0 {
+            let index = mask.trailingZeroBitCount
+            mask &= mask &- 1
+            if lanes[index].parked.load(ordering: .sequentiallyConsistent) == FastLane.parkedKept { count += 1 }
+        }
+        return count
+    }
+
     /// The earliest expiry of a connection kept in a lane, looked up (not `earliestKept`).
     private func laneKeptExpiry() -> Int64? {
         var mask = gate.keptLanes.load(ordering: .sequentiallyConsistent)
@@ -1024,10 +1036,12 @@ public final class PoolClient: @unchecked Sendable {
         lock.lock()
         // Calls made without the lock count, and parked connections are idle.
         let deferred = apply(collectFastCalls(now: Clock.now()))
+        // Kept in a lane for its thread, as the state machine's kept ones: idle (leased to it).
+        let keptInLanes = min(keptLaneCount(), machine.count(.busy))
         let snapshot = Snapshot(
             statistics: machine.statistics, state: machine.poolState,
-            total: machine.connectionCount - machine.count(.opening), idle: machine.count(.idle),
-            busy: machine.count(.busy), opening: machine.count(.opening), checking: machine.count(.checking),
+            total: machine.connectionCount - machine.count(.opening), idle: machine.count(.idle) + keptInLanes,
+            busy: machine.count(.busy) - keptInLanes, opening: machine.count(.opening), checking: machine.count(.checking),
             healthy: machine.healthyCount, waiting: machine.waitingCount, poolHealth: machine.poolHealth,
             circuit: machine.breaker,
             connections: machine.connectionIDs.compactMap { id in

@@ -208,4 +208,33 @@ final class FastPathTests: XCTestCase {
         XCTAssertGreaterThan(gapMs, 180, "kept for its holder during the grace")
         XCTAssertLessThan(gapMs, 400, "the waiter got the kept connection \(gapMs) ms after the holder released it")
     }
+    /// A connection kept in its lane for a thread that has not called again is counted as the
+    /// state machine's kept ones are: idle (a waiter waits beside it, within the grace).
+    func testASnapshotCountsAConnectionKeptInItsLaneAsIdle() throws {
+        let client = try PoolClient.forTest(daemon.socketPath, #""timeout_ms": 5000, "pool": {"min_connections": 1, "max_connections": 1, "reuse_window_us": 2000000, "reuse_grace_us": 1000000, "acquire_timeout_ms": 4000}"#)
+        defer { client.close(drain: .zero) }
+        XCTAssertEqual(client.run("ping").status, .ok)
+        try daemon.setFaults(#"{"latency_ms": 300}"#)
+        let holderDone = OrderLog()
+        // Its first release (300 ms) keeps the connection through the lock, its second (0 ms)
+        // in the lane; then it stops, for the 1 s grace.
+        let holder = LibraryThread {
+            for _ in 0..<2 { XCTAssertEqual(client.run("ping").status, .ok) }
+            holderDone.append(1)
+        }
+        XCTAssertTrue(eventually { client.snapshot().busy == 1 })
+        let waiter = LibraryThread { XCTAssertEqual(client.run("ping").status, .ok) }
+        XCTAssertTrue(eventually { client.snapshot().waiting == 1 })
+        try daemon.setFaults(#"{"latency_ms": 0}"#)
+        XCTAssertTrue(eventually { holderDone.values.count == 1 })
+        let snapshot = client.snapshot()
+        XCTAssertEqual(client.keptInLaneCount, 1, "the holder's second release kept the connection in its lane")
+        XCTAssertEqual(snapshot.waiting, 1, "checked within the grace")
+        XCTAssertEqual(snapshot.idle, 1)
+        XCTAssertEqual(snapshot.busy, 0)
+        XCTAssertEqual(snapshot.total, 1)
+        waiter.join()
+        holder.join()
+        XCTAssertEqual(client.snapshot().idle, 1, "idle once the waiter is done")
+    }
 }
