@@ -449,7 +449,13 @@ public struct PoolStateMachine {
     /// Whether keeping a connection for its releaser pays after this call: not after a slow one.
     private func reusePays(after outcome: ReleaseOutcome) -> Bool {
         guard case .answered(let latency) = outcome else { return true }
-        return latency < Span(nanoseconds: settings.reuseWindow.nanoseconds / 2)
+        return Self.shortEnoughToKeep(latency, window: settings.reuseWindow)
+    }
+
+    /// The short-call rule of reuse while callers wait (the lock path and the fast path's terms):
+    /// a call that took half the window or longer hands its connection over.
+    static func shortEnoughToKeep(_ latency: Span, window: Span) -> Bool {
+        latency.nanoseconds < window.nanoseconds / 2
     }
 
     /// The bookkeeping of an answered call (statistics, health, breaker, spike, balancing counts):
@@ -491,10 +497,9 @@ public struct PoolStateMachine {
         var closeReason = reason
         if closeReason == nil {
             if isClosed || connection.retireOnReturn { closeReason = .shutdown }
-            else if !limitsDue {}
-            else if settings.maxRequestsPerConnection > 0 && connection.requestsServed >= settings.maxRequestsPerConnection {
+            else if limitsDue, settings.maxRequestsPerConnection > 0 && connection.requestsServed >= settings.maxRequestsPerConnection {
                 closeReason = .rotation
-            } else if let expiry = connection.expiresAt, expiry <= now {
+            } else if limitsDue, let expiry = connection.expiresAt, expiry <= now {
                 closeReason = .lifetime
             }
         }
@@ -550,7 +555,7 @@ public struct PoolStateMachine {
         /// True when, with callers waiting (and no kept connection overdue), that release would
         /// keep the connection for its holder's next call and do nothing else.
         public func admitsKeep(latency: Span, now: Instant) -> Bool {
-            keepsLeft > 0 && now < keepWindowEnds && latency.nanoseconds < reuseWindow.nanoseconds / 2
+            keepsLeft > 0 && now < keepWindowEnds && PoolStateMachine.shortEnoughToKeep(latency, window: reuseWindow)
                 && admits(latency: latency, now: now)
         }
 

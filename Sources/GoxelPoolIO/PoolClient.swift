@@ -56,11 +56,9 @@ public final class PoolClient: @unchecked Sendable {
     private let attemptObserver: ((Int) -> Void)?
 
     private let maintenanceWakeup = Condition()
-    /// Where the maintenance thread sleeps until (nil: awake). A kept connection whose expiry it
-    /// would sleep past wakes it; otherwise releases do not signal it.
-    private var maintenanceSleepsUntil: Instant?
-    /// `maintenanceSleepsUntil` for threads without the lock (nanoseconds; 0: awake): a caller
-    /// that keeps a connection in its lane reads it.
+    /// Where the maintenance thread sleeps until (nanoseconds; 0: awake or already woken),
+    /// written under the lock, read without it by a caller that keeps a connection in its lane.
+    /// A kept connection whose expiry it would sleep past wakes it; otherwise releases do not.
     private let maintenanceNap = Atomic<Int64>(0)
     /// When the maintenance thread last saw a kept connection, or was woken for one.
     private var keptSeen: Instant?
@@ -547,27 +545,28 @@ public final class PoolClient: @unchecked Sendable {
         return true
     }
 
+    /// The lanes that hold a kept connection now (the mask says which may).
+    @inline(__always)
+    private func forEachKeptLane(_ body: (FastLane) -> Void) {
+        var mask = gate.keptLanes.load(ordering: .sequentiallyConsistent)
+        while mask != 0 {
+            let lane = lanes[mask.trailingZeroBitCount]
+            mask &= mask &- 1
+            if lane.parked.load(ordering: .sequentiallyConsistent) == FastLane.parkedKept { body(lane) }
+        }
+    }
+
     /// Under the lock: connections kept in their lanes now (each is leased in the state machine).
     private func keptLaneCount() -> Int {
-        var mask = gate.keptLanes.load(ordering: .sequentiallyConsistent)
         var count = 0
-        while mask != 0 {
-            let index = mask.trailingZeroBitCount
-            mask &= mask &- 1
-            if lanes[index].parked.load(ordering: .sequentiallyConsistent) == FastLane.parkedKept { count += 1 }
-        }
+        forEachKeptLane { _ in count += 1 }
         return count
     }
 
     /// The earliest expiry of a connection kept in a lane, looked up (not `earliestKept`).
     private func laneKeptExpiry() -> Int64? {
-        var mask = gate.keptLanes.load(ordering: .sequentiallyConsistent)
         var earliest: Int64?
-        while mask != 0 {
-            let index = mask.trailingZeroBitCount
-            mask &= mask &- 1
-            let lane = lanes[index]
-            guard lane.parked.load(ordering: .sequentiallyConsistent) == FastLane.parkedKept else { continue }
+        forEachKeptLane { lane in
             let until = lane.keptUntil.load(ordering: .relaxed)
             if earliest.map({ until < $0 }) ?? true { earliest = until }
         }
@@ -727,8 +726,9 @@ public final class PoolClient: @unchecked Sendable {
             let until = machine.keptExpiry?.nanoseconds ?? Int64.max
             if gate.machineKeptUntil.load(ordering: .relaxed) != until { gate.machineKeptUntil.store(until, ordering: .sequentiallyConsistent) }
         }
-        if let sleeping = maintenanceSleepsUntil, let expiry = keptExpiry, sleeping > expiry + Self.keptCheckInterval {
-            maintenanceSleepsUntil = nil
+        let sleeping = maintenanceNap.load(ordering: .relaxed)
+        if sleeping != 0, let expiry = keptExpiry, sleeping > (expiry + Self.keptCheckInterval).nanoseconds {
+            maintenanceNap.store(0, ordering: .relaxed)
             keptSeen = Clock.now()
             maintenanceWakeup.signal()
         }
@@ -900,11 +900,9 @@ public final class PoolClient: @unchecked Sendable {
                 until = min(until, now + Self.keptCheckInterval)
             }
             if until > now {
-                maintenanceSleepsUntil = until
                 maintenanceNap.store(until.nanoseconds, ordering: .relaxed)
                 maintenanceWakeup.wait(lock, until: until)
                 maintenanceNap.store(0, ordering: .relaxed)
-                maintenanceSleepsUntil = nil
                 maintenanceWakeups &+= 1
             }
             if maintenanceStop { break }
