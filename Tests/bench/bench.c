@@ -4,6 +4,7 @@
  *   cc -std=c11 -O2 -Wall -Wextra -Werror bench.c $(pkg-config --cflags --libs goxelpool) -lpthread
  *
  * Usage: bench [--quick] [--rounds N] [--duration SECONDS] [--cycles N] [--slice SECONDS] [--refd PATH] [--socket PATH]
+ *              [--shared-threads] [--thread-history]
  *   Starts `goxel-refd` (--refd, default: goxel-refd from PATH) on a temporary socket, or uses the
  *   daemon at --socket / $SOCKET. Daemon latency is set through its control socket PATH.ctl
  *   (refd.set_faults); without one, the 2 ms rows are skipped. $BENCH_QUICK=1 is --quick.
@@ -738,8 +739,8 @@ static void health_idle_cost(double seconds, json_int_t *checks, double *cpu_ms)
 }
 
 /* ----------------------------------------------------------------------------------------------
- * Pool of 10, interleaved: the raw client and the pools take turns in short slices on the same
- * threads, so each slice of the pool has a slice of its baseline next to it in time. On this
+ * Pool of 10, interleaved: the raw client and the pools take turns in short slices, each mode on
+ * threads of its own, so each slice of the pool has a slice of its baseline next to it in time. On this
  * shared 2-CPU machine the load moves by ±15 % over seconds (two runs of the same program 1 s
  * apart); rows run 2 s apart each cannot tell 5 % apart, slices a quarter-second apart can.
  * A cycle runs every mode once, in a random order (the same in every run), so neither a slow
@@ -749,21 +750,83 @@ static void health_idle_cost(double seconds, json_int_t *checks, double *cpu_ms)
  * measured a second time (an A/A comparison): its spread is this method's noise in the same run.
  * -------------------------------------------------------------------------------------------- */
 
-#define IL_MAX_MODES 6
+#define IL_MAX_MODES 10
 #define IL_MAX_CYCLES 64
 
 static int opt_cycles = 40;          /* --cycles N: interleaved cycles per experiment */
 static double opt_slice = 0.25;      /* --slice SECONDS: one mode's turn */
+/* --shared-threads: every mode on threads 0..T-1, as until 1.4.1. By default each mode has
+ * threads of its own: a thread's past changes what its calls cost (the raw client on threads
+ * that also ran the pool's 32-thread slices was slower than on threads of its own, in the same
+ * cycles), so modes sharing threads would measure each other. */
+static int opt_shared_threads = 0;
+/* --thread-history: at 32 threads also the raw client with 10 threads on the pool row's first 10
+ * threads ("raw-on-pool-threads"), against the raw client on threads of its own: what running
+ * the pool does to its threads' later calls (the pool row then runs on threads that also run
+ * that mode, so it is not clean: off by default). */
+static int opt_thread_history = 0;
 static char *il_table;               /* the lines of the table, printed with the other tables */
 static size_t il_table_len;
 static FILE *il_out;
 
 static void emit(json_t *obj);
 
+/* The pool a user would write by hand for more threads than connections: a mutex, a condition
+ * variable and a stack of raw connections (no fairness beyond the condition variable's). */
 typedef struct {
-    const char *name;        /* raw, raw-again, pool, pool-2..10, pool-locked, pool-fifo */
+    pthread_mutex_t lock;
+    pthread_cond_t freed;
+    raw_conn *conns;
+    raw_conn **free_list;
+    int nconns, nfree;
+} hand_pool;
+
+static int hand_call(hand_pool *h, const char *method, json_t *params) {
+    pthread_mutex_lock(&h->lock);
+    while (h->nfree == 0) pthread_cond_wait(&h->freed, &h->lock);
+    raw_conn *c = h->free_list[--h->nfree];
+    pthread_mutex_unlock(&h->lock);
+    int rc = raw_call(c, method, params);
+    pthread_mutex_lock(&h->lock);
+    h->free_list[h->nfree++] = c;
+    pthread_cond_signal(&h->freed);
+    pthread_mutex_unlock(&h->lock);
+    return rc;
+}
+
+static hand_pool *hand_pool_open(int nconns) {
+    hand_pool *h = calloc(1, sizeof *h);
+    if (!h) die("%s", "out of memory");
+    h->conns = calloc((size_t)nconns, sizeof *h->conns);
+    h->free_list = calloc((size_t)nconns, sizeof *h->free_list);
+    if (!h->conns || !h->free_list) die("%s", "out of memory");
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_cond_init(&h->freed, NULL);
+    for (int i = 0; i < nconns; i++) {
+        if (raw_open(&h->conns[i]) != 0) die("raw connect to %s failed", socket_path);
+        h->free_list[h->nfree++] = &h->conns[i];
+    }
+    h->nconns = nconns;
+    return h;
+}
+
+static void hand_pool_free(hand_pool *h) {
+    if (!h) return;
+    for (int i = 0; i < h->nconns; i++) close(h->conns[i].fd);
+    pthread_mutex_destroy(&h->lock);
+    pthread_cond_destroy(&h->freed);
+    free(h->conns);
+    free(h->free_list);
+    free(h);
+}
+
+typedef struct {
+    const char *name;        /* raw, raw-again, pool, pool-2..10, pool-locked, pool-fifo, hand */
     int threads, conns;
-    goxelpool_client *client; /* NULL: the raw client, thread i on raw connection i */
+    int first;               /* its threads: first .. first + threads - 1 */
+    int slot;                /* the mode whose threads these are (itself, unless borrowed) */
+    goxelpool_client *client; /* the library's client, or NULL: */
+    hand_pool *hand;         /* the hand-written pool, or NULL: the raw client, thread i on raw connection i */
     int base;                /* mode compared with, or -1 */
     double calls[IL_MAX_CYCLES], errors[IL_MAX_CYCLES], seconds[IL_MAX_CYCLES], cpu[IL_MAX_CYCLES],
         switches[IL_MAX_CYCLES];
@@ -772,12 +835,22 @@ typedef struct {
 typedef struct {
     il_mode modes[IL_MAX_MODES];
     int nmodes, nthreads;
-    raw_conn *raws;          /* nthreads raw connections */
+    raw_conn *raws;          /* nthreads; open for the threads of raw modes (fd -1 otherwise) */
     pthread_mutex_t lock;
-    pthread_cond_t go, parked_cv;
-    int generation, current, parked, stop;
+    /* One per mode (threads of their own: only the mode's threads wake for its slice), or only
+     * [0] (--shared-threads). */
+    pthread_cond_t go[IL_MAX_MODES], parked_cv;
+    int generation[IL_MAX_MODES], current, parked, stop;
     _Atomic int active;
 } il_bench;
+
+/* Which go / generation slot a slice of mode m uses. */
+static int il_slot(const il_bench *b, int m) { return opt_shared_threads ? 0 : b->modes[m].slot; }
+
+/* How many threads a slice of mode m wakes (each parks again when it ends). */
+static int il_woken(const il_bench *b, int m) {
+    return opt_shared_threads ? b->nthreads : b->modes[b->modes[m].slot].threads;
+}
 
 typedef struct {
     il_bench *b;
@@ -789,17 +862,21 @@ typedef struct {
 static void *il_worker_main(void *arg) {
     il_worker *w = arg;
     il_bench *b = w->b;
-    int seen = 0;
+    int slot = 0, seen = 0;
+    if (!opt_shared_threads)
+        for (int m = 0; m < b->nmodes; m++)
+            if (b->modes[m].slot == m && w->index >= b->modes[m].first &&
+                w->index < b->modes[m].first + b->modes[m].threads) slot = m;
     pthread_mutex_lock(&b->lock);
     for (;;) {
-        while (b->generation == seen && !b->stop) pthread_cond_wait(&b->go, &b->lock);
+        while (b->generation[slot] == seen && !b->stop) pthread_cond_wait(&b->go[slot], &b->lock);
         if (b->stop) break;
-        seen = b->generation;
+        seen = b->generation[slot];
         int m = b->current;
         pthread_mutex_unlock(&b->lock);
         const il_mode *mode = &b->modes[m];
         worker *s = &w->stats[m];
-        if (w->index < mode->threads) {
+        if (w->index >= mode->first && w->index < mode->first + mode->threads) {
             while (atomic_load_explicit(&b->active, memory_order_relaxed)) {
                 uint64_t t0 = now_ns();
                 int rc;
@@ -807,6 +884,8 @@ static void *il_worker_main(void *arg) {
                     json_t *result = NULL;
                     rc = goxelpool_call(mode->client, METHOD, w->params, -1, &result, NULL) == GOXELPOOL_OK ? 0 : -1;
                     json_decref(result);
+                } else if (mode->hand) {
+                    rc = hand_call(mode->hand, METHOD, w->params);
                 } else {
                     rc = raw_call(&b->raws[w->index], METHOD, w->params);
                 }
@@ -815,7 +894,7 @@ static void *il_worker_main(void *arg) {
             }
         }
         pthread_mutex_lock(&b->lock);
-        if (++b->parked == b->nthreads) pthread_cond_signal(&b->parked_cv);
+        if (++b->parked == il_woken(b, m)) pthread_cond_signal(&b->parked_cv);
     }
     pthread_mutex_unlock(&b->lock);
     return NULL;
@@ -834,15 +913,15 @@ static void il_slice(il_bench *b, il_worker *ws, int m, int cycle) {
     b->current = m;
     b->parked = 0;
     atomic_store(&b->active, 1);
-    b->generation++;
+    b->generation[il_slot(b, m)]++;
     double t0 = now_s(), c0 = cpu_s();
     long s0 = context_switches();
-    pthread_cond_broadcast(&b->go);
+    pthread_cond_broadcast(&b->go[il_slot(b, m)]);
     pthread_mutex_unlock(&b->lock);
     sleep_s(cycle < 0 ? 0.1 : opt_slice);
     atomic_store(&b->active, 0);
     pthread_mutex_lock(&b->lock);
-    while (b->parked < b->nthreads) pthread_cond_wait(&b->parked_cv, &b->lock);
+    while (b->parked < il_woken(b, m)) pthread_cond_wait(&b->parked_cv, &b->lock);
     pthread_mutex_unlock(&b->lock);
     double t1 = now_s(), c1 = cpu_s();
     long s1 = context_switches();
@@ -967,7 +1046,7 @@ static void il_run(il_bench *b, const char *title) {
     pthread_t *tids = calloc((size_t)b->nthreads, sizeof *tids);
     if (!ws || !tids) die("%s", "out of memory");
     pthread_mutex_init(&b->lock, NULL);
-    pthread_cond_init(&b->go, NULL);
+    for (int m = 0; m < IL_MAX_MODES; m++) pthread_cond_init(&b->go[m], NULL);
     pthread_cond_init(&b->parked_cv, NULL);
     for (int i = 0; i < b->nthreads; i++) {
         ws[i].b = b;
@@ -995,7 +1074,7 @@ static void il_run(il_bench *b, const char *title) {
     }
     pthread_mutex_lock(&b->lock);
     b->stop = 1;
-    pthread_cond_broadcast(&b->go);
+    for (int m = 0; m < IL_MAX_MODES; m++) pthread_cond_broadcast(&b->go[m]);
     pthread_mutex_unlock(&b->lock);
     for (int i = 0; i < b->nthreads; i++) pthread_join(tids[i], NULL);
     progress_done();
@@ -1010,8 +1089,10 @@ static void il_run(il_bench *b, const char *title) {
 
 static int il_add(il_bench *b, const char *name, int threads, int conns, goxelpool_client *client, int base) {
     if (b->nmodes == IL_MAX_MODES) die("%s", "too many interleaved modes: raise IL_MAX_MODES");
-    b->modes[b->nmodes] = (il_mode){.name = name, .threads = threads, .conns = conns, .client = client, .base = base};
-    if (threads > b->nthreads) b->nthreads = threads;
+    int first = opt_shared_threads ? 0 : b->nthreads;
+    b->modes[b->nmodes] = (il_mode){.name = name, .threads = threads, .conns = conns, .first = first,
+                                    .slot = b->nmodes, .client = client, .base = base};
+    if (first + threads > b->nthreads) b->nthreads = first + threads;
     return b->nmodes++;
 }
 
@@ -1025,7 +1106,8 @@ static goxelpool_client *lib_open_locked(void) {
 /* The three experiments: T = 1 (raw, A/A, pool 10..10, pool 2..10, pool 10..10 without the fast
  * path); T = 8 (raw, A/A, pool 10..10 with and without the fast path); 32 threads on 10
  * connections against the raw client with 10 threads (and with 32), the pool of 10 with reuse
- * while callers wait, with strict hand-off, and without the fast path. */
+ * while callers wait, with strict hand-off, and without the fast path, and a pool written by
+ * hand (mutex, condition variable, 10 raw connections). */
 static void pool10_interleaved(void) {
     set_latency(0);
     il_out = open_memstream(&il_table, &il_table_len);
@@ -1053,8 +1135,15 @@ static void pool10_interleaved(void) {
         } else {
             title = "T=32 on 10 connections";
             int raw = il_add(b, "raw", 10, 10, NULL, -1);
+            il_add(b, "raw-again", 10, 10, NULL, raw);
             il_add(b, "raw", 32, 32, NULL, -1);
-            il_add(b, "pool", 32, 10, lib_open(1, 10, 10, 0), raw);
+            int pool = il_add(b, "pool", 32, 10, lib_open(1, 10, 10, 0), raw);
+            if (opt_thread_history) {
+                int on = il_add(b, "raw-on-pool-threads", 10, 10, NULL, raw);
+                b->modes[on].first = b->modes[pool].first;
+                b->modes[on].slot = b->modes[pool].slot;
+                b->nthreads -= opt_shared_threads ? 0 : 10;
+            }
             /* The pool row's configuration with reuse_while_waiting 0: every release while
              * callers wait hands the connection over. */
             json_t *cfg = lib_config(1, 10, 10, 0, "thread");
@@ -1068,16 +1157,27 @@ static void pool10_interleaved(void) {
             json_object_set_new(json_object_get(old, "pool"), "reuse_while_waiting", json_integer(8));
             json_object_set_new(json_object_get(old, "pool"), "reuse_window_us", json_integer(1000));
             il_add(b, "pool-w1ms", 32, 10, lib_open_config(old, 10), raw);
+            /* What a user would write by hand for 32 threads on 10 connections. */
+            int hand = il_add(b, "hand", 32, 10, NULL, raw);
+            b->modes[hand].hand = hand_pool_open(10);
         }
         b->raws = calloc((size_t)b->nthreads, sizeof *b->raws);
         if (!b->raws) die("%s", "out of memory");
-        for (int i = 0; i < b->nthreads; i++)
-            if (raw_open(&b->raws[i]) != 0) die("raw connect to %s failed", socket_path);
+        for (int i = 0; i < b->nthreads; i++) b->raws[i].fd = -1;
+        for (int m = 0; m < b->nmodes; m++) {
+            const il_mode *mode = &b->modes[m];
+            if (mode->client || mode->hand) continue;
+            for (int i = mode->first; i < mode->first + mode->threads; i++)
+                if (b->raws[i].fd < 0 && raw_open(&b->raws[i]) != 0) die("raw connect to %s failed", socket_path);
+        }
         il_run(b, title);
-        for (int i = 0; i < b->nthreads; i++) close(b->raws[i].fd);
+        for (int i = 0; i < b->nthreads; i++)
+            if (b->raws[i].fd >= 0) close(b->raws[i].fd);
         free(b->raws);
-        for (int m = 0; m < b->nmodes; m++)
+        for (int m = 0; m < b->nmodes; m++) {
             if (b->modes[m].client) goxelpool_client_free(b->modes[m].client);
+            hand_pool_free(b->modes[m].hand);
+        }
     }
     fclose(il_out);
 }
@@ -1533,7 +1633,8 @@ static json_t *row_json(const row *w) {
 
 static void usage(void) {
     fprintf(stderr, "usage: bench [--quick] [--rounds N] [--duration SECONDS] [--cycles N] [--slice SECONDS] [--refd PATH]\n"
-                    "             [--socket PATH] [--only SECTION] [--threads T] [--mode MODE] [--latency 0|2]\n");
+                    "             [--socket PATH] [--only SECTION] [--threads T] [--mode MODE] [--latency 0|2] [--shared-threads]\n"
+                    "             [--thread-history]\n");
     exit(2);
 }
 
@@ -1558,6 +1659,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--async-connections") && i + 1 < argc) opt_async_conns = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--cycles") && i + 1 < argc) { opt_cycles = atoi(argv[++i]); cycles_set = 1; }
         else if (!strcmp(argv[i], "--slice") && i + 1 < argc) { opt_slice = atof(argv[++i]); slice_set = 1; }
+        else if (!strcmp(argv[i], "--shared-threads")) opt_shared_threads = 1;
+        else if (!strcmp(argv[i], "--thread-history")) opt_thread_history = 1;
         else usage();
     }
     if (opt_quick) {

@@ -61,7 +61,9 @@ def pool10_table(latest, earlier):
     print("|---:|---|---|---:|---|---|---|")
     names = {"raw-again": "raw again (the method's noise)", "pool": "pool 10..10", "pool-2..10": "pool 2..10",
              "pool-fifo": "pool 10..10, reuse_while_waiting 0", "pool-locked": "pool 10..10, fast_path false",
-             "pool-w1ms": "pool 10..10, reuse 8 calls / 1 ms (1.3's defaults)"}
+             "pool-w1ms": "pool 10..10, reuse 8 calls / 1 ms (1.3's defaults)",
+             "hand": "a pool written by hand (mutex, condition variable, 10 raw connections)",
+             "raw-on-pool-threads": "raw client on the pool row's first 10 threads"}
     for row in latest:
         if row["bench"] != "pool10" or "ratio_ci95" not in row:  # runs 1-7 measured pool10 in rounds
             continue
