@@ -81,7 +81,10 @@ def pool10_table(latest, earlier):
                f"({low:+.1f}, {high:+.1f})")
         if "cpu_diff_us" in other:
             cpu += f" ({other['cpu_diff_us']:+.1f})"
-        print(f"| {row['threads']} | {raw} | {names.get(row['mode'], row['mode'])} | {spread} | {cpu} | "
+        name = names.get(row["mode"], row["mode"])
+        if row["mode"] == "raw-again" and row["threads"] == 10:  # the 32-thread experiment's A/A
+            name += ", in the 32-thread cycles"
+        print(f"| {row['threads']} | {raw} | {name} | {spread} | {cpu} | "
               f"{base['context_switches_per_call']:.2f} → {row['context_switches_per_call']:.2f} | "
               f"{number(base['p99_us'])} → {number(row['p99_us'])} |")
 
