@@ -755,7 +755,7 @@ static void health_idle_cost(double seconds, json_int_t *checks, double *cpu_ms)
 
 static int opt_cycles = 40;          /* --cycles N: interleaved cycles per experiment */
 static double opt_slice = 0.25;      /* --slice SECONDS: one mode's turn */
-/* --shared-threads: every mode on threads 0..T-1, as until 1.4.1. By default each mode has
+/* --shared-threads: every mode on threads 0..T-1, as until run 15. By default each mode has
  * threads of its own: a thread's past changes what its calls cost (the raw client on threads
  * that also ran the pool's 32-thread slices was slower than on threads of its own, in the same
  * cycles), so modes sharing threads would measure each other. */
