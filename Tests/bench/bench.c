@@ -1087,13 +1087,21 @@ static void il_run(il_bench *b, const char *title) {
     free(tids);
 }
 
-static int il_add(il_bench *b, const char *name, int threads, int conns, goxelpool_client *client, int base) {
+/* A mode on the first `threads` threads of mode `owner`'s (woken with them), or, owner -1, on
+ * threads of its own (the next free ones; all modes on threads 0.. with --shared-threads). */
+static int il_add_on(il_bench *b, const char *name, int threads, int conns, goxelpool_client *client, int base,
+                     int owner) {
     if (b->nmodes == IL_MAX_MODES) die("%s", "too many interleaved modes: raise IL_MAX_MODES");
-    int first = opt_shared_threads ? 0 : b->nthreads;
+    int first = owner >= 0 ? b->modes[owner].first : opt_shared_threads ? 0 : b->nthreads;
     b->modes[b->nmodes] = (il_mode){.name = name, .threads = threads, .conns = conns, .first = first,
-                                    .slot = b->nmodes, .client = client, .base = base};
+                                    .slot = owner >= 0 ? b->modes[owner].slot : b->nmodes, .client = client,
+                                    .base = base};
     if (first + threads > b->nthreads) b->nthreads = first + threads;
     return b->nmodes++;
+}
+
+static int il_add(il_bench *b, const char *name, int threads, int conns, goxelpool_client *client, int base) {
+    return il_add_on(b, name, threads, conns, client, base, -1);
 }
 
 /* Pool 10..10 with the fast path off ("fast_path": false): every call takes the pool's lock. */
@@ -1138,12 +1146,7 @@ static void pool10_interleaved(void) {
             il_add(b, "raw-again", 10, 10, NULL, raw);
             il_add(b, "raw", 32, 32, NULL, -1);
             int pool = il_add(b, "pool", 32, 10, lib_open(1, 10, 10, 0), raw);
-            if (opt_thread_history) {
-                int on = il_add(b, "raw-on-pool-threads", 10, 10, NULL, raw);
-                b->modes[on].first = b->modes[pool].first;
-                b->modes[on].slot = b->modes[pool].slot;
-                b->nthreads -= opt_shared_threads ? 0 : 10;
-            }
+            if (opt_thread_history) il_add_on(b, "raw-on-pool-threads", 10, 10, NULL, raw, pool);
             /* The pool row's configuration with reuse_while_waiting 0: every release while
              * callers wait hands the connection over. */
             json_t *cfg = lib_config(1, 10, 10, 0, "thread");
