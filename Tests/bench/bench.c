@@ -4,7 +4,7 @@
  *   cc -std=c11 -O2 -Wall -Wextra -Werror bench.c $(pkg-config --cflags --libs goxelpool) -lpthread
  *
  * Usage: bench [--quick] [--rounds N] [--duration SECONDS] [--cycles N] [--slice SECONDS] [--refd PATH] [--socket PATH]
- *              [--shared-threads] [--thread-history]
+ *              [--shared-threads] [--thread-history] [--decompose]
  *   Starts `goxel-refd` (--refd, default: goxel-refd from PATH) on a temporary socket, or uses the
  *   daemon at --socket / $SOCKET. Daemon latency is set through its control socket PATH.ctl
  *   (refd.set_faults); without one, the 2 ms rows are skipped. $BENCH_QUICK=1 is --quick.
@@ -99,6 +99,24 @@ static double cpu_s(void) {
     getrusage(RUSAGE_SELF, &ru);
     return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
            (double)ru.ru_stime.tv_usec * 1e-6;
+}
+
+/* CPU seconds of the daemon this benchmark started (-1: it uses one started elsewhere), in the
+ * kernel's clock ticks (10 ms): a sum over many slices is exact to well under 1 %. */
+static double daemon_cpu_s(void) {
+    if (refd_pid <= 0) return -1;
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)refd_pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *after_name = strrchr(buf, ')'); /* the name may hold spaces */
+    unsigned long utime = 0, stime = 0;
+    if (!after_name || sscanf(after_name + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2)
+        return -1;
+    return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
 }
 
 static long rss_kib(void) {
@@ -765,6 +783,9 @@ static int opt_shared_threads = 0;
  * the pool does to its threads' later calls (the pool row then runs on threads that also run
  * that mode, so it is not clean: off by default). */
 static int opt_thread_history = 0;
+/* --decompose: the 32-thread experiment with other rows, to tell apart what its pool row pays
+ * for: more threads than connections, callers that wait, and hand-offs (see il_decomposition). */
+static int opt_decompose = 0;
 static char *il_table;               /* the lines of the table, printed with the other tables */
 static size_t il_table_len;
 static FILE *il_out;
@@ -823,13 +844,15 @@ static void hand_pool_free(hand_pool *h) {
 typedef struct {
     const char *name;        /* raw, raw-again, pool, pool-2..10, pool-locked, pool-fifo, hand */
     int threads, conns;
+    int callers;             /* 0: every thread calls; else only the first `callers`, the rest
+                              * wait for the slice to end (threads that exist and sleep) */
     int first;               /* its threads: first .. first + threads - 1 */
     int slot;                /* the mode whose threads these are (itself, unless borrowed) */
     goxelpool_client *client; /* the library's client, or NULL: */
     hand_pool *hand;         /* the hand-written pool, or NULL: the raw client, thread i on raw connection i */
     int base;                /* mode compared with, or -1 */
     double calls[IL_MAX_CYCLES], errors[IL_MAX_CYCLES], seconds[IL_MAX_CYCLES], cpu[IL_MAX_CYCLES],
-        switches[IL_MAX_CYCLES];
+        switches[IL_MAX_CYCLES], daemon_cpu[IL_MAX_CYCLES];
 } il_mode;
 
 typedef struct {
@@ -839,7 +862,7 @@ typedef struct {
     pthread_mutex_t lock;
     /* One per mode (threads of their own: only the mode's threads wake for its slice), or only
      * [0] (--shared-threads). */
-    pthread_cond_t go[IL_MAX_MODES], parked_cv;
+    pthread_cond_t go[IL_MAX_MODES], parked_cv, ended_cv;
     int generation[IL_MAX_MODES], current, parked, stop;
     _Atomic int active;
 } il_bench;
@@ -876,7 +899,12 @@ static void *il_worker_main(void *arg) {
         pthread_mutex_unlock(&b->lock);
         const il_mode *mode = &b->modes[m];
         worker *s = &w->stats[m];
-        if (w->index >= mode->first && w->index < mode->first + mode->threads) {
+        if (mode->callers > 0 && w->index >= mode->first + mode->callers &&
+            w->index < mode->first + mode->threads) {
+            pthread_mutex_lock(&b->lock);
+            while (atomic_load(&b->active)) pthread_cond_wait(&b->ended_cv, &b->lock);
+            pthread_mutex_unlock(&b->lock);
+        } else if (w->index >= mode->first && w->index < mode->first + mode->threads) {
             while (atomic_load_explicit(&b->active, memory_order_relaxed)) {
                 uint64_t t0 = now_ns();
                 int rc;
@@ -914,16 +942,17 @@ static void il_slice(il_bench *b, il_worker *ws, int m, int cycle) {
     b->parked = 0;
     atomic_store(&b->active, 1);
     b->generation[il_slot(b, m)]++;
-    double t0 = now_s(), c0 = cpu_s();
+    double t0 = now_s(), c0 = cpu_s(), d0 = daemon_cpu_s();
     long s0 = context_switches();
     pthread_cond_broadcast(&b->go[il_slot(b, m)]);
     pthread_mutex_unlock(&b->lock);
     sleep_s(cycle < 0 ? 0.1 : opt_slice);
     atomic_store(&b->active, 0);
     pthread_mutex_lock(&b->lock);
+    pthread_cond_broadcast(&b->ended_cv); /* threads of the mode that do not call */
     while (b->parked < il_woken(b, m)) pthread_cond_wait(&b->parked_cv, &b->lock);
     pthread_mutex_unlock(&b->lock);
-    double t1 = now_s(), c1 = cpu_s();
+    double t1 = now_s(), c1 = cpu_s(), d1 = daemon_cpu_s();
     long s1 = context_switches();
     if (cycle < 0) return;
     il_mode *mode = &b->modes[m];
@@ -932,6 +961,7 @@ static void il_slice(il_bench *b, il_worker *ws, int m, int cycle) {
     mode->seconds[cycle] = t1 - t0;
     mode->cpu[cycle] = c1 - c0;
     mode->switches[cycle] = (double)(s1 - s0);
+    mode->daemon_cpu[cycle] = d0 >= 0 && d1 >= 0 ? d1 - d0 : -1;
 }
 
 /* The p-quantile (0..1) of v[0..n), linear between neighbours; v is sorted in place. */
@@ -976,6 +1006,9 @@ static void il_report(il_bench *b, il_worker *ws, int cycles) {
         double calls = il_total(mode->calls, cycles), seconds = il_total(mode->seconds, cycles);
         double cpu_us = calls > 0 ? il_total(mode->cpu, cycles) * 1e6 / calls : 0;
         double switches = calls > 0 ? il_total(mode->switches, cycles) / calls : 0;
+        int daemon_known = calls > 0;
+        for (int c = 0; c < cycles; c++) daemon_known &= mode->daemon_cpu[c] >= 0;
+        double daemon_us = daemon_known ? il_total(mode->daemon_cpu, cycles) * 1e6 / calls : -1;
         size_t total = 0;
         for (int i = 0; i < b->nthreads; i++) total += ws[i].stats[m].nlat;
         uint32_t *all = malloc((total ? total : 1) * sizeof *all);
@@ -996,6 +1029,9 @@ static void il_report(il_bench *b, il_worker *ws, int cycles) {
                               "max_us", max, "cpu_us_per_call", cpu_us, "calls", (json_int_t)calls,
                               "errors", (json_int_t)il_total(mode->errors, cycles),
                               "context_switches_per_call", switches, "seconds", seconds);
+        if (daemon_known) json_object_set_new(o, "daemon_cpu_us_per_call", json_real(daemon_us));
+        char daemon[40] = "";
+        if (daemon_known) snprintf(daemon, sizeof daemon, "  daemon %4.1f µs/call", daemon_us);
         char against[160] = "";
         if (mode->base >= 0) {
             const il_mode *base = &b->modes[mode->base];
@@ -1033,9 +1069,9 @@ static void il_report(il_bench *b, il_worker *ws, int cycles) {
             snprintf(against, sizeof against, "%.2f (CI %.2f-%.2f) [%.2f %.2f]  %+5.1f µs (CI %+.1f %+.1f)  vs %s T=%d",
                      r50, rlo, rhi, r25, r75, d50, dlo, dhi, base->name, base->threads);
         }
-        fprintf(il_out, "  %-11s T=%-2d C=%-2d %10.0f calls/s  p50 %7.1f µs  p99 %7.1f µs  CPU %5.1f µs/call  %4.2f switches/call  %s\n",
-               mode->name, mode->threads, mode->conns, seconds > 0 ? calls / seconds : 0, p50, p99, cpu_us, switches,
-               against);
+        fprintf(il_out, "  %-17s T=%-2d C=%-2d %10.0f calls/s  p50 %7.1f µs  p99 %7.1f µs  CPU %5.1f µs/call%s  %4.2f switches/call  %s\n",
+               mode->name, mode->threads, mode->conns, seconds > 0 ? calls / seconds : 0, p50, p99, cpu_us, daemon,
+               switches, against);
         emit(o);
     }
 }
@@ -1048,6 +1084,7 @@ static void il_run(il_bench *b, const char *title) {
     pthread_mutex_init(&b->lock, NULL);
     for (int m = 0; m < IL_MAX_MODES; m++) pthread_cond_init(&b->go[m], NULL);
     pthread_cond_init(&b->parked_cv, NULL);
+    pthread_cond_init(&b->ended_cv, NULL);
     for (int i = 0; i < b->nthreads; i++) {
         ws[i].b = b;
         ws[i].index = i;
@@ -1111,6 +1148,31 @@ static goxelpool_client *lib_open_locked(void) {
     return lib_open_config(cfg, 10);
 }
 
+/* A pool of 10 whose threads keep their connection while callers wait for up to 1 000 000 calls
+ * and 1 s: in practice never handed over within a slice (waiters starve). */
+static goxelpool_client *lib_open_unbounded_reuse(void) {
+    json_t *cfg = lib_config(1, 10, 10, 0, "thread");
+    json_object_set_new(json_object_get(cfg, "pool"), "reuse_while_waiting", json_integer(1000000));
+    json_object_set_new(json_object_get(cfg, "pool"), "reuse_window_us", json_integer(1000000));
+    return lib_open_config(cfg, 10);
+}
+
+/* --decompose: the pool row of the 32-thread experiment against rows that each add one thing to
+ * the raw client with 10 threads: 22 more threads that sleep (raw-parked); the pool with nobody
+ * waiting (pool-10, 10 threads); one caller waiting and no hand-offs (pool-11-unbounded); 22
+ * callers waiting and no hand-offs (pool-unbounded: the most any reuse setting could give); then
+ * the pool as configured (pool). With the daemon's CPU per call, since the two CPUs are shared. */
+static void il_decomposition(il_bench *b) {
+    int raw = il_add(b, "raw", 10, 10, NULL, -1);
+    il_add(b, "raw-again", 10, 10, NULL, raw);
+    int parked = il_add(b, "raw-parked", 32, 10, NULL, raw);
+    b->modes[parked].callers = 10;
+    il_add(b, "pool-10", 10, 10, lib_open(1, 10, 10, 0), raw);
+    il_add(b, "pool-11-unbounded", 11, 10, lib_open_unbounded_reuse(), raw);
+    il_add(b, "pool-unbounded", 32, 10, lib_open_unbounded_reuse(), raw);
+    il_add(b, "pool", 32, 10, lib_open(1, 10, 10, 0), raw);
+}
+
 /* The three experiments: T = 1 (raw, A/A, pool 10..10, pool 2..10, pool 10..10 without the fast
  * path); T = 8 (raw, A/A, pool 10..10 with and without the fast path); 32 threads on 10
  * connections against the raw client with 10 threads (and with 32), the pool of 10 with reuse
@@ -1140,6 +1202,9 @@ static void pool10_interleaved(void) {
             il_add(b, "raw-again", 8, 8, NULL, raw);
             il_add(b, "pool", 8, 10, lib_open(1, 10, 10, 0), raw);
             il_add(b, "pool-locked", 8, 10, lib_open_locked(), raw);
+        } else if (opt_decompose) {
+            title = "T=32 on 10 connections, decomposed";
+            il_decomposition(b);
         } else {
             title = "T=32 on 10 connections";
             int raw = il_add(b, "raw", 10, 10, NULL, -1);
@@ -1637,7 +1702,7 @@ static json_t *row_json(const row *w) {
 static void usage(void) {
     fprintf(stderr, "usage: bench [--quick] [--rounds N] [--duration SECONDS] [--cycles N] [--slice SECONDS] [--refd PATH]\n"
                     "             [--socket PATH] [--only SECTION] [--threads T] [--mode MODE] [--latency 0|2] [--shared-threads]\n"
-                    "             [--thread-history]\n");
+                    "             [--thread-history] [--decompose]\n");
     exit(2);
 }
 
@@ -1664,6 +1729,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--slice") && i + 1 < argc) { opt_slice = atof(argv[++i]); slice_set = 1; }
         else if (!strcmp(argv[i], "--shared-threads")) opt_shared_threads = 1;
         else if (!strcmp(argv[i], "--thread-history")) opt_thread_history = 1;
+        else if (!strcmp(argv[i], "--decompose")) { opt_decompose = 1; opt_threads = 32; }
         else usage();
     }
     if (opt_quick) {
@@ -1816,7 +1882,15 @@ int main(int argc, char **argv) {
         emit(row_json(w));
     }
     if (do_pool10) {
-        printf("\nPool of 10 connections (pool-2..10: min 2, max 10; pool-locked: fast_path false; pool-fifo: reuse_while_waiting 0; pool-w1ms: 1.3's reuse_while_waiting 8, reuse_window_us 1000),\ndaemon latency 0, "
+        if (opt_decompose)
+            printf("\nPool of 10 connections, 32 threads decomposed (raw-parked: the raw client's 10 threads and 22 that sleep;\n"
+                   "pool-10: 10 threads, nobody waits; pool-11-unbounded: 11 threads, reuse while callers wait without bound\n"
+                   "(reuse_while_waiting 1000000, reuse_window_us 1000000), so one caller waits and connections do not change\n"
+                   "hands; pool-unbounded: the same with 32 threads; pool: 32 threads, the defaults); daemon: the daemon's CPU\n"
+                   "per call (client and daemon share the CPUs),\n");
+        else
+            printf("\nPool of 10 connections (pool-2..10: min 2, max 10; pool-locked: fast_path false; pool-fifo: reuse_while_waiting 0; pool-w1ms: 1.3's reuse_while_waiting 8, reuse_window_us 1000),\n");
+        printf("daemon latency 0, "
                "interleaved: %d cycles, each mode %.2f s per cycle. Against raw with the same threads (T = 1, 8) or with\n"
                "10 threads on 10 connections (T = 32), per cycle: median ratio of calls/s (95 %% CI of the median)\n"
                "[quartiles], median difference of client CPU per call (95 %% CI); raw-again: the raw client against itself\n",
