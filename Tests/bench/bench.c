@@ -1160,8 +1160,9 @@ static goxelpool_client *lib_open_unbounded_reuse(void) {
 /* --decompose: the pool row of the 32-thread experiment against rows that each add one thing to
  * the raw client with 10 threads: 22 more threads that sleep (raw-parked); the pool with nobody
  * waiting (pool-10, 10 threads); one caller waiting and no hand-offs (pool-11-unbounded); 22
- * callers waiting and no hand-offs (pool-unbounded: the most any reuse setting could give); then
- * the pool as configured (pool). With the daemon's CPU per call, since the two CPUs are shared. */
+ * callers waiting and no hand-offs (pool-unbounded: the most any reuse setting of this pool could
+ * give); then the pool as configured (pool). raw-parked opens 32 raw connections, as every raw
+ * mode does for its threads; 22 stay idle. */
 static void il_decomposition(il_bench *b) {
     int raw = il_add(b, "raw", 10, 10, NULL, -1);
     il_add(b, "raw-again", 10, 10, NULL, raw);
