@@ -1069,7 +1069,7 @@ static void il_report(il_bench *b, il_worker *ws, int cycles) {
             snprintf(against, sizeof against, "%.2f (CI %.2f-%.2f) [%.2f %.2f]  %+5.1f µs (CI %+.1f %+.1f)  vs %s T=%d",
                      r50, rlo, rhi, r25, r75, d50, dlo, dhi, base->name, base->threads);
         }
-        fprintf(il_out, "  %-17s T=%-2d C=%-2d %10.0f calls/s  p50 %7.1f µs  p99 %7.1f µs  CPU %5.1f µs/call%s  %4.2f switches/call  %s\n",
+        fprintf(il_out, "  %-19s T=%-2d C=%-2d %10.0f calls/s  p50 %7.1f µs  p99 %7.1f µs  CPU %5.1f µs/call%s  %4.2f switches/call  %s\n",
                mode->name, mode->threads, mode->conns, seconds > 0 ? calls / seconds : 0, p50, p99, cpu_us, daemon,
                switches, against);
         emit(o);
@@ -1149,9 +1149,11 @@ static goxelpool_client *lib_open_locked(void) {
 }
 
 /* A pool of 10 whose threads keep their connection while callers wait for up to 1 000 000 calls
- * and 1 s: in practice never handed over within a slice (waiters starve). */
-static goxelpool_client *lib_open_unbounded_reuse(void) {
+ * and 1 s: in practice never handed over within a slice (waiters starve). fast_path false: kept
+ * through the pool's lock instead of in the connections' lanes. */
+static goxelpool_client *lib_open_unbounded_reuse(int fast_path) {
     json_t *cfg = lib_config(1, 10, 10, 0, "thread");
+    if (!fast_path) json_object_set_new(json_object_get(cfg, "pool"), "fast_path", json_false());
     json_object_set_new(json_object_get(cfg, "pool"), "reuse_while_waiting", json_integer(1000000));
     json_object_set_new(json_object_get(cfg, "pool"), "reuse_window_us", json_integer(1000000));
     return lib_open_config(cfg, 10);
@@ -1161,17 +1163,21 @@ static goxelpool_client *lib_open_unbounded_reuse(void) {
  * the raw client with 10 threads: 22 more threads that sleep (raw-parked); the pool with nobody
  * waiting (pool-10, 10 threads); one caller waiting and no hand-offs (pool-11-unbounded); 22
  * callers waiting and no hand-offs (pool-unbounded: the most any reuse setting of this pool could
- * give); then the pool as configured (pool). raw-parked opens 32 raw connections, as every raw
- * mode does for its threads; 22 stay idle. */
+ * give); then the pool as configured (pool). And the two pool rows with 10 and 11 threads once
+ * more with fast_path false (every call through the pool's lock): what one waiting caller costs
+ * without the lanes. raw-parked opens 32 raw connections, as every raw mode does for its
+ * threads; 22 stay idle. */
 static void il_decomposition(il_bench *b) {
     int raw = il_add(b, "raw", 10, 10, NULL, -1);
     il_add(b, "raw-again", 10, 10, NULL, raw);
     int parked = il_add(b, "raw-parked", 32, 10, NULL, raw);
     b->modes[parked].callers = 10;
     il_add(b, "pool-10", 10, 10, lib_open(1, 10, 10, 0), raw);
-    il_add(b, "pool-11-unbounded", 11, 10, lib_open_unbounded_reuse(), raw);
-    il_add(b, "pool-unbounded", 32, 10, lib_open_unbounded_reuse(), raw);
+    il_add(b, "pool-11-unbounded", 11, 10, lib_open_unbounded_reuse(1), raw);
+    il_add(b, "pool-unbounded", 32, 10, lib_open_unbounded_reuse(1), raw);
     il_add(b, "pool", 32, 10, lib_open(1, 10, 10, 0), raw);
+    il_add(b, "locked-10", 10, 10, lib_open_locked(), raw);
+    il_add(b, "locked-11-unbounded", 11, 10, lib_open_unbounded_reuse(0), raw);
 }
 
 /* The three experiments: T = 1 (raw, A/A, pool 10..10, pool 2..10, pool 10..10 without the fast
@@ -1887,8 +1893,9 @@ int main(int argc, char **argv) {
             printf("\nPool of 10 connections, 32 threads decomposed (raw-parked: the raw client's 10 threads and 22 that sleep;\n"
                    "pool-10: 10 threads, nobody waits; pool-11-unbounded: 11 threads, reuse while callers wait without bound\n"
                    "(reuse_while_waiting 1000000, reuse_window_us 1000000), so one caller waits and connections do not change\n"
-                   "hands; pool-unbounded: the same with 32 threads; pool: 32 threads, the defaults); daemon: the daemon's CPU\n"
-                   "per call (client and daemon share the CPUs),\n");
+                   "hands; pool-unbounded: the same with 32 threads; pool: 32 threads, the defaults; locked-10 and\n"
+                   "locked-11-unbounded: pool-10 and pool-11-unbounded with fast_path false); daemon: the daemon's CPU per\n"
+                   "call (client and daemon share the CPUs),\n");
         else
             printf("\nPool of 10 connections (pool-2..10: min 2, max 10; pool-locked: fast_path false; pool-fifo: reuse_while_waiting 0; pool-w1ms: 1.3's reuse_while_waiting 8, reuse_window_us 1000),\n");
         printf("daemon latency 0, "
