@@ -768,7 +768,7 @@ static void health_idle_cost(double seconds, json_int_t *checks, double *cpu_ms)
  * measured a second time (an A/A comparison): its spread is this method's noise in the same run.
  * -------------------------------------------------------------------------------------------- */
 
-#define IL_MAX_MODES 10
+#define IL_MAX_MODES 12
 #define IL_MAX_CYCLES 64
 
 static int opt_cycles = 40;          /* --cycles N: interleaved cycles per experiment */
@@ -815,6 +815,23 @@ static int hand_call(hand_pool *h, const char *method, json_t *params) {
     return rc;
 }
 
+/* For a whole slice: a thread takes a connection from the stack when its slice starts and gives it
+ * back when the slice ends (NULL: the slice ended while it waited). */
+static raw_conn *hand_take_for_slice(hand_pool *h, _Atomic int *active) {
+    pthread_mutex_lock(&h->lock);
+    while (h->nfree == 0 && atomic_load(active)) pthread_cond_wait(&h->freed, &h->lock);
+    raw_conn *c = h->nfree > 0 ? h->free_list[--h->nfree] : NULL;
+    pthread_mutex_unlock(&h->lock);
+    return c;
+}
+
+static void hand_give_back(hand_pool *h, raw_conn *c) {
+    pthread_mutex_lock(&h->lock);
+    h->free_list[h->nfree++] = c;
+    pthread_cond_signal(&h->freed);
+    pthread_mutex_unlock(&h->lock);
+}
+
 static hand_pool *hand_pool_open(int nconns) {
     hand_pool *h = calloc(1, sizeof *h);
     if (!h) die("%s", "out of memory");
@@ -850,6 +867,8 @@ typedef struct {
     int slot;                /* the mode whose threads these are (itself, unless borrowed) */
     goxelpool_client *client; /* the library's client, or NULL: */
     hand_pool *hand;         /* the hand-written pool, or NULL: the raw client, thread i on raw connection i */
+    int per_slice;           /* with hand: a thread holds one of its connections for a whole slice
+                              * (which one changes from slice to slice) instead of per call */
     int base;                /* mode compared with, or -1 */
     double calls[IL_MAX_CYCLES], errors[IL_MAX_CYCLES], seconds[IL_MAX_CYCLES], cpu[IL_MAX_CYCLES],
         switches[IL_MAX_CYCLES], daemon_cpu[IL_MAX_CYCLES];
@@ -904,6 +923,14 @@ static void *il_worker_main(void *arg) {
             pthread_mutex_lock(&b->lock);
             while (atomic_load(&b->active)) pthread_cond_wait(&b->ended_cv, &b->lock);
             pthread_mutex_unlock(&b->lock);
+        } else if (mode->per_slice && w->index >= mode->first && w->index < mode->first + mode->threads) {
+            raw_conn *held = hand_take_for_slice(mode->hand, &b->active);
+            while (held && atomic_load_explicit(&b->active, memory_order_relaxed)) {
+                uint64_t t0 = now_ns();
+                if (raw_call(held, METHOD, w->params) == 0) { s->calls++; record(s, now_ns() - t0); }
+                else s->errors++;
+            }
+            if (held) hand_give_back(mode->hand, held);
         } else if (w->index >= mode->first && w->index < mode->first + mode->threads) {
             while (atomic_load_explicit(&b->active, memory_order_relaxed)) {
                 uint64_t t0 = now_ns();
@@ -1165,7 +1192,10 @@ static goxelpool_client *lib_open_unbounded_reuse(int fast_path) {
  * callers waiting and no hand-offs (pool-unbounded: the most any reuse setting of this pool could
  * give); then the pool as configured (pool). And the two pool rows with 10 and 11 threads once
  * more with fast_path false (every call through the pool's lock): what one waiting caller costs
- * without the lanes. raw-parked opens 32 raw connections, as every raw mode does for its
+ * without the lanes. And the raw client whose 10 (or 11) threads take a connection from a shared
+ * stack for a whole slice (raw-reshuffled): nothing changes hands within a slice, nobody waits
+ * with 10 threads, but a thread's connection, and so the daemon's thread it talks to, changes
+ * from one slice to the next. raw-parked opens 32 raw connections, as every raw mode does for its
  * threads; 22 stay idle. */
 static void il_decomposition(il_bench *b) {
     int raw = il_add(b, "raw", 10, 10, NULL, -1);
@@ -1178,6 +1208,11 @@ static void il_decomposition(il_bench *b) {
     il_add(b, "pool", 32, 10, lib_open(1, 10, 10, 0), raw);
     il_add(b, "locked-10", 10, 10, lib_open_locked(), raw);
     il_add(b, "locked-11-unbounded", 11, 10, lib_open_unbounded_reuse(0), raw);
+    for (int t = 10; t <= 11; t++) {
+        int held = il_add(b, t == 10 ? "raw-reshuffled" : "raw-reshuffled-11", t, 10, NULL, raw);
+        b->modes[held].hand = hand_pool_open(10);
+        b->modes[held].per_slice = 1;
+    }
 }
 
 /* The three experiments: T = 1 (raw, A/A, pool 10..10, pool 2..10, pool 10..10 without the fast
@@ -1894,8 +1929,10 @@ int main(int argc, char **argv) {
                    "pool-10: 10 threads, nobody waits; pool-11-unbounded: 11 threads, reuse while callers wait without bound\n"
                    "(reuse_while_waiting 1000000, reuse_window_us 1000000), so one caller waits and connections do not change\n"
                    "hands; pool-unbounded: the same with 32 threads; pool: 32 threads, the defaults; locked-10 and\n"
-                   "locked-11-unbounded: pool-10 and pool-11-unbounded with fast_path false); daemon: the daemon's CPU per\n"
-                   "call (client and daemon share the CPUs),\n");
+                   "locked-11-unbounded: pool-10 and pool-11-unbounded with fast_path false; raw-reshuffled(-11): the raw\n"
+                   "client whose 10 (11) threads each take a connection from a shared stack for a whole slice, so the\n"
+                   "connection a thread uses changes between slices); daemon: the daemon's CPU per call (client and\n"
+                   "daemon share the CPUs),\n");
         else
             printf("\nPool of 10 connections (pool-2..10: min 2, max 10; pool-locked: fast_path false; pool-fifo: reuse_while_waiting 0; pool-w1ms: 1.3's reuse_while_waiting 8, reuse_window_us 1000),\n");
         printf("daemon latency 0, "
