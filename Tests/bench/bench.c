@@ -859,7 +859,7 @@ static void hand_pool_free(hand_pool *h) {
 }
 
 typedef struct {
-    const char *name;        /* raw, raw-again, pool, pool-2..10, pool-locked, pool-fifo, hand */
+    const char *name;        /* raw, raw-again, pool, pool-2..10, pool-locked, pool-fifo, hand, ... */
     int threads, conns;
     int callers;             /* 0: every thread calls; else only the first `callers`, the rest
                               * wait for the slice to end (threads that exist and sleep) */
@@ -867,8 +867,8 @@ typedef struct {
     int slot;                /* the mode whose threads these are (itself, unless borrowed) */
     goxelpool_client *client; /* the library's client, or NULL: */
     hand_pool *hand;         /* the hand-written pool, or NULL: the raw client, thread i on raw connection i */
-    int per_slice;           /* with hand: a thread holds one of its connections for a whole slice
-                              * (which one changes from slice to slice) instead of per call */
+    int per_slice;           /* with hand: a thread holds one of the hand pool's connections for a
+                              * whole slice (which one changes from slice to slice), not per call */
     int base;                /* mode compared with, or -1 */
     double calls[IL_MAX_CYCLES], errors[IL_MAX_CYCLES], seconds[IL_MAX_CYCLES], cpu[IL_MAX_CYCLES],
         switches[IL_MAX_CYCLES], daemon_cpu[IL_MAX_CYCLES];
