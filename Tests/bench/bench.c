@@ -802,24 +802,10 @@ typedef struct {
     int nconns, nfree;
 } hand_pool;
 
-static int hand_call(hand_pool *h, const char *method, json_t *params) {
+/* A free connection, waiting for one; with `active`, NULL once *active is 0 and none is free. */
+static raw_conn *hand_take(hand_pool *h, _Atomic int *active) {
     pthread_mutex_lock(&h->lock);
-    while (h->nfree == 0) pthread_cond_wait(&h->freed, &h->lock);
-    raw_conn *c = h->free_list[--h->nfree];
-    pthread_mutex_unlock(&h->lock);
-    int rc = raw_call(c, method, params);
-    pthread_mutex_lock(&h->lock);
-    h->free_list[h->nfree++] = c;
-    pthread_cond_signal(&h->freed);
-    pthread_mutex_unlock(&h->lock);
-    return rc;
-}
-
-/* For a whole slice: a thread takes a connection from the stack when its slice starts and gives it
- * back when the slice ends (NULL: the slice ended while it waited). */
-static raw_conn *hand_take_for_slice(hand_pool *h, _Atomic int *active) {
-    pthread_mutex_lock(&h->lock);
-    while (h->nfree == 0 && atomic_load(active)) pthread_cond_wait(&h->freed, &h->lock);
+    while (h->nfree == 0 && (!active || atomic_load(active))) pthread_cond_wait(&h->freed, &h->lock);
     raw_conn *c = h->nfree > 0 ? h->free_list[--h->nfree] : NULL;
     pthread_mutex_unlock(&h->lock);
     return c;
@@ -830,6 +816,13 @@ static void hand_give_back(hand_pool *h, raw_conn *c) {
     h->free_list[h->nfree++] = c;
     pthread_cond_signal(&h->freed);
     pthread_mutex_unlock(&h->lock);
+}
+
+static int hand_call(hand_pool *h, const char *method, json_t *params) {
+    raw_conn *c = hand_take(h, NULL);
+    int rc = raw_call(c, method, params);
+    hand_give_back(h, c);
+    return rc;
 }
 
 static hand_pool *hand_pool_open(int nconns) {
@@ -886,6 +879,11 @@ typedef struct {
     _Atomic int active;
 } il_bench;
 
+/* Whether thread `index` of mode `mode` calls (the others of a mode with `callers` sleep). */
+static int il_calls(const il_mode *mode, int index) {
+    return mode->callers == 0 || index < mode->first + mode->callers;
+}
+
 /* Which go / generation slot a slice of mode m uses. */
 static int il_slot(const il_bench *b, int m) { return opt_shared_threads ? 0 : b->modes[m].slot; }
 
@@ -918,27 +916,23 @@ static void *il_worker_main(void *arg) {
         pthread_mutex_unlock(&b->lock);
         const il_mode *mode = &b->modes[m];
         worker *s = &w->stats[m];
-        if (mode->callers > 0 && w->index >= mode->first + mode->callers &&
-            w->index < mode->first + mode->threads) {
+        int in_mode = w->index >= mode->first && w->index < mode->first + mode->threads;
+        if (in_mode && !il_calls(mode, w->index)) {
             pthread_mutex_lock(&b->lock);
             while (atomic_load(&b->active)) pthread_cond_wait(&b->ended_cv, &b->lock);
             pthread_mutex_unlock(&b->lock);
-        } else if (mode->per_slice && w->index >= mode->first && w->index < mode->first + mode->threads) {
-            raw_conn *held = hand_take_for_slice(mode->hand, &b->active);
-            while (held && atomic_load_explicit(&b->active, memory_order_relaxed)) {
-                uint64_t t0 = now_ns();
-                if (raw_call(held, METHOD, w->params) == 0) { s->calls++; record(s, now_ns() - t0); }
-                else s->errors++;
-            }
-            if (held) hand_give_back(mode->hand, held);
-        } else if (w->index >= mode->first && w->index < mode->first + mode->threads) {
-            while (atomic_load_explicit(&b->active, memory_order_relaxed)) {
+        } else if (in_mode) {
+            /* per_slice: one connection for the whole slice (none: the slice ended first). */
+            raw_conn *held = mode->per_slice ? hand_take(mode->hand, &b->active) : NULL;
+            while ((held || !mode->per_slice) && atomic_load_explicit(&b->active, memory_order_relaxed)) {
                 uint64_t t0 = now_ns();
                 int rc;
                 if (mode->client) {
                     json_t *result = NULL;
                     rc = goxelpool_call(mode->client, METHOD, w->params, -1, &result, NULL) == GOXELPOOL_OK ? 0 : -1;
                     json_decref(result);
+                } else if (held) {
+                    rc = raw_call(held, METHOD, w->params);
                 } else if (mode->hand) {
                     rc = hand_call(mode->hand, METHOD, w->params);
                 } else {
@@ -947,6 +941,7 @@ static void *il_worker_main(void *arg) {
                 if (rc == 0) { s->calls++; record(s, now_ns() - t0); }
                 else s->errors++;
             }
+            if (held) hand_give_back(mode->hand, held);
         }
         pthread_mutex_lock(&b->lock);
         if (++b->parked == il_woken(b, m)) pthread_cond_signal(&b->parked_cv);
@@ -1195,8 +1190,7 @@ static goxelpool_client *lib_open_unbounded_reuse(int fast_path) {
  * without the lanes. And the raw client whose 10 (or 11) threads take a connection from a shared
  * stack for a whole slice (raw-reshuffled): nothing changes hands within a slice, nobody waits
  * with 10 threads, but a thread's connection, and so the daemon's thread it talks to, changes
- * from one slice to the next. raw-parked opens 32 raw connections, as every raw mode does for its
- * threads; 22 stay idle. */
+ * from one slice to the next. */
 static void il_decomposition(il_bench *b) {
     int raw = il_add(b, "raw", 10, 10, NULL, -1);
     il_add(b, "raw-again", 10, 10, NULL, raw);
@@ -1278,7 +1272,8 @@ static void pool10_interleaved(void) {
             const il_mode *mode = &b->modes[m];
             if (mode->client || mode->hand) continue;
             for (int i = mode->first; i < mode->first + mode->threads; i++)
-                if (b->raws[i].fd < 0 && raw_open(&b->raws[i]) != 0) die("raw connect to %s failed", socket_path);
+                if (il_calls(mode, i) && b->raws[i].fd < 0 && raw_open(&b->raws[i]) != 0)
+                    die("raw connect to %s failed", socket_path);
         }
         il_run(b, title);
         for (int i = 0; i < b->nthreads; i++)
