@@ -39,9 +39,11 @@ static void on_alert(const json_t *event, void *userdata) {
     free(text);
 }
 
+/* min_connections 0: the first connection is opened by the first call, after the listener is
+ * registered (with 1, goxelpool_client_new may meet the squatter before the listener exists). */
 static goxelpool_client *make(const char *sock, int verify) {
     json_t *config = json_pack("{s:s, s:b, s:{s:i, s:i}, s:{s:i}}", "socket_path", sock, "verify_peer", verify,
-                               "pool", "min_connections", 1, "max_connections", 2, "reconnect", "initial_backoff_ms", 200);
+                               "pool", "min_connections", 0, "max_connections", 2, "reconnect", "initial_backoff_ms", 200);
     goxelpool_client *client = NULL;
     char err[256];
     if (goxelpool_client_new(config, &client, err, sizeof err) != GOXELPOOL_OK) { fprintf(stderr, "peer: %s\n", err); exit(2); }
