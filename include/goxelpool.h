@@ -337,7 +337,8 @@ typedef void (*goxelpool_event_cb)(const json_t *event, void *userdata);
  * statistics count every alert). goxelpool_client_new already starts opening min_connections
  * connections, so an early connection_added, or an alert for a refused first connection, may
  * come before any listener: to see everything from the first connection, configure
- * pool.min_connections 0 (the first call opens it) or read goxelpool_stats.
+ * pool.min_connections 0 (the first call opens it; managed daemons still start at once) or
+ * read goxelpool_stats.
  * listener_id: may be NULL; else receives an id for goxelpool_remove_listener.
  * Returns OK, EINVAL (NULL client or cb, kinds 0 or unknown bits), ECLOSED, ENOMEM. */
 goxelpool_status goxelpool_add_listener(goxelpool_client *client, unsigned kinds,
