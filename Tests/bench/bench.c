@@ -1190,7 +1190,8 @@ static goxelpool_client *lib_open_unbounded_reuse(int fast_path) {
  * without the lanes. And the raw client whose 10 (or 11) threads take a connection from a shared
  * stack for a whole slice (raw-reshuffled): nothing changes hands within a slice, nobody waits
  * with 10 threads, but a thread's connection, and so the daemon's thread it talks to, changes
- * from one slice to the next. */
+ * from one slice to the next; with 32 threads, the other 22 wait in the stack's condition variable
+ * for the whole slice (pool-unbounded's situation, written by hand: no library). */
 static void il_decomposition(il_bench *b) {
     int raw = il_add(b, "raw", 10, 10, NULL, -1);
     il_add(b, "raw-again", 10, 10, NULL, raw);
@@ -1202,8 +1203,10 @@ static void il_decomposition(il_bench *b) {
     il_add(b, "pool", 32, 10, lib_open(1, 10, 10, 0), raw);
     il_add(b, "locked-10", 10, 10, lib_open_locked(), raw);
     il_add(b, "locked-11-unbounded", 11, 10, lib_open_unbounded_reuse(0), raw);
-    for (int t = 10; t <= 11; t++) {
-        int held = il_add(b, t == 10 ? "raw-reshuffled" : "raw-reshuffled-11", t, 10, NULL, raw);
+    static const struct { int threads; const char *name; } reshuffled[] = {
+        {10, "raw-reshuffled"}, {11, "raw-reshuffled-11"}, {32, "raw-reshuffled-32"}};
+    for (int i = 0; i < 3; i++) {
+        int held = il_add(b, reshuffled[i].name, reshuffled[i].threads, 10, NULL, raw);
         b->modes[held].hand = hand_pool_open(10);
         b->modes[held].per_slice = 1;
     }
@@ -1924,9 +1927,9 @@ int main(int argc, char **argv) {
                    "pool-10: 10 threads, nobody waits; pool-11-unbounded: 11 threads, reuse while callers wait without bound\n"
                    "(reuse_while_waiting 1000000, reuse_window_us 1000000), so one caller waits and connections do not change\n"
                    "hands; pool-unbounded: the same with 32 threads; pool: 32 threads, the defaults; locked-10 and\n"
-                   "locked-11-unbounded: pool-10 and pool-11-unbounded with fast_path false; raw-reshuffled(-11): the raw\n"
-                   "client whose 10 (11) threads each take a connection from a shared stack for a whole slice, so the\n"
-                   "connection a thread uses changes between slices); daemon: the daemon's CPU per call (client and\n"
+                   "locked-11-unbounded: pool-10 and pool-11-unbounded with fast_path false; raw-reshuffled(-11, -32): the\n"
+                   "raw client whose 10 (11, 32) threads each take a connection from a shared stack for a whole slice, so\n"
+                   "the connection a thread uses changes between slices, and with 32 the other 22 wait); daemon: the daemon's CPU per call (client and\n"
                    "daemon share the CPUs),\n");
         else
             printf("\nPool of 10 connections (pool-2..10: min 2, max 10; pool-locked: fast_path false; pool-fifo: reuse_while_waiting 0; pool-w1ms: 1.3's reuse_while_waiting 8, reuse_window_us 1000),\n");
