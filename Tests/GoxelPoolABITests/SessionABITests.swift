@@ -385,6 +385,8 @@ final class SessionABITests: XCTestCase {
         // Layer 0, "before", and each in-flight call exactly once.
         XCTAssertTrue(layers.contains(#""count":8"#), layers)
         for index in 0..<6 { XCTAssertEqual(layers.components(separatedBy: "in-flight-\(index)\"").count - 1, 1, layers) }
+        // Posted as the restore ends, delivered on the event thread: waited for, then counted.
+        XCTAssertTrue(waitFor(5) { self.log.count("session_restored") >= 1 }, "\(log.types)")
         XCTAssertEqual(log.count("session_restored"), 1, "\(log.types)")
     }
 
@@ -406,7 +408,8 @@ final class SessionABITests: XCTestCase {
         XCTAssertEqual(voxelCount(toDaemon), 25, "the document came along")
         XCTAssertEqual(scall(session, "goxel.add_voxel", "[99, 5, 5, 1, 1, 1, 255, 0]").0, GOXELPOOL_OK)
         XCTAssertEqual(voxelCount(toDaemon), 26)
-        XCTAssertTrue(log.all("session_restored").last?.contains(#""moved":true"#) ?? false, "\(log.all("session_restored"))")
+        XCTAssertTrue(waitFor(5) { self.log.all("session_restored").last?.contains(#""moved":true"#) ?? false },
+                      "\(log.all("session_restored"))")
     }
 
     func testNonDurableSessionStaysOnItsDaemonThroughARestart() throws {

@@ -189,7 +189,10 @@ watch_plain() {
     [ "$(printf '%s\n' "$STDOUT" | grep -c '^goxelpool watch  unix:')" = 3 ] || { echo "$STDOUT"; return 1; }
     if printf '%s' "$STDOUT" | grep -q $'\033'; then echo "escape sequences in plain output"; return 1; fi
     printf '%s\n' "$STDOUT" | grep -q '^pool ready' || { echo "$STDOUT"; return 1; }
-    printf '%s\n' "$STDOUT" | grep -q 'connection_added' || { echo "no connection_added event: $STDOUT"; return 1; }
+    # The warm connections' rows, not their connection_added events: those may come before
+    # watch registers its listener (client_new opens them), and are then not shown. The events
+    # pane is checked in test_watch.py, with events that come later.
+    printf '%s\n' "$STDOUT" | grep -Eq '^ +[0-9]+  [^ ]+ +healthy ' || { echo "no healthy connection row: $STDOUT"; return 1; }
 }
 
 # make install builds the tool without -Werror (a newer compiler must not break an install);
