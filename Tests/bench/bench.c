@@ -1929,8 +1929,8 @@ int main(int argc, char **argv) {
                    "hands; pool-unbounded: the same with 32 threads; pool: 32 threads, the defaults; locked-10 and\n"
                    "locked-11-unbounded: pool-10 and pool-11-unbounded with fast_path false; raw-reshuffled(-11, -32): the\n"
                    "raw client whose 10 (11, 32) threads each take a connection from a shared stack for a whole slice, so\n"
-                   "the connection a thread uses changes between slices, and with 32 the other 22 wait); daemon: the daemon's CPU per call (client and\n"
-                   "daemon share the CPUs),\n");
+                   "the connection a thread uses changes between slices, and with 32 the other 22 wait); daemon: the\n"
+                   "daemon's CPU per call (client and daemon share the CPUs),\n");
         else
             printf("\nPool of 10 connections (pool-2..10: min 2, max 10; pool-locked: fast_path false; pool-fifo: reuse_while_waiting 0; pool-w1ms: 1.3's reuse_while_waiting 8, reuse_window_us 1000),\n");
         printf("daemon latency 0, "
