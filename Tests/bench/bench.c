@@ -386,6 +386,7 @@ typedef struct {
     uint32_t *lat;        /* measured latencies, ns (saturated at UINT32_MAX) */
     size_t nlat, caplat;
     long calls, errors;
+    long steady;          /* interleaved: calls that ended before their slice did (not in its tail) */
     int index;
 } worker;
 
@@ -864,7 +865,8 @@ typedef struct {
                               * whole slice (which one changes from slice to slice), not per call */
     int base;                /* mode compared with, or -1 */
     double calls[IL_MAX_CYCLES], errors[IL_MAX_CYCLES], seconds[IL_MAX_CYCLES], cpu[IL_MAX_CYCLES],
-        switches[IL_MAX_CYCLES], daemon_cpu[IL_MAX_CYCLES];
+        switches[IL_MAX_CYCLES], daemon_cpu[IL_MAX_CYCLES],
+        steady_calls[IL_MAX_CYCLES], steady_seconds[IL_MAX_CYCLES];
 } il_mode;
 
 typedef struct {
@@ -938,7 +940,11 @@ static void *il_worker_main(void *arg) {
                 } else {
                     rc = raw_call(&b->raws[w->index], METHOD, w->params);
                 }
-                if (rc == 0) { s->calls++; record(s, now_ns() - t0); }
+                if (rc == 0) {
+                    s->calls++;
+                    if (atomic_load_explicit(&b->active, memory_order_relaxed)) s->steady++;
+                    record(s, now_ns() - t0);
+                }
                 else s->errors++;
             }
             if (held) hand_give_back(mode->hand, held);
@@ -950,15 +956,19 @@ static void *il_worker_main(void *arg) {
     return NULL;
 }
 
-static double il_sum(il_worker *ws, int n, int m, int errors) {
+enum { IL_CALLS, IL_ERRORS, IL_STEADY };
+
+static double il_sum(il_worker *ws, int n, int m, int what) {
     double v = 0;
-    for (int i = 0; i < n; i++) v += (double)(errors ? ws[i].stats[m].errors : ws[i].stats[m].calls);
+    for (int i = 0; i < n; i++)
+        v += (double)(what == IL_ERRORS ? ws[i].stats[m].errors : what == IL_STEADY ? ws[i].stats[m].steady : ws[i].stats[m].calls);
     return v;
 }
 
 /* One turn of mode m; cycle < 0 is the warm-up, not kept. */
 static void il_slice(il_bench *b, il_worker *ws, int m, int cycle) {
-    double calls0 = il_sum(ws, b->nthreads, m, 0), errors0 = il_sum(ws, b->nthreads, m, 1);
+    double calls0 = il_sum(ws, b->nthreads, m, IL_CALLS), errors0 = il_sum(ws, b->nthreads, m, IL_ERRORS);
+    double steady0 = il_sum(ws, b->nthreads, m, IL_STEADY);
     pthread_mutex_lock(&b->lock);
     b->current = m;
     b->parked = 0;
@@ -970,6 +980,7 @@ static void il_slice(il_bench *b, il_worker *ws, int m, int cycle) {
     pthread_mutex_unlock(&b->lock);
     sleep_s(cycle < 0 ? 0.1 : opt_slice);
     atomic_store(&b->active, 0);
+    double ended = now_s();
     pthread_mutex_lock(&b->lock);
     pthread_cond_broadcast(&b->ended_cv); /* threads of the mode that do not call */
     while (b->parked < il_woken(b, m)) pthread_cond_wait(&b->parked_cv, &b->lock);
@@ -978,8 +989,12 @@ static void il_slice(il_bench *b, il_worker *ws, int m, int cycle) {
     long s1 = context_switches();
     if (cycle < 0) return;
     il_mode *mode = &b->modes[m];
-    mode->calls[cycle] = il_sum(ws, b->nthreads, m, 0) - calls0;
-    mode->errors[cycle] = il_sum(ws, b->nthreads, m, 1) - errors0;
+    mode->calls[cycle] = il_sum(ws, b->nthreads, m, IL_CALLS) - calls0;
+    mode->errors[cycle] = il_sum(ws, b->nthreads, m, IL_ERRORS) - errors0;
+    /* Without the slice's tail (calls that ended after it, waiters still served): what a mode
+     * does while it runs, apart from how fast it stops. */
+    mode->steady_calls[cycle] = il_sum(ws, b->nthreads, m, IL_STEADY) - steady0;
+    mode->steady_seconds[cycle] = ended - t0;
     mode->seconds[cycle] = t1 - t0;
     mode->cpu[cycle] = c1 - c0;
     mode->switches[cycle] = (double)(s1 - s0);
@@ -1054,14 +1069,18 @@ static void il_report(il_bench *b, il_worker *ws, int cycles) {
         if (daemon_known) json_object_set_new(o, "daemon_cpu_us_per_call", json_real(daemon_us));
         char daemon[40] = "";
         if (daemon_known) snprintf(daemon, sizeof daemon, "  daemon %4.1f µs/call", daemon_us);
-        char against[160] = "";
+        double tail_ms = (seconds - il_total(mode->steady_seconds, cycles)) * 1e3 / (cycles > 0 ? cycles : 1);
+        json_object_set_new(o, "tail_ms_per_slice", json_real(tail_ms));
+        char against[220] = "";
         if (mode->base >= 0) {
             const il_mode *base = &b->modes[mode->base];
-            double ratio[IL_MAX_CYCLES], cpu_ratio[IL_MAX_CYCLES], cpu_diff[IL_MAX_CYCLES];
+            double ratio[IL_MAX_CYCLES], cpu_ratio[IL_MAX_CYCLES], cpu_diff[IL_MAX_CYCLES], steady[IL_MAX_CYCLES];
             int n = 0;
             for (int c = 0; c < cycles; c++) {
                 if (mode->calls[c] <= 0 || base->calls[c] <= 0) continue;
                 double mine = mode->calls[c] / mode->seconds[c], theirs = base->calls[c] / base->seconds[c];
+                steady[n] = base->steady_calls[c] > 0 ? (mode->steady_calls[c] / mode->steady_seconds[c]) /
+                                                             (base->steady_calls[c] / base->steady_seconds[c]) : 0;
                 double my_cpu = mode->cpu[c] * 1e6 / mode->calls[c], their_cpu = base->cpu[c] * 1e6 / base->calls[c];
                 ratio[n] = mine / theirs;
                 cpu_ratio[n] = my_cpu / their_cpu;
@@ -1074,9 +1093,13 @@ static void il_report(il_bench *b, il_worker *ws, int cycles) {
             double r50 = quantile(ratio, n, 0.5), r25 = quantile(ratio, n, 0.25), r75 = quantile(ratio, n, 0.75);
             double d50 = quantile(cpu_diff, n, 0.5), d25 = quantile(cpu_diff, n, 0.25), d75 = quantile(cpu_diff, n, 0.75);
             double c50 = quantile(cpu_ratio, n, 0.5);
-            double rlo, rhi, dlo, dhi;
+            double s50 = quantile(steady, n, 0.5);
+            double rlo, rhi, dlo, dhi, slo, shi;
             median_ci95(ratio, n, &rlo, &rhi);
             median_ci95(cpu_diff, n, &dlo, &dhi);
+            median_ci95(steady, n, &slo, &shi);
+            json_object_set_new(o, "steady_ratio", json_real(s50));
+            json_object_set_new(o, "steady_ratio_ci95", json_pack("[f,f]", slo, shi));
             json_object_set_new(o, "compared_with", json_string(base->name));
             json_object_set_new(o, "compared_with_threads", json_integer(base->threads));
             json_object_set_new(o, "ratio", json_real(r50));
@@ -1088,12 +1111,12 @@ static void il_report(il_bench *b, il_worker *ws, int cycles) {
             json_object_set_new(o, "cpu_diff_q3_us", json_real(d75));
             json_object_set_new(o, "ratio_ci95", json_pack("[f,f]", rlo, rhi));
             json_object_set_new(o, "cpu_diff_ci95_us", json_pack("[f,f]", dlo, dhi));
-            snprintf(against, sizeof against, "%.2f (CI %.2f-%.2f) [%.2f %.2f]  %+5.1f µs (CI %+.1f %+.1f)  vs %s T=%d",
-                     r50, rlo, rhi, r25, r75, d50, dlo, dhi, base->name, base->threads);
+            snprintf(against, sizeof against, "%.2f (CI %.2f-%.2f) [%.2f %.2f]  %+5.1f µs (CI %+.1f %+.1f)  steady %.2f (CI %.2f-%.2f)  vs %s T=%d",
+                     r50, rlo, rhi, r25, r75, d50, dlo, dhi, s50, slo, shi, base->name, base->threads);
         }
-        fprintf(il_out, "  %-19s T=%-2d C=%-2d %10.0f calls/s  p50 %7.1f µs  p99 %7.1f µs  CPU %5.1f µs/call%s  %4.2f switches/call  %s\n",
+        fprintf(il_out, "  %-19s T=%-2d C=%-2d %10.0f calls/s  p50 %7.1f µs  p99 %7.1f µs  CPU %5.1f µs/call%s  %4.2f switches/call  tail %4.1f ms  %s\n",
                mode->name, mode->threads, mode->conns, seconds > 0 ? calls / seconds : 0, p50, p99, cpu_us, daemon,
-               switches, against);
+               switches, tail_ms, against);
         emit(o);
     }
 }
