@@ -960,8 +960,10 @@ enum { IL_CALLS, IL_ERRORS, IL_STEADY };
 
 static double il_sum(il_worker *ws, int n, int m, int what) {
     double v = 0;
-    for (int i = 0; i < n; i++)
-        v += (double)(what == IL_ERRORS ? ws[i].stats[m].errors : what == IL_STEADY ? ws[i].stats[m].steady : ws[i].stats[m].calls);
+    for (int i = 0; i < n; i++) {
+        const worker *s = &ws[i].stats[m];
+        v += (double)(what == IL_ERRORS ? s->errors : what == IL_STEADY ? s->steady : s->calls);
+    }
     return v;
 }
 
@@ -974,7 +976,8 @@ static void il_slice(il_bench *b, il_worker *ws, int m, int cycle) {
     b->parked = 0;
     atomic_store(&b->active, 1);
     b->generation[il_slot(b, m)]++;
-    double t0 = now_s(), c0 = cpu_s(), d0 = daemon_cpu_s();
+    double d0 = daemon_cpu_s(); /* read from /proc before the slice's clock starts, d1 after it stops */
+    double t0 = now_s(), c0 = cpu_s();
     long s0 = context_switches();
     pthread_cond_broadcast(&b->go[il_slot(b, m)]);
     pthread_mutex_unlock(&b->lock);

@@ -177,7 +177,7 @@ static void test_follow(void) {
     check(followed, "new addresses are added and the vanished one removed", "%s", got);
     check(t.ok == 4 && served_by_a >= 2, "calls in flight on the vanished address finish (it is drained, not cut)",
           "%d of 4 calls OK, 127.0.0.2 answered %ld of them%s", t.ok, served_by_a, t.failure);
-    json_t *updated = find_event(&events, "dns_updated");
+    json_t *updated = wait_event(&events, "dns_updated", 3000);
     check(updated && json_array_size(json_object_get(updated, "added")) == 2 && json_array_size(json_object_get(updated, "removed")) == 1,
           "a dns_updated event lists what was added and removed", "%s", event_text(updated, detail, sizeof detail));
     json_decref(updated);
@@ -192,8 +192,7 @@ static void test_follow(void) {
     /* The name disappears: the last good set stays, with an alert. */
     capture_clear(&events);
     set_hosts("");
-    json_t *alert = NULL;
-    for (double end = now_ms() + 3000; !alert && now_ms() < end; sleep_ms(20)) alert = find_event(&events, "dns_resolution_failed");
+    json_t *alert = wait_event(&events, "dns_resolution_failed", 3000);
     check(alert && strstr(json_string_value(json_object_get(alert, "message")), "keeping the last 2 addresses") &&
           strcmp(json_string_value(json_object_get(alert, "severity")), "warning") == 0,
           "a failed lookup keeps the last set and raises an alert", "%s", event_text(alert, detail, sizeof detail));
@@ -215,9 +214,7 @@ static void test_follow(void) {
     set_hosts("127.0.0.3 fleet.test\n");
     expected(want, sizeof want, "tcp", "127.0.0.3", NULL);
     followed = wait_endpoints(client, want, 4000, got, sizeof got);
-    /* The set can change before the event thread has delivered the alert: wait for it too. */
-    alert = NULL;
-    for (double end = now_ms() + 3000; !alert && now_ms() < end; sleep_ms(20)) alert = find_event(&events, "dns_resolution_recovered");
+    alert = wait_event(&events, "dns_resolution_recovered", 3000);
     check(followed && alert, "the name resolves again: dns_resolution_recovered, and the set follows it", "%s; %s", got,
           event_text(alert, detail, sizeof detail));
     json_decref(alert);

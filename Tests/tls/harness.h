@@ -319,6 +319,14 @@ HARNESS json_t *find_event(captured_events *events, const char *type) {
     return found;
 }
 
+/* The first captured event of `type`, waiting up to `ms` for it: listeners run on the library's
+ * event thread, so an event can arrive after the state change it reports is visible. */
+HARNESS json_t *wait_event(captured_events *events, const char *type, int ms) {
+    json_t *found = find_event(events, type);
+    for (double end = now_ms() + ms; !found && now_ms() < end; sleep_ms(20)) found = find_event(events, type);
+    return found;
+}
+
 HARNESS int count_events(captured_events *events, const char *type) {
     int n = 0;
     pthread_mutex_lock(&events->lock);
