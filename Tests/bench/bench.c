@@ -40,11 +40,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
+#include <linux/futex.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -769,7 +771,7 @@ static void health_idle_cost(double seconds, json_int_t *checks, double *cpu_ms)
  * measured a second time (an A/A comparison): its spread is this method's noise in the same run.
  * -------------------------------------------------------------------------------------------- */
 
-#define IL_MAX_MODES 12
+#define IL_MAX_MODES 16
 #define IL_MAX_CYCLES 64
 
 static int opt_cycles = 40;          /* --cycles N: interleaved cycles per experiment */
@@ -826,6 +828,92 @@ static int hand_call(hand_pool *h, const char *method, json_t *params) {
     return rc;
 }
 
+/* The library's fairness written by hand, as cheaply as C allows: while callers wait, a thread
+ * keeps its connection for up to FAIR_STREAK calls in a row and FAIR_WINDOW_NS after it got it
+ * (the library's defaults, reuse_while_waiting 16 and reuse_window_us 3000), then hands it to the
+ * longest-waiting caller (FIFO) and queues for its next call behind the others. A waiter sleeps
+ * on a futex word of its own (as the library's waiters do): one system call to wake it, and the
+ * pool's mutex is never taken by the woken thread. */
+enum { FAIR_STREAK = 16 };
+#define FAIR_WINDOW_NS 3000000ull
+
+typedef struct fair_waiter {
+    _Atomic uint32_t word; /* 0: asleep or about to be; 1: `got` is set */
+    raw_conn *got;
+    struct fair_waiter *next;
+} fair_waiter;
+
+typedef struct {
+    pthread_mutex_t lock;
+    raw_conn *conns;
+    raw_conn **free_list;
+    int nconns, nfree;
+    fair_waiter *head, *tail; /* FIFO of waiting callers (their own stack frames) */
+    _Atomic int waiting;      /* read without the lock by holders deciding to hand over */
+} fair_pool;
+
+static raw_conn *fair_take(fair_pool *p) {
+    pthread_mutex_lock(&p->lock);
+    if (p->nfree > 0) { /* a free connection means nobody waits: gives go to waiters first */
+        raw_conn *c = p->free_list[--p->nfree];
+        pthread_mutex_unlock(&p->lock);
+        return c;
+    }
+    fair_waiter w = {.got = NULL, .next = NULL};
+    atomic_init(&w.word, 0);
+    if (p->tail) p->tail->next = &w;
+    else p->head = &w;
+    p->tail = &w;
+    atomic_fetch_add(&p->waiting, 1);
+    pthread_mutex_unlock(&p->lock);
+    while (atomic_load_explicit(&w.word, memory_order_acquire) == 0)
+        syscall(SYS_futex, &w.word, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+    return w.got;
+}
+
+static void fair_give(fair_pool *p, raw_conn *c) {
+    pthread_mutex_lock(&p->lock);
+    fair_waiter *w = p->head;
+    if (w) {
+        p->head = w->next;
+        if (!p->head) p->tail = NULL;
+        atomic_fetch_sub(&p->waiting, 1);
+    } else {
+        p->free_list[p->nfree++] = c;
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (!w) return;
+    w->got = c;
+    /* The waiter may return (and its frame go) as soon as the word is 1: the wake after that is
+     * at worst a spurious one for whoever sleeps on that address next (futex users tolerate it). */
+    atomic_store_explicit(&w->word, 1, memory_order_release);
+    syscall(SYS_futex, &w->word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+static fair_pool *fair_pool_open(int nconns) {
+    fair_pool *p = calloc(1, sizeof *p);
+    if (!p) die("%s", "out of memory");
+    p->conns = calloc((size_t)nconns, sizeof *p->conns);
+    p->free_list = calloc((size_t)nconns, sizeof *p->free_list);
+    if (!p->conns || !p->free_list) die("%s", "out of memory");
+    pthread_mutex_init(&p->lock, NULL);
+    for (int i = 0; i < nconns; i++) {
+        if (raw_open(&p->conns[i]) != 0) die("raw connect to %s failed", socket_path);
+        p->free_list[p->nfree++] = &p->conns[i];
+    }
+    p->nconns = nconns;
+    return p;
+}
+
+static void fair_pool_free(fair_pool *p) {
+    if (!p) return;
+    for (int i = 0; i < p->nconns; i++) close(p->conns[i].fd);
+    pthread_mutex_destroy(&p->lock);
+    free(p->conns);
+    free(p->free_list);
+    free(p);
+}
+
 static hand_pool *hand_pool_open(int nconns) {
     hand_pool *h = calloc(1, sizeof *h);
     if (!h) die("%s", "out of memory");
@@ -863,6 +951,7 @@ typedef struct {
     hand_pool *hand;         /* the hand-written pool, or NULL: the raw client, thread i on raw connection i */
     int per_slice;           /* with hand: a thread holds one of the hand pool's connections for a
                               * whole slice (which one changes from slice to slice), not per call */
+    fair_pool *fair;         /* or the hand-written pool with the library's fairness */
     int base;                /* mode compared with, or -1 */
     double calls[IL_MAX_CYCLES], errors[IL_MAX_CYCLES], seconds[IL_MAX_CYCLES], cpu[IL_MAX_CYCLES],
         switches[IL_MAX_CYCLES], daemon_cpu[IL_MAX_CYCLES],
@@ -926,8 +1015,15 @@ static void *il_worker_main(void *arg) {
         } else if (in_mode) {
             /* per_slice: one connection for the whole slice (none: the slice ended first). */
             raw_conn *held = mode->per_slice ? hand_take(mode->hand, &b->active) : NULL;
+            int streak = 0;
+            uint64_t got_at = 0;
             while ((held || !mode->per_slice) && atomic_load_explicit(&b->active, memory_order_relaxed)) {
-                uint64_t t0 = now_ns();
+                uint64_t t0 = now_ns(); /* a call's latency includes its wait, as the pool's do */
+                if (mode->fair && !held) {
+                    held = fair_take(mode->fair);
+                    streak = 0;
+                    got_at = now_ns();
+                }
                 int rc;
                 if (mode->client) {
                     json_t *result = NULL;
@@ -940,14 +1036,21 @@ static void *il_worker_main(void *arg) {
                 } else {
                     rc = raw_call(&b->raws[w->index], METHOD, w->params);
                 }
+                uint64_t t1 = now_ns();
                 if (rc == 0) {
                     s->calls++;
                     if (atomic_load_explicit(&b->active, memory_order_relaxed)) s->steady++;
-                    record(s, now_ns() - t0);
+                    record(s, t1 - t0);
                 }
                 else s->errors++;
+                if (mode->fair && (++streak >= FAIR_STREAK || t1 - got_at >= FAIR_WINDOW_NS) &&
+                    atomic_load_explicit(&mode->fair->waiting, memory_order_relaxed) > 0) {
+                    fair_give(mode->fair, held);
+                    held = NULL;
+                }
             }
-            if (held) hand_give_back(mode->hand, held);
+            if (held && mode->fair) fair_give(mode->fair, held);
+            else if (held) hand_give_back(mode->hand, held);
         }
         pthread_mutex_lock(&b->lock);
         if (++b->parked == il_woken(b, m)) pthread_cond_signal(&b->parked_cv);
@@ -1217,7 +1320,9 @@ static goxelpool_client *lib_open_unbounded_reuse(int fast_path) {
  * stack for a whole slice (raw-reshuffled): nothing changes hands within a slice, nobody waits
  * with 10 threads, but a thread's connection, and so the daemon's thread it talks to, changes
  * from one slice to the next; with 32 threads, the other 22 wait in the stack's condition variable
- * for the whole slice (pool-unbounded's situation, written by hand: no library). */
+ * for the whole slice (pool-unbounded's situation, written by hand: no library). And the pool's
+ * fairness written by hand (hand-fair-32: 16 calls or 3 ms, then FIFO hand-off on a futex): the
+ * pool row's situation with no library. */
 static void il_decomposition(il_bench *b) {
     int raw = il_add(b, "raw", 10, 10, NULL, -1);
     il_add(b, "raw-again", 10, 10, NULL, raw);
@@ -1236,6 +1341,8 @@ static void il_decomposition(il_bench *b) {
         b->modes[held].hand = hand_pool_open(10);
         b->modes[held].per_slice = 1;
     }
+    int fair = il_add(b, "hand-fair-32", 32, 10, NULL, raw);
+    b->modes[fair].fair = fair_pool_open(10);
 }
 
 /* The three experiments: T = 1 (raw, A/A, pool 10..10, pool 2..10, pool 10..10 without the fast
@@ -1293,13 +1400,16 @@ static void pool10_interleaved(void) {
             /* What a user would write by hand for 32 threads on 10 connections. */
             int hand = il_add(b, "hand", 32, 10, NULL, raw);
             b->modes[hand].hand = hand_pool_open(10);
+            /* ... and by hand with the pool's fairness (its defaults: 16 calls, 3 ms, then FIFO). */
+            int fair = il_add(b, "hand-fair", 32, 10, NULL, raw);
+            b->modes[fair].fair = fair_pool_open(10);
         }
         b->raws = calloc((size_t)b->nthreads, sizeof *b->raws);
         if (!b->raws) die("%s", "out of memory");
         for (int i = 0; i < b->nthreads; i++) b->raws[i].fd = -1;
         for (int m = 0; m < b->nmodes; m++) {
             const il_mode *mode = &b->modes[m];
-            if (mode->client || mode->hand) continue;
+            if (mode->client || mode->hand || mode->fair) continue;
             for (int i = mode->first; i < mode->first + mode->threads; i++)
                 if (il_calls(mode, i) && b->raws[i].fd < 0 && raw_open(&b->raws[i]) != 0)
                     die("raw connect to %s failed", socket_path);
@@ -1311,6 +1421,7 @@ static void pool10_interleaved(void) {
         for (int m = 0; m < b->nmodes; m++) {
             if (b->modes[m].client) goxelpool_client_free(b->modes[m].client);
             hand_pool_free(b->modes[m].hand);
+            fair_pool_free(b->modes[m].fair);
         }
     }
     fclose(il_out);
