@@ -1348,8 +1348,8 @@ static void il_decomposition(il_bench *b) {
 /* The three experiments: T = 1 (raw, A/A, pool 10..10, pool 2..10, pool 10..10 without the fast
  * path); T = 8 (raw, A/A, pool 10..10 with and without the fast path); 32 threads on 10
  * connections against the raw client with 10 threads (and with 32), the pool of 10 with reuse
- * while callers wait, with strict hand-off, and without the fast path, and a pool written by
- * hand (mutex, condition variable, 10 raw connections). */
+ * while callers wait, with strict hand-off, and without the fast path, and two pools written by
+ * hand (mutex, condition variable, 10 raw connections; and the pool's own fairness, hand-fair). */
 static void pool10_interleaved(void) {
     set_latency(0);
     il_out = open_memstream(&il_table, &il_table_len);

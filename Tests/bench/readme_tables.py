@@ -63,6 +63,7 @@ def pool10_table(latest, earlier):
              "pool-fifo": "pool 10..10, reuse_while_waiting 0", "pool-locked": "pool 10..10, fast_path false",
              "pool-w1ms": "pool 10..10, reuse 8 calls / 1 ms (1.3's defaults)",
              "hand": "a pool written by hand (mutex, condition variable, 10 raw connections)",
+             "hand-fair": "the pool's fairness written by hand (16 calls or 3 ms, then FIFO hand-off on a futex)",
              "raw-on-pool-threads": "raw client on the pool row's first 10 threads"}
     for row in latest:
         if row["bench"] != "pool10" or "ratio_ci95" not in row:  # runs 1-7 measured pool10 in rounds
