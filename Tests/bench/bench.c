@@ -795,28 +795,51 @@ static FILE *il_out;
 
 static void emit(json_t *obj);
 
+/* The raw connections of a pool written by hand, and the stack of the free ones. */
+typedef struct {
+    raw_conn *conns;
+    raw_conn **free_list;
+    int nconns, nfree;
+} raw_stack;
+
+static void raw_stack_open(raw_stack *s, int nconns) {
+    s->conns = calloc((size_t)nconns, sizeof *s->conns);
+    s->free_list = calloc((size_t)nconns, sizeof *s->free_list);
+    if (!s->conns || !s->free_list) die("%s", "out of memory");
+    for (int i = 0; i < nconns; i++) {
+        if (raw_open(&s->conns[i]) != 0) die("raw connect to %s failed", socket_path);
+        s->free_list[s->nfree++] = &s->conns[i];
+    }
+    s->nconns = nconns;
+}
+
+static void raw_stack_close(raw_stack *s) {
+    for (int i = 0; i < s->nconns; i++) close(s->conns[i].fd);
+    free(s->conns);
+    free(s->free_list);
+}
+
 /* The pool a user would write by hand for more threads than connections: a mutex, a condition
  * variable and a stack of raw connections (no fairness beyond the condition variable's). */
 typedef struct {
     pthread_mutex_t lock;
     pthread_cond_t freed;
-    raw_conn *conns;
-    raw_conn **free_list;
-    int nconns, nfree;
+    raw_stack stack;
 } hand_pool;
 
 /* A free connection, waiting for one; with `active`, NULL once *active is 0 and none is free. */
 static raw_conn *hand_take(hand_pool *h, _Atomic int *active) {
     pthread_mutex_lock(&h->lock);
-    while (h->nfree == 0 && (!active || atomic_load(active))) pthread_cond_wait(&h->freed, &h->lock);
-    raw_conn *c = h->nfree > 0 ? h->free_list[--h->nfree] : NULL;
+    raw_stack *stack = &h->stack;
+    while (stack->nfree == 0 && (!active || atomic_load(active))) pthread_cond_wait(&h->freed, &h->lock);
+    raw_conn *c = stack->nfree > 0 ? stack->free_list[--stack->nfree] : NULL;
     pthread_mutex_unlock(&h->lock);
     return c;
 }
 
 static void hand_give_back(hand_pool *h, raw_conn *c) {
     pthread_mutex_lock(&h->lock);
-    h->free_list[h->nfree++] = c;
+    h->stack.free_list[h->stack.nfree++] = c;
     pthread_cond_signal(&h->freed);
     pthread_mutex_unlock(&h->lock);
 }
@@ -845,17 +868,15 @@ typedef struct fair_waiter {
 
 typedef struct {
     pthread_mutex_t lock;
-    raw_conn *conns;
-    raw_conn **free_list;
-    int nconns, nfree;
+    raw_stack stack;
     fair_waiter *head, *tail; /* FIFO of waiting callers (their own stack frames) */
     _Atomic int waiting;      /* read without the lock by holders deciding to hand over */
 } fair_pool;
 
 static raw_conn *fair_take(fair_pool *p) {
     pthread_mutex_lock(&p->lock);
-    if (p->nfree > 0) { /* a free connection means nobody waits: gives go to waiters first */
-        raw_conn *c = p->free_list[--p->nfree];
+    if (p->stack.nfree > 0) { /* a free connection means nobody waits: gives go to waiters first */
+        raw_conn *c = p->stack.free_list[--p->stack.nfree];
         pthread_mutex_unlock(&p->lock);
         return c;
     }
@@ -879,7 +900,7 @@ static void fair_give(fair_pool *p, raw_conn *c) {
         if (!p->head) p->tail = NULL;
         atomic_fetch_sub(&p->waiting, 1);
     } else {
-        p->free_list[p->nfree++] = c;
+        p->stack.free_list[p->stack.nfree++] = c;
     }
     pthread_mutex_unlock(&p->lock);
     if (!w) return;
@@ -893,50 +914,32 @@ static void fair_give(fair_pool *p, raw_conn *c) {
 static fair_pool *fair_pool_open(int nconns) {
     fair_pool *p = calloc(1, sizeof *p);
     if (!p) die("%s", "out of memory");
-    p->conns = calloc((size_t)nconns, sizeof *p->conns);
-    p->free_list = calloc((size_t)nconns, sizeof *p->free_list);
-    if (!p->conns || !p->free_list) die("%s", "out of memory");
     pthread_mutex_init(&p->lock, NULL);
-    for (int i = 0; i < nconns; i++) {
-        if (raw_open(&p->conns[i]) != 0) die("raw connect to %s failed", socket_path);
-        p->free_list[p->nfree++] = &p->conns[i];
-    }
-    p->nconns = nconns;
+    raw_stack_open(&p->stack, nconns);
     return p;
 }
 
 static void fair_pool_free(fair_pool *p) {
     if (!p) return;
-    for (int i = 0; i < p->nconns; i++) close(p->conns[i].fd);
+    raw_stack_close(&p->stack);
     pthread_mutex_destroy(&p->lock);
-    free(p->conns);
-    free(p->free_list);
     free(p);
 }
 
 static hand_pool *hand_pool_open(int nconns) {
     hand_pool *h = calloc(1, sizeof *h);
     if (!h) die("%s", "out of memory");
-    h->conns = calloc((size_t)nconns, sizeof *h->conns);
-    h->free_list = calloc((size_t)nconns, sizeof *h->free_list);
-    if (!h->conns || !h->free_list) die("%s", "out of memory");
     pthread_mutex_init(&h->lock, NULL);
     pthread_cond_init(&h->freed, NULL);
-    for (int i = 0; i < nconns; i++) {
-        if (raw_open(&h->conns[i]) != 0) die("raw connect to %s failed", socket_path);
-        h->free_list[h->nfree++] = &h->conns[i];
-    }
-    h->nconns = nconns;
+    raw_stack_open(&h->stack, nconns);
     return h;
 }
 
 static void hand_pool_free(hand_pool *h) {
     if (!h) return;
-    for (int i = 0; i < h->nconns; i++) close(h->conns[i].fd);
+    raw_stack_close(&h->stack);
     pthread_mutex_destroy(&h->lock);
     pthread_cond_destroy(&h->freed);
-    free(h->conns);
-    free(h->free_list);
     free(h);
 }
 
