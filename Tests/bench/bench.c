@@ -789,7 +789,6 @@ static int opt_thread_history = 0;
 /* --decompose: the 32-thread experiment with other rows, to tell apart what its pool row pays
  * for: more threads than connections, callers that wait, and hand-offs (see il_decomposition). */
 static int opt_decompose = 0;
-static int opt_variant = 0;
 static char *il_table;               /* the lines of the table, printed with the other tables */
 static size_t il_table_len;
 static FILE *il_out;
@@ -1378,19 +1377,6 @@ static void pool10_interleaved(void) {
             il_add(b, "raw-again", 8, 8, NULL, raw);
             il_add(b, "pool", 8, 10, lib_open(1, 10, 10, 0), raw);
             il_add(b, "pool-locked", 8, 10, lib_open_locked(), raw);
-        } else if (opt_variant) {
-            title = "T=32 variant";
-            int raw = il_add(b, "raw", 10, 10, NULL, -1);
-            int pool = il_add(b, "pool", 32, 10, lib_open(1, 10, 10, 0), raw);
-            setenv("GOXELPOOL_EXPERIMENT", getenv("VARIANT") ? getenv("VARIANT") : "1", 1);
-            il_add(b, "pool-variant", 32, 10, lib_open(1, 10, 10, 0), pool);
-            unsetenv("GOXELPOOL_EXPERIMENT");
-            int fair = il_add(b, "hand-fair", 32, 10, NULL, raw);
-            b->modes[fair].fair = fair_pool_open(10);
-            int unb = il_add(b, "pool-unbounded", 32, 10, lib_open_unbounded_reuse(1), raw);
-            setenv("GOXELPOOL_EXPERIMENT", getenv("VARIANT") ? getenv("VARIANT") : "1", 1);
-            il_add(b, "unbounded-variant", 32, 10, lib_open_unbounded_reuse(1), unb);
-            unsetenv("GOXELPOOL_EXPERIMENT");
         } else if (opt_decompose) {
             title = "T=32 on 10 connections, decomposed";
             il_decomposition(b);
@@ -1924,7 +1910,6 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--shared-threads")) opt_shared_threads = 1;
         else if (!strcmp(argv[i], "--thread-history")) opt_thread_history = 1;
         else if (!strcmp(argv[i], "--decompose")) { opt_decompose = 1; opt_threads = 32; }
-        else if (!strcmp(argv[i], "--variant")) { opt_variant = 1; opt_threads = 32; }
         else usage();
     }
     if (opt_quick) {
