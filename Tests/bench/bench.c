@@ -32,6 +32,7 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -789,6 +790,10 @@ static int opt_thread_history = 0;
 /* --decompose: the 32-thread experiment with other rows, to tell apart what its pool row pays
  * for: more threads than connections, callers that wait, and hand-offs (see il_decomposition). */
 static int opt_decompose = 0;
+/* --one-cpu: this process and the daemon it starts run on CPU 0 only. With one caller the pool's
+ * cost per call is a microsecond, below what a two-CPU virtual machine's cross-CPU wake-ups let
+ * timing see; on one CPU the client and the daemon take turns and nothing else moves. */
+static int opt_one_cpu = 0;
 static char *il_table;               /* the lines of the table, printed with the other tables */
 static size_t il_table_len;
 static FILE *il_out;
@@ -1176,6 +1181,7 @@ static void il_report(il_bench *b, il_worker *ws, int cycles) {
                               "errors", (json_int_t)il_total(mode->errors, cycles),
                               "context_switches_per_call", switches, "seconds", seconds);
         if (daemon_known) json_object_set_new(o, "daemon_cpu_us_per_call", json_real(daemon_us));
+        if (opt_one_cpu) json_object_set_new(o, "one_cpu", json_true());
         char daemon[40] = "";
         if (daemon_known) snprintf(daemon, sizeof daemon, "  daemon %4.1f µs/call", daemon_us);
         double tail_ms = (seconds - il_total(mode->steady_seconds, cycles)) * 1e3 / (cycles > 0 ? cycles : 1);
@@ -1882,7 +1888,7 @@ static json_t *row_json(const row *w) {
 static void usage(void) {
     fprintf(stderr, "usage: bench [--quick] [--rounds N] [--duration SECONDS] [--cycles N] [--slice SECONDS] [--refd PATH]\n"
                     "             [--socket PATH] [--only SECTION] [--threads T] [--mode MODE] [--latency 0|2] [--shared-threads]\n"
-                    "             [--thread-history] [--decompose]\n");
+                    "             [--thread-history] [--decompose] [--one-cpu]\n");
     exit(2);
 }
 
@@ -1910,6 +1916,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--shared-threads")) opt_shared_threads = 1;
         else if (!strcmp(argv[i], "--thread-history")) opt_thread_history = 1;
         else if (!strcmp(argv[i], "--decompose")) { opt_decompose = 1; opt_threads = 32; }
+        else if (!strcmp(argv[i], "--one-cpu")) opt_one_cpu = 1;
         else usage();
     }
     if (opt_quick) {
@@ -1932,6 +1939,14 @@ int main(int argc, char **argv) {
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
 
+    if (opt_one_cpu) {
+        /* Before any thread or the daemon starts: they inherit it. */
+        if (sock) die("%s", "--one-cpu needs the daemon this benchmark starts (not --socket or SOCKET)");
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(0, &one);
+        if (sched_setaffinity(0, sizeof one, &one) != 0) die("sched_setaffinity: %s", strerror(errno));
+    }
     if (sock) {
         if (strlen(sock) >= sizeof socket_path) die("socket path too long: %s", sock);
         strcpy(socket_path, sock);
@@ -2039,10 +2054,10 @@ int main(int argc, char **argv) {
     double elapsed = now_s() - t_start;
 
     /* ---- Tables ---- */
-    printf("libgoxelpool %s benchmark: %d round%s of %.1f s per row, median of the rounds; %ld CPUs; "
+    printf("libgoxelpool %s benchmark: %d round%s of %.1f s per row, median of the rounds; %ld CPUs%s; "
            "every call is %s [x,2,3]\n",
            goxelpool_version(), opt_rounds, opt_rounds > 1 ? "s" : "", opt_duration, sysconf(_SC_NPROCESSORS_ONLN),
-           METHOD);
+           opt_one_cpu ? ", this process and its daemon on CPU 0 only (--one-cpu)" : "", METHOD);
     printf("raw = hand-written C client (one blocking connection per thread, jansson); pool = library, "
            "max_connections C; single = \"pooling\": false\n");
     printf("ratio = calls/s against the raw baseline with the same T and daemon latency (cpu: client CPU per call)\n\n");

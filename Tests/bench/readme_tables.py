@@ -13,7 +13,11 @@ import sys
 
 def rows(path):
     with open(path) as f:
-        return [json.loads(line) for line in f if line.startswith("{")]
+        all_rows = [json.loads(line) for line in f if line.startswith("{")]
+    for row in all_rows:  # pool10 rows of `bench --one-cpu` (make bench's last part) say so
+        if row["bench"] == "pool10":
+            row.setdefault("one_cpu", False)
+    return all_rows
 
 
 def number(value):
@@ -68,9 +72,9 @@ def pool10_table(latest, earlier):
     for row in latest:
         if row["bench"] != "pool10" or "ratio_ci95" not in row:  # runs 1-7 measured pool10 in rounds
             continue
-        base_threads = row["compared_with_threads"]
-        base = find(latest, "pool10", mode="raw", threads=base_threads)
-        other = find(earlier, "pool10", mode=row["mode"], threads=row["threads"]) or {}
+        base_threads, one_cpu = row["compared_with_threads"], row["one_cpu"]
+        base = find(latest, "pool10", mode="raw", threads=base_threads, one_cpu=one_cpu)
+        other = find(earlier, "pool10", mode=row["mode"], threads=row["threads"], one_cpu=one_cpu) or {}
         raw = f"{base_threads} threads, {base['connections']} connections" if base_threads != row["threads"] \
             else f"{base['connections']} connection{'s' if base['connections'] > 1 else ''}"
         low, high = row["ratio_ci95"]
@@ -85,7 +89,8 @@ def pool10_table(latest, earlier):
         name = names.get(row["mode"], row["mode"])
         if row["mode"] == "raw-again" and row["threads"] == 10:  # the 32-thread experiment's A/A
             name += ", in the 32-thread cycles"
-        print(f"| {row['threads']} | {raw} | {name} | {spread} | {cpu} | "
+        threads = f"{row['threads']}, one CPU" if one_cpu else f"{row['threads']}"
+        print(f"| {threads} | {raw} | {name} | {spread} | {cpu} | "
               f"{base['context_switches_per_call']:.2f} → {row['context_switches_per_call']:.2f} | "
               f"{number(base['p99_us'])} → {number(row['p99_us'])} |")
 
@@ -111,8 +116,8 @@ def fast_path_lines(latest, earlier):
         for threads in thread_counts:
             parts = []
             for run in (latest, earlier):
-                fast = find(run, "pool10", mode="pool", threads=threads)
-                other = find(run, "pool10", mode=other_mode, threads=threads)
+                fast = find(run, "pool10", mode="pool", threads=threads, one_cpu=False)
+                other = find(run, "pool10", mode=other_mode, threads=threads, one_cpu=False)
                 if not fast or not other or "cycle_ratios" not in other:
                     continue
                 ratios = [a / b for a, b in zip(fast["cycle_ratios"], other["cycle_ratios"])]
