@@ -1,3 +1,5 @@
+import DequeModule
+
 /// Health tiers of the seed: healthy (latency ≤ healthy threshold), degraded (≤ degraded
 /// threshold), unhealthy (slower, or failed).
 public enum HealthTier: String, Sendable, Equatable, CaseIterable {
@@ -42,8 +44,12 @@ public struct HealthTracker: Sendable {
     public private(set) var totalObservations = 0
     public private(set) var totalFailures = 0
     public private(set) var lastError: String?
-    /// The last `sampleSize` successful latencies, oldest first.
-    public private(set) var samples: [Sample] = []
+    /// The last `sampleSize` successful latencies, oldest first. A ring with the sum of its
+    /// latencies: every answered call is recorded in two trackers (its connection's and the
+    /// pool's), so a record neither shifts an array nor sums it for `averageLatency`.
+    public private(set) var samples = Deque<Sample>()
+    /// Wrapping: exact while the kept latencies add up to less than 292 years.
+    private var latencySum: Int64 = 0
     public private(set) var lastObservation: Instant?
 
     public init(policy: Policy) { self.policy = policy }
@@ -62,7 +68,8 @@ public struct HealthTracker: Sendable {
         let observed: HealthTier = success ? classify(latency) : .unhealthy
         if success {
             samples.append(Sample(at: now, latency: latency))
-            if samples.count > policy.sampleSize { samples.removeFirst(samples.count - policy.sampleSize) }
+            latencySum &+= latency.nanoseconds
+            while samples.count > policy.sampleSize { latencySum &-= samples.removeFirst().latency.nanoseconds }
         } else {
             totalFailures += 1
             lastError = error
@@ -96,8 +103,7 @@ public struct HealthTracker: Sendable {
 
     public var averageLatency: Span? {
         guard !samples.isEmpty else { return nil }
-        let sum = samples.reduce(0.0) { $0 + Double($1.latency.nanoseconds) }
-        return Span(nanoseconds: Int64(sum / Double(samples.count)))
+        return Span(nanoseconds: latencySum / Int64(samples.count))
     }
 
     /// The least-squares line through the samples: latency (ns) against time (s since the first).

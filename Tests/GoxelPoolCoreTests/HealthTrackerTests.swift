@@ -83,6 +83,22 @@ final class HealthTrackerTests: XCTestCase {
         XCTAssertEqual(t.lastObservation, at(15_000))
     }
 
+    /// The average is kept as a running sum (not summed at every call): after every record,
+    /// through thousands of evictions and failures, it is the mean of exactly the kept samples.
+    func testAverageLatencyStaysTheMeanOfTheKeptSamples() {
+        var t = tracker()
+        var generator = SplitMix64(seed: 7)
+        for index in 0..<5_000 {
+            let failed = generator.next() % 7 == 0
+            let latency = Span(nanoseconds: Int64(generator.next() % 5_000_000_000))
+            t.record(success: !failed, latency: latency, at: at(Int64(index)), error: failed ? "timeout" : nil)
+            let kept = t.samples.map(\.latency.nanoseconds)
+            XCTAssertLessThanOrEqual(kept.count, 10)
+            XCTAssertEqual(t.averageLatency, kept.isEmpty ? nil : Span(nanoseconds: kept.reduce(0, +) / Int64(kept.count)),
+                           "after record \(index)")
+        }
+    }
+
     // MARK: Trend
 
     func testRisingLatencyIsDegradingWithAPredictedTimeToTheNextTier() throws {
