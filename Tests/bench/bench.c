@@ -1006,6 +1006,10 @@ static void *il_worker_main(void *arg) {
         for (int m = 0; m < b->nmodes; m++)
             if (b->modes[m].slot == m && w->index >= b->modes[m].first &&
                 w->index < b->modes[m].first + b->modes[m].threads) slot = m;
+    /* Named after its mode, so a profile (perf report --sort comm) tells the modes apart. */
+    char name[16];
+    snprintf(name, sizeof name, "%d:%s", slot, b->modes[slot].name);
+    pthread_setname_np(pthread_self(), name);
     pthread_mutex_lock(&b->lock);
     for (;;) {
         while (b->generation[slot] == seen && !b->stop) pthread_cond_wait(&b->go[slot], &b->lock);
