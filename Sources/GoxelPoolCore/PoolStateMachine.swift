@@ -172,10 +172,24 @@ public struct PoolStateMachine {
         var keptUntil = Instant(nanoseconds: 0)
         /// When its current caller got it from the pool (not back from being kept): reuseWindow counts from here.
         var runStartedAt = Instant(nanoseconds: 0)
+        /// False once it left `connections` (a `ConnectionHandle` may outlive that).
+        var inPool = true
 
         init(id: ConnectionID, state: ConnectionState, lastUsed: Instant, windowStart: Instant, health: HealthTracker) {
             self.id = id; self.state = state; self.lastUsed = lastUsed; self.windowStart = windowStart; self.health = health
         }
+    }
+
+    /// A connection of this pool as the runner holds it to record its fast calls
+    /// (`recordFastCall(_:at:latency:lease:)`) without looking it up by id at every call.
+    public struct ConnectionHandle {
+        fileprivate let connection: Connection
+        public var id: ConnectionID { connection.id }
+    }
+
+    /// The handle of a connection in the pool (from `.open` until it is closed), or nil.
+    public func connectionHandle(_ id: ConnectionID) -> ConnectionHandle? {
+        connections[id].map(ConnectionHandle.init)
     }
 
     struct Waiter {
@@ -356,6 +370,7 @@ public struct PoolStateMachine {
         rejection = nil
         statistics.connectionsCreated += 1
         if isClosed {
+            connection.inPool = false
             connections[id] = nil
             statistics.recordClose(.shutdown)
             actions.append(.close(id, .shutdown))
@@ -390,6 +405,7 @@ public struct PoolStateMachine {
         var actions: [PoolAction] = []
         handOverKept(now: now, into: &actions)
         guard let connection = connections[id], connection.state == .opening else { return actions }
+        connection.inPool = false
         connections[id] = nil
         // Cancelled by shutdown: not a failure of the daemon.
         if isClosed { return actions }
@@ -600,7 +616,14 @@ public struct PoolStateMachine {
     /// took the connection back without the pool (`lease`). The connection stays leased;
     /// `returnParked` or `adoptKept` gives it back.
     public mutating func recordFastCall(_ id: ConnectionID, at: Instant, latency: Span, lease: FastLease?) -> [PoolAction] {
-        guard let connection = connections[id], connection.state == .leased else { return [] }
+        guard let connection = connections[id] else { return [] }
+        return recordFastCall(ConnectionHandle(connection: connection), at: at, latency: latency, lease: lease)
+    }
+
+    /// The same through the connection's handle (no lookup by id; nothing when it left the pool).
+    public mutating func recordFastCall(_ handle: ConnectionHandle, at: Instant, latency: Span, lease: FastLease?) -> [PoolAction] {
+        let connection = handle.connection
+        guard connection.inPool, connection.state == .leased else { return [] }
         var actions: [PoolAction] = []
         if let lease { recordLease(connection, lease) }
         // The terms exclude a close for health; should it happen anyway, `returnParked` closes it.
@@ -705,6 +728,16 @@ public struct PoolStateMachine {
         return actions
     }
 
+    /// The maintenance thread woke for kept connections alone, before any deadline of `tick`:
+    /// the overdue ones go to the waiters (what every event does first), and nothing else of the
+    /// housekeeping runs (under contention it wakes for this every 2 ms).
+    public mutating func handOverOverdueKept(now: Instant) -> [PoolAction] {
+        if isClosed { return [] }
+        var actions: [PoolAction] = []
+        handOverKept(now: now, into: &actions)
+        return actions
+    }
+
     /// Shutdown: waiters fail, idle connections close, busy ones close when they come back,
     /// nothing new is opened.
     public mutating func close(now: Instant) -> [PoolAction] {
@@ -739,6 +772,7 @@ public struct PoolStateMachine {
     public mutating func abandonAll() -> [ConnectionID] {
         let ids = connections.keys.sorted()
         for _ in ids { statistics.recordClose(.shutdown) }
+        for connection in connections.values { connection.inPool = false }
         connections.removeAll()
         keptCount = 0
         keptExpiryBound = nil
@@ -968,6 +1002,7 @@ public struct PoolStateMachine {
 
     private mutating func remove(_ id: ConnectionID, reason: CloseReason, into actions: inout [PoolAction]) {
         guard let removed = connections.removeValue(forKey: id) else { return }
+        removed.inPool = false
         if removed.state == .kept { unkeepOne() }
         if reason == .error || reason == .health { lostConnections += 1 }
         statistics.recordClose(reason)

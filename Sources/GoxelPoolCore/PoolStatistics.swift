@@ -9,8 +9,19 @@ public struct PoolStatistics {
     public var totalRequestTime = Span.zero
     /// Request latency in microseconds (1 µs .. 1 h, 3 significant digits).
     public private(set) var requestLatency = Histogram<UInt64>(highestTrackableValue: 3_600_000_000)
-    /// Time spent waiting for a connection, in microseconds.
-    public private(set) var acquireWait = Histogram<UInt64>(highestTrackableValue: 3_600_000_000)
+    /// Time spent waiting for a connection, in microseconds: the waits recorded, and the leases
+    /// that did not wait (most of them, every lease a thread takes back on the fast path) at the
+    /// histogram's lowest value. Those are counted apart and entered when it is read (`record`
+    /// per lease is a histogram update under the pool's lock at every call); `foldWaitlessLeases`
+    /// enters them for good, so that reads do not copy the histogram to enter them.
+    public var acquireWait: Histogram<UInt64> {
+        guard waitlessLeases > 0 else { return recordedAcquireWait }
+        var histogram = recordedAcquireWait
+        _ = histogram.record(Self.micros(.zero), count: waitlessLeases)
+        return histogram
+    }
+    private var recordedAcquireWait = Histogram<UInt64>(highestTrackableValue: 3_600_000_000)
+    private var waitlessLeases: UInt64 = 0
     /// The sum of those waits (a histogram's `_sum` in the metrics).
     public private(set) var totalAcquireWait = Span.zero
     public var failedRequests: [String: Int] = [:]
@@ -47,8 +58,20 @@ public struct PoolStatistics {
     }
 
     mutating func recordAcquireWait(_ wait: Span) {
-        _ = acquireWait.record(Self.micros(wait))
+        guard wait > .zero else {
+            waitlessLeases &+= 1
+            return
+        }
+        _ = recordedAcquireWait.record(Self.micros(wait))
         totalAcquireWait = Span(nanoseconds: totalAcquireWait.nanoseconds.addingSaturating(wait.nanoseconds))
+    }
+
+    /// Enters the leases that did not wait into `acquireWait` (before its statistics are copied
+    /// out for reading).
+    public mutating func foldWaitlessLeases() {
+        guard waitlessLeases > 0 else { return }
+        _ = recordedAcquireWait.record(Self.micros(.zero), count: waitlessLeases)
+        waitlessLeases = 0
     }
 
     mutating func recordClose(_ reason: CloseReason) {
@@ -100,7 +123,7 @@ public struct PoolStatistics {
         totalRequestsServed += other.totalRequestsServed
         totalRequestTime = Span(nanoseconds: totalRequestTime.nanoseconds.addingSaturating(other.totalRequestTime.nanoseconds))
         requestLatency.add(other.requestLatency)
-        acquireWait.add(other.acquireWait)
+        recordedAcquireWait.add(other.acquireWait)
         totalAcquireWait = Span(nanoseconds: totalAcquireWait.nanoseconds.addingSaturating(other.totalAcquireWait.nanoseconds))
         failedRequests.merge(other.failedRequests, uniquingKeysWith: +)
         rejectedBusy += other.rejectedBusy

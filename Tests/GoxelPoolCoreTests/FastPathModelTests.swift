@@ -21,6 +21,9 @@ final class FastPathModelTests: XCTestCase {
         var parked = Parked.no
         var terms: PoolStateMachine.FastReleaseTerms?
         var lease: PoolStateMachine.FastLease?
+        /// Taken when the lane is made and kept, as PoolClient keeps it from the open: its calls are
+        /// recorded through it.
+        var handle: PoolStateMachine.ConnectionHandle?
 
         var isParked: Bool { if case .no = parked { false } else { true } }
         var keptUntil: Instant? { if case .kept(let until) = parked { until } else { nil } }
@@ -54,13 +57,14 @@ final class FastPathModelTests: XCTestCase {
         /// kept ones only when overdue or nobody waits.
         mutating func collect(now: Instant) -> [PoolAction] {
             var actions: [PoolAction] = []
-            var calls: [(id: ConnectionID, at: Instant, latency: Span, lease: PoolStateMachine.FastLease?)] = []
+            var calls: [(handle: PoolStateMachine.ConnectionHandle, at: Instant, latency: Span, lease: PoolStateMachine.FastLease?)] = []
             for id in lanes.keys.sorted() {
-                calls += lanes[id]!.buffered.map { (id, $0.at, $0.latency, $0.lease) }
+                guard let handle = lanes[id]!.handle else { continue }
+                calls += lanes[id]!.buffered.map { (handle, $0.at, $0.latency, $0.lease) }
                 lanes[id]!.buffered.removeAll()
             }
             for call in calls.sorted(by: { $0.at < $1.at }) {
-                actions += machine.recordFastCall(call.id, at: call.at, latency: call.latency, lease: call.lease)
+                actions += machine.recordFastCall(call.handle, at: call.at, latency: call.latency, lease: call.lease)
             }
             for id in lanes.keys.sorted() {
                 switch lanes[id]!.parked {
@@ -82,6 +86,7 @@ final class FastPathModelTests: XCTestCase {
         }
 
         mutating func lend(_ id: ConnectionID) {
+            if lanes[id]?.handle == nil { lanes[id, default: Lane()].handle = machine.connectionHandle(id) }
             lanes[id, default: Lane()].terms = machine.fastReleaseTerms(for: id)
             lanes[id]!.lease = nil
         }

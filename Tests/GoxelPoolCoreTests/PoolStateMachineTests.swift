@@ -435,13 +435,14 @@ final class PoolStateMachineTests: XCTestCase {
 /// Thread affinity: a caller gets back the connection it released last when that one is idle and
 /// healthy; otherwise the balancing policy decides, as before.
 final class PoolAffinityTests: XCTestCase {
-    private func pool(_ count: Int, reuse: Int = 0, window: Span = .milliseconds(1000)) -> (PoolStateMachine, [ConnectionID]) {
+    private func pool(_ count: Int, reuse: Int = 0, window: Span = .milliseconds(1000),
+                      healthInterval: Span = .zero) -> (PoolStateMachine, [ConnectionID]) {
         var settings = PoolStateMachine.Settings()
         settings.reuseWhileWaiting = reuse
         settings.reuseWindow = window
         settings.minConnections = count
         settings.maxConnections = count
-        settings.healthInterval = .zero
+        settings.healthInterval = healthInterval
         var m = PoolStateMachine(settings: settings, now: .milliseconds(0))
         let ids = m.start(now: .milliseconds(0)).compactMap { action -> ConnectionID? in
             if case .open(let id) = action { return id } else { return nil }
@@ -580,6 +581,47 @@ extension PoolAffinityTests {
         let (decision, actions) = m.requestLease(WaiterID(5), now: later + m.settings.reuseGrace)
         XCTAssertEqual(decision, .queued, "a newcomer never takes a kept connection")
         XCTAssertEqual(leases(actions), [WaiterID(4)], "but its request hands the expired one to the longest waiter")
+    }
+
+    /// The maintenance thread's pass for kept connections alone (no deadline of `tick` due):
+    /// the overdue one goes to the waiter as `tick` would hand it over; one within its grace
+    /// stays kept; an idle connection's due health check is left to `tick`.
+    func testHandingOverOverdueKeptConnectionsAloneDoesWhatTheTickDoesForThem() {
+        var (m, ids) = pool(2, reuse: 8, healthInterval: .milliseconds(5))
+        guard case (.leased(let a), _) = m.requestLease(WaiterID(1), now: .milliseconds(10)),
+              case (.leased(let b), _) = m.requestLease(WaiterID(2), now: .milliseconds(10)) else { return XCTFail() }
+        XCTAssertEqual(Set([a, b]), Set(ids))
+        XCTAssertEqual(m.requestLease(WaiterID(3), now: .milliseconds(11)).0, .queued)
+        let releasedAt = Instant.milliseconds(20)
+        XCTAssertEqual(leases(m.release(a, now: releasedAt, outcome: .answered(latency: .milliseconds(1)))), [])
+        let expiry = releasedAt + m.settings.reuseGrace
+        XCTAssertEqual(m.handOverOverdueKept(now: expiry + Span(nanoseconds: -1)), [], "not before reuseGrace")
+        XCTAssertEqual(m.keptExpiry, expiry)
+        XCTAssertEqual(leases(m.handOverOverdueKept(now: expiry)), [WaiterID(3)])
+        XCTAssertNil(m.keptExpiry)
+        // Nobody waits now: b goes idle at its release; its health check falls due later, and
+        // only the tick starts it.
+        XCTAssertEqual(leases(m.release(b, now: expiry, outcome: .answered(latency: .milliseconds(1)))), [])
+        let late = expiry + .milliseconds(10)
+        XCTAssertEqual(m.handOverOverdueKept(now: late), [], "no health check from this pass")
+        XCTAssertTrue(m.tick(now: late).contains(.checkHealth(b)), "the tick checks it")
+    }
+
+    /// A fast call recorded through a connection's handle counts as through its id; once the
+    /// connection left the pool (here abandoned after a drain), its handle records nothing.
+    func testAFastCallThroughAHandleOfAConnectionNoLongerInThePoolIsNotRecorded() {
+        var (m, _) = pool(1)
+        guard case (.leased(let only), _) = m.requestLease(WaiterID(1), now: .milliseconds(10)),
+              let handle = m.connectionHandle(only) else { return XCTFail() }
+        XCTAssertEqual(handle.id, only)
+        _ = m.recordFastCall(handle, at: .milliseconds(11), latency: .milliseconds(1), lease: nil)
+        _ = m.recordFastCall(only, at: .milliseconds(12), latency: .milliseconds(1), lease: nil)
+        XCTAssertEqual(m.statistics.totalRequestsServed, 2)
+        XCTAssertEqual(m.requestsServed(by: only), 2)
+        XCTAssertEqual(m.abandonAll(), [only])
+        XCTAssertNil(m.connectionHandle(only))
+        XCTAssertEqual(m.recordFastCall(handle, at: .milliseconds(13), latency: .milliseconds(1), lease: nil), [])
+        XCTAssertEqual(m.statistics.totalRequestsServed, 2, "not recorded: the connection left the pool")
     }
 
     /// With nobody waiting any more a kept connection is plain idle: anyone may take it, and

@@ -86,6 +86,34 @@ final class PrometheusTextTests: XCTestCase {
         XCTAssertEqual(figures.count, 2)
     }
 
+    /// Leases that did not wait are counted apart (not recorded one by one) and are in the
+    /// histogram whenever it is read: the same figures before and after they are folded in for
+    /// good, and a merge carries both pools' own.
+    func testLeasesThatDidNotWaitAreInTheAcquireWaitHistogram() {
+        var stats = PoolStatistics(startedAt: Instant(nanoseconds: 0))
+        for _ in 0..<98 { stats.recordAcquireWait(.zero) }
+        stats.recordAcquireWait(.milliseconds(5))
+        stats.recordAcquireWait(.milliseconds(50))
+        XCTAssertEqual(stats.acquireWait.totalCount, 100)
+        XCTAssertEqual(stats.acquireWait.valueAtPercentile(50), 1)
+        XCTAssertEqual(stats.totalAcquireWait, .milliseconds(55))
+        var other = PoolStatistics(startedAt: Instant(nanoseconds: 0))
+        other.recordAcquireWait(.zero)
+        other.recordAcquireWait(.zero)
+        var merged = stats
+        merged.merge(other)
+        XCTAssertEqual(merged.acquireWait.totalCount, 102)
+        XCTAssertEqual(merged.distribution(.acquireWait, boundsSeconds: [0.000001]).cumulative, [100])
+        let bounds = [0.000001, 0.01, 1]
+        let before = stats.distribution(.acquireWait, boundsSeconds: bounds)
+        XCTAssertEqual(before.cumulative, [98, 99, 100])
+        stats.foldWaitlessLeases()
+        XCTAssertEqual(stats.distribution(.acquireWait, boundsSeconds: bounds).cumulative, before.cumulative)
+        stats.foldWaitlessLeases()
+        XCTAssertEqual(stats.acquireWait.totalCount, 100, "folding twice enters them once")
+        XCTAssertEqual(stats.totalAcquireWait, .milliseconds(55))
+    }
+
     func testAcquireWaitDistributionHasItsOwnSum() {
         var stats = PoolStatistics(startedAt: Instant(nanoseconds: 0))
         stats.recordAcquireWait(.zero)
