@@ -40,6 +40,9 @@ final class FastLane: @unchecked Sendable {
     let keptUntil = Atomic<Int64>(0)
     /// The connection in this lane. Changed only under the pool's lock while nobody holds it.
     var connection: DaemonConnection?
+    /// The state machine's handle of that connection, which its buffered calls are recorded
+    /// against (set and read under the pool's lock).
+    var recorder: PoolStateMachine.ConnectionHandle?
     /// Set under the pool's lock when the connection is leased; then its holder's until it goes
     /// back to the pool (a parked connection's terms pass to whoever takes it). nil: no fast release.
     var terms: PoolStateMachine.FastReleaseTerms?
@@ -61,9 +64,10 @@ final class FastLane: @unchecked Sendable {
     deinit { calls?.deallocate() }
 
     /// Under the pool's lock, as a connection moves in (before anyone can hold it).
-    func assign(_ connection: DaemonConnection) {
+    func assign(_ connection: DaemonConnection, recorder: PoolStateMachine.ConnectionHandle?) {
         if calls == nil { calls = .allocate(capacity: Self.capacity) }
         self.connection = connection
+        self.recorder = recorder
         connection.fastLane = self
     }
 

@@ -107,7 +107,7 @@ public final class PoolClient: @unchecked Sendable {
     /// Tests only: runs under the lock when a caller was queued, before it shuts the gate.
     var waiterQueuedHook: (() -> Void)?
     /// collectFastCalls' scratch space (under the lock), kept to spare an allocation each time.
-    private var collected: [(id: ConnectionID, call: FastLane.Call)] = []
+    private var collected: [(connection: PoolStateMachine.ConnectionHandle, call: FastLane.Call)] = []
     private var reclaimed: [(lane: FastLane, kept: Bool)] = []
     private static let fastGateShutWeight = 1 << 40
     /// Told (on an opener thread, no lock held) when a connection attempt failed: a DNS name's
@@ -268,13 +268,16 @@ public final class PoolClient: @unchecked Sendable {
 
     private func perform(method: String, params: OpaquePointer?, encodedParams: UnsafeRawBufferPointer? = nil,
                          timeout: Span?, notification: Bool, check: DaemonCheck?) -> PinnedOutcome {
-        let deadline = Clock.now() + (timeout ?? .milliseconds(configuration.timeoutMs))
+        // One clock read serves the deadline and the first try's fast take (each read is tens of
+        // nanoseconds on a virtual machine, and a call makes several).
+        let start = Clock.now()
+        let deadline = start + (timeout ?? .milliseconds(configuration.timeoutMs))
         // Only needed once a call fails: not worked out on the hot path.
         var idempotent: Bool { !notification && configuration.isIdempotent(method: method) }
         var retries = 0
         while true {
             let connection: DaemonConnection
-            switch acquire(deadline: deadline) {
+            switch acquire(deadline: deadline, now: retries == 0 ? start : Clock.now()) {
             case .success(let leased): connection = leased
             case .failure(let failure): return .done(fail(failure), pid: nil)
             }
@@ -303,13 +306,15 @@ public final class PoolClient: @unchecked Sendable {
             let began = Clock.now()
             let exchange = connection.exchange(method: method, params: params, encodedParams: encodedParams,
                                                notification: notification, deadline: deadline)
-            let latency = Clock.now() - began
+            let ended = Clock.now()
+            let latency = ended - began
             switch exchange {
             case .result(let value):
-                release(connection, .answered(latency: latency))
+                release(connection, .answered(latency: latency), answeredAt: ended)
                 return .done(.result(value), pid: pid)
             case .rpcError(let value, let inStep):
-                release(connection, inStep ? .answered(latency: latency) : .broken(reason: "daemon answered with id null: out of step"))
+                release(connection, inStep ? .answered(latency: latency) : .broken(reason: "daemon answered with id null: out of step"),
+                        answeredAt: ended)
                 recordFailure(.rpc)
                 return .done(.rpcError(value), pid: pid)
             case .notified:
@@ -353,9 +358,10 @@ public final class PoolClient: @unchecked Sendable {
 
     // MARK: - Acquire and release
 
-    private func acquire(deadline: Instant) -> Result<DaemonConnection, CallFailure> {
+    /// `now`: the caller's clock reading, just taken (the fast take needs no other).
+    private func acquire(deadline: Instant, now fastNow: Instant) -> Result<DaemonConnection, CallFailure> {
         let remembered = ThreadAffinity.lastConnection(of: affinitySerial)
-        if let remembered, let connection = takeParked(lane: remembered.lane) { return .success(connection) }
+        if let remembered, let connection = takeParked(lane: remembered.lane, now: fastNow) { return .success(connection) }
         let now = Clock.now()
         let acquireDeadline = min(deadline, now + .milliseconds(configuration.pool.acquireTimeoutMs))
         lock.lock()
@@ -425,7 +431,7 @@ public final class PoolClient: @unchecked Sendable {
     /// The connection parked in this lane: free with nobody waiting (a new lease), or kept for
     /// this thread while callers wait and not overdue, nor any other kept one (one more in its
     /// streak; an overdue one is handed over first, under the lock).
-    private func takeParked(lane index: Int) -> DaemonConnection? {
+    private func takeParked(lane index: Int, now: Instant) -> DaemonConnection? {
         guard index >= 0, index < lanes.count else { return nil }
         let lane = lanes[index]
         let state = lane.parked.load(ordering: .sequentiallyConsistent)
@@ -434,12 +440,10 @@ public final class PoolClient: @unchecked Sendable {
         if gateCount == 0 {
             guard lane.parked.compareExchange(expected: state, desired: FastLane.notParked, ordering: .acquiringAndReleasing).exchanged
             else { return nil }
-            let now = Clock.now()
             lane.lease = .fresh(at: now)
             lane.terms?.takenBackFresh(now: now)
         } else if state == FastLane.parkedKept && gateCount < Self.fastGateShutWeight {
-            let now = Clock.now().nanoseconds
-            guard now < lane.keptUntil.load(ordering: .relaxed), noKeptOverdue(at: now),
+            guard now.nanoseconds < lane.keptUntil.load(ordering: .relaxed), noKeptOverdue(at: now.nanoseconds),
                   lane.parked.compareExchange(expected: state, desired: FastLane.notParked, ordering: .acquiringAndReleasing).exchanged
             else { return nil }
             lane.lease = .kept
@@ -470,19 +474,19 @@ public final class PoolClient: @unchecked Sendable {
     /// its release goes through the lock anyway, so a contended pool does not work them out).
     private func lend(_ id: ConnectionID) {
         guard let lane = connections[id]?.fastLane else { return }
-        lane.terms = gate.count.load(ordering: .relaxed) == 0 || keepsInLanes ? machine.fastReleaseTerms(for: id) : nil
+        lane.terms = gate.count.load(ordering: .relaxed) == 0 || keepsInLanes ? inspect({ $0.fastReleaseTerms(for: id) }) : nil
         lane.lease = nil
     }
 
-    /// Releases without the lock when the terms allow; false: go through the lock.
-    private func releaseWithoutLock(_ connection: DaemonConnection, latency: Span) -> Bool {
+    /// Releases without the lock when the terms allow; false: go through the lock. `now`: when
+    /// the answer was read (the call is recorded at that instant).
+    private func releaseWithoutLock(_ connection: DaemonConnection, latency: Span, now: Instant) -> Bool {
         guard let lane = connection.fastLane, let terms = lane.terms, lane.hasRoom else { return false }
         let gateCount = gate.count.load(ordering: .relaxed)
         if gateCount != 0 {
             guard gateCount < Self.fastGateShutWeight, terms.keepsLeft > 0, keepsInLanes else { return false }
-            return keepWithoutLock(connection, lane: lane, terms: terms, latency: latency)
+            return keepWithoutLock(connection, lane: lane, terms: terms, latency: latency, now: now)
         }
-        let now = Clock.now()
         guard terms.admits(latency: latency, now: now) else { return false }
         buffer(connection, lane: lane, at: now, latency: latency)
         lane.parked.store(FastLane.parkedFree, ordering: .sequentiallyConsistent)
@@ -500,8 +504,7 @@ public final class PoolClient: @unchecked Sendable {
     /// would keep it (reuse while callers wait), when its streak and window allow and no kept
     /// connection is overdue (that one is handed over first, under the lock).
     private func keepWithoutLock(_ connection: DaemonConnection, lane: FastLane, terms: PoolStateMachine.FastReleaseTerms,
-                                 latency: Span) -> Bool {
-        let now = Clock.now()
+                                 latency: Span, now: Instant) -> Bool {
         guard terms.admitsKeep(latency: latency, now: now), noKeptOverdue(at: now.nanoseconds) else { return false }
         buffer(connection, lane: lane, at: now, latency: latency)
         let until = (now + terms.reuseGrace).nanoseconds
@@ -644,17 +647,20 @@ public final class PoolClient: @unchecked Sendable {
         }
         if stillKept != Int64.max { gate.lowerEarliestKept(to: stillKept) }
         for lane in lanes {
-            guard let connection = lane.connection else { continue }
-            lane.drain { collected.append((connection.id, $0)) }
+            guard let recorder = lane.recorder else { continue }
+            lane.drain { collected.append((recorder, $0)) }
         }
         if !collected.isEmpty {
             // In the order they were made, across connections: the pool's health samples, the
             // breaker's window and the spike detector see the sequence the lock path would have.
             if lanes.count > 1 { collected.sort { $0.call.at < $1.call.at } }
-            for (id, call) in collected {
-                machine.withStatistics { $0.bytesSent &+= call.bytesSent; $0.bytesReceived &+= call.bytesReceived }
-                actions += machine.recordFastCall(id, at: call.at, latency: call.latency, lease: call.lease)
+            var sent = 0, received = 0
+            for (connection, call) in collected {
+                sent &+= call.bytesSent
+                received &+= call.bytesReceived
+                actions += machine.recordFastCall(connection, at: call.at, latency: call.latency, lease: call.lease)
             }
+            machine.withStatistics { $0.bytesSent &+= sent; $0.bytesReceived &+= received }
             collected.removeAll(keepingCapacity: true)
         }
         for (lane, kept) in reclaimed {
@@ -676,15 +682,16 @@ public final class PoolClient: @unchecked Sendable {
     /// is not closed or a successful call could open it (failures near the rate: then the order
     /// of calls matters, and calls are recorded when they are collected).
     private func updateFastGate() {
-        let shut = closing || !machine.breaker.successesCannotOpen
+        let shut = closing || !inspect({ $0.breaker.successesCannotOpen })
         guard shut != fastGateShut else { return }
         fastGateShut = shut
         if shut { gate.count.add(Self.fastGateShutWeight, ordering: .sequentiallyConsistent) }
         else { gate.count.subtract(Self.fastGateShutWeight, ordering: .sequentiallyConsistent) }
     }
 
-    private func release(_ connection: DaemonConnection, _ outcome: ReleaseOutcome) {
-        if case .answered(let latency) = outcome, releaseWithoutLock(connection, latency: latency) {
+    /// `answeredAt`: when the answer of an `.answered` call was read (nil: now).
+    private func release(_ connection: DaemonConnection, _ outcome: ReleaseOutcome, answeredAt: Instant? = nil) {
+        if case .answered(let latency) = outcome, releaseWithoutLock(connection, latency: latency, now: answeredAt ?? Clock.now()) {
             if events.wants(.request) {
                 postRequestEvent("request_served", [("connection_id", .int(Int64(connection.id.value))),
                                                     ("latency_ms", .double(latency.milliseconds))])
@@ -739,6 +746,7 @@ public final class PoolClient: @unchecked Sendable {
         guard let lane = connection.fastLane else { return }
         connection.fastLane = nil
         lane.connection = nil
+        lane.recorder = nil
         lane.terms = nil
         freeLanes.append(lane.index)
     }
@@ -818,6 +826,14 @@ public final class PoolClient: @unchecked Sendable {
         lock.withLock { machine.withStatistics(body) }
     }
 
+    /// Under the lock: asks the state machine something in place. `machine.f()`, for a
+    /// non-mutating `f` of GoxelPoolCore, is made on a copy of the whole struct (its dictionaries,
+    /// arrays and histograms retained, then released: about 500 instructions and their cache
+    /// lines, at every lease through the lock); through an inout access the compiler hands `f`
+    /// the struct where it is.
+    @inline(__always)
+    private func inspect<Result>(_ body: (inout PoolStateMachine) -> Result) -> Result { body(&machine) }
+
     // MARK: - Background work
 
     private func open(_ id: ConnectionID) {
@@ -836,7 +852,7 @@ public final class PoolClient: @unchecked Sendable {
             let learnedPid = connection.daemonPid
             lock.lock()
             connections[id] = connection
-            if let index = freeLanes.popLast() { lanes[index].assign(connection) }
+            if let index = freeLanes.popLast() { lanes[index].assign(connection, recorder: inspect { $0.connectionHandle(id) }) }
             if connection.tlsResumed { machine.withStatistics { $0.tlsSessionsResumed += 1 } }
             let deferred = apply(machine.connectionOpened(id, now: Clock.now()))
             lock.unlock()
@@ -890,7 +906,10 @@ public final class PoolClient: @unchecked Sendable {
             // Housekeeping at least once a second, so idle expiry set by releases (which do not
             // wake this thread) is seen on time.
             var until = now + .milliseconds(1000)
-            if let next = machine.nextDeadline(), next < until { until = next }
+            if let next = inspect({ $0.nextDeadline() }), next < until { until = next }
+            // Woken before this only for kept connections (or a signal: a new deadline is seen
+            // at the next pass), it hands over the overdue ones and skips the rest of the tick.
+            let housekeepingDue = until
             // Kept connections are checked by every call into the pool; this thread is only the
             // backstop for a caller that does not come back, at most every keptCheckInterval.
             if let kept = keptExpiry {
@@ -910,7 +929,7 @@ public final class PoolClient: @unchecked Sendable {
             // Parked connections come back first: their idle expiry and health checks are the
             // tick's to see (a connection parked after this pass waits for the next, within a second).
             var actions = collectFastCalls(now: tickAt)
-            actions += machine.tick(now: tickAt)
+            actions += tickAt >= housekeepingDue ? machine.tick(now: tickAt) : machine.handOverOverdueKept(now: tickAt)
             let deferred = apply(actions)
             noteKeptConnections()
             lock.unlock()
@@ -1034,6 +1053,7 @@ public final class PoolClient: @unchecked Sendable {
         lock.lock()
         // Calls made without the lock count, and parked connections are idle.
         let deferred = apply(collectFastCalls(now: Clock.now()))
+        machine.withStatistics { $0.foldWaitlessLeases() }
         // Kept in a lane for its thread, as the state machine's kept ones: idle (leased to it).
         let keptInLanes = min(keptLaneCount(), machine.count(.busy))
         let snapshot = Snapshot(
