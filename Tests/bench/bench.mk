@@ -88,3 +88,31 @@ bench-instructions: bench-build
 	  printf '{"bench":"instructions","mode":"%s","per_call":%d}\n' $$mode $$(( (b - a) / $(CALLCOST_N) )); \
 	done; \
 	kill $$refd; rm -rf $$dir
+
+# Two builds of the library in the same cycles (Tests/bench/ab.c): the library at git revision
+# AB_BASE (default HEAD) against the working tree's, 32 threads on a pool of 10 unless AB_ARGS says
+# otherwise, e.g. make bench-ab AB_BASE=v1.4.2 AB_ARGS="--one-cpu --cycles 80". A change worth a
+# per cent or two is below what two `make bench` runs can tell apart on this machine; here both
+# run against the same daemon, turn by turn. Each build gets a soname of its own, so that dlopen
+# loads both. The first run builds both (a few minutes; the base in a worktree under build/).
+AB_BASE   ?= HEAD
+AB_ARGS   ?=
+AB_DIR    := $(abspath $(BUILD))/ab
+AB_SWIFT_FLAGS = -c release --product goxelpool -Xswiftc -static-stdlib -Xswiftc -enforce-exclusivity=unchecked
+.PHONY: bench-ab
+bench-ab: examples
+	@mkdir -p $(AB_DIR)
+	$(CC) -std=c11 -O2 -Wall -Wextra -Werror Tests/bench/ab.c -I include $$($(PKG_CONFIG) --cflags --libs jansson) \
+	  -ldl -lpthread -lm -o $(AB_DIR)/ab
+	rev=$$(git rev-parse --verify '$(AB_BASE)^{commit}') || exit 1; \
+	if [ "$$(cat $(AB_DIR)/base.rev 2>/dev/null)" != "$$rev" ]; then \
+	  rm -rf $(AB_DIR)/base; git worktree prune; git worktree add --detach -f $(AB_DIR)/base $$rev > /dev/null && \
+	  (cd $(AB_DIR)/base && $(SWIFT) build --scratch-path $(AB_DIR)/base-build $(AB_SWIFT_FLAGS) \
+	     -Xlinker --version-script=$(AB_DIR)/base/pkgconfig/goxelpool.map -Xlinker -soname=libgoxelpool_base.so) && \
+	  cp $(AB_DIR)/base-build/release/libgoxelpool.so $(AB_DIR)/libgoxelpool_base.so && echo $$rev > $(AB_DIR)/base.rev || exit 1; \
+	fi
+	$(SWIFT) build --scratch-path $(AB_DIR)/head-build $(AB_SWIFT_FLAGS) -Xlinker --version-script=$(MAP) \
+	  -Xlinker -soname=libgoxelpool_head.so
+	cp $(AB_DIR)/head-build/release/libgoxelpool.so $(AB_DIR)/libgoxelpool_head.so
+	@echo "A = $(AB_BASE) ($$(cat $(AB_DIR)/base.rev)), B = the working tree"
+	$(AB_DIR)/ab --refd $(STAGE)/bin/goxel-refd $(AB_ARGS) $(AB_DIR)/libgoxelpool_base.so $(AB_DIR)/libgoxelpool_head.so

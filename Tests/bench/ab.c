@@ -1,0 +1,266 @@
+/* ab: two builds of libgoxelpool against each other, in the same cycles.
+ *
+ *   build/bench/ab --refd build/stage/bin/goxel-refd [--threads 32] [--connections 10]
+ *                  [--cycles 40] [--slice 0.25] [--one-cpu] LIB_A LIB_B
+ *
+ * A change to the library worth a per cent or two cannot be told from two runs of `make bench`
+ * (this shared machine moves more than that between runs a minute apart). Here both builds are
+ * loaded into one process (dlopen, each with its own symbols: give each copy its own soname, see
+ * `make bench-ab`), each runs a pool of C connections with T threads of its own against the same
+ * daemon, and they take turns: every cycle runs A and B for one slice each, in a random order.
+ * Per cycle the ratio of calls/s (B / A) and the difference of client CPU per call (B - A, the
+ * whole process's CPU over the slice); printed: the median of each with a 95 % confidence
+ * interval of the median (order statistics n/2 -+ 0.98 sqrt(n)), and the totals.
+ * --one-cpu pins this process, and so the daemon it starts, to CPU 0 first (see bench --one-cpu). */
+#define _GNU_SOURCE
+#include <goxelpool.h>
+#include <jansson.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_CYCLES 1000
+#define MAX_THREADS 256
+
+typedef goxelpool_status (*new_fn)(const json_t *, goxelpool_client **, char *, size_t);
+typedef goxelpool_status (*call_fn)(goxelpool_client *, const char *, const json_t *, int, json_t **, json_t **);
+typedef void (*free_fn)(goxelpool_client *);
+
+typedef struct {
+    const char *path;
+    call_fn call;
+    free_fn free;
+    goxelpool_client *client;
+    double ratio_calls[MAX_CYCLES]; /* per cycle, filled for B only */
+    double calls_per_s[MAX_CYCLES];
+    double cpu_us[MAX_CYCLES];
+    long calls, errors;
+    double seconds, cpu_s;
+} library;
+
+typedef struct {
+    library *lib;
+    int index;
+    long calls, errors;
+} worker;
+
+static library libs[2];
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t go = PTHREAD_COND_INITIALIZER, parked_cv = PTHREAD_COND_INITIALIZER;
+static int generation[2], parked[2], stopping;
+static atomic_int active;
+static int opt_threads = 32, opt_connections = 10, opt_cycles = 40, opt_one_cpu;
+static double opt_slice = 0.25;
+static pid_t refd_pid = -1;
+static char tmpdir[64], socket_path[128];
+
+static void die(const char *message) {
+    fprintf(stderr, "ab: %s\n", message);
+    if (refd_pid > 0) kill(refd_pid, SIGTERM);
+    exit(1);
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static double cpu_s(void) {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec + (double)u.ru_utime.tv_usec / 1e6 + (double)u.ru_stime.tv_sec +
+           (double)u.ru_stime.tv_usec / 1e6;
+}
+
+static void *worker_main(void *arg) {
+    worker *w = arg;
+    int which = (int)(w->lib - libs), seen = 0;
+    json_t *params = json_pack("[i,i,i]", w->index, 2, 3);
+    pthread_mutex_lock(&lock);
+    for (;;) {
+        while (generation[which] == seen && !stopping) pthread_cond_wait(&go, &lock);
+        if (stopping) break;
+        seen = generation[which];
+        pthread_mutex_unlock(&lock);
+        while (atomic_load_explicit(&active, memory_order_relaxed)) {
+            json_t *result = NULL;
+            if (w->lib->call(w->lib->client, "goxel.get_voxel", params, -1, &result, NULL) == GOXELPOOL_OK) w->calls++;
+            else w->errors++;
+            json_decref(result);
+        }
+        pthread_mutex_lock(&lock);
+        if (++parked[which] == opt_threads) pthread_cond_broadcast(&parked_cv);
+    }
+    pthread_mutex_unlock(&lock);
+    json_decref(params);
+    return NULL;
+}
+
+/* One slice of library `which`: wakes its threads, lets them call for opt_slice s, waits until
+ * every one is parked again. Returns calls/s and client CPU per call (µs) over the slice. */
+static void slice(worker *workers, int which, double *calls_per_s, double *cpu_us) {
+    long before = 0, after = 0;
+    for (int i = 0; i < opt_threads; i++) before += workers[which * opt_threads + i].calls;
+    double cpu0 = cpu_s(), t0 = now_s();
+    pthread_mutex_lock(&lock);
+    parked[which] = 0;
+    atomic_store(&active, 1);
+    generation[which]++;
+    pthread_cond_broadcast(&go);
+    pthread_mutex_unlock(&lock);
+    struct timespec pause = {(time_t)opt_slice, (long)((opt_slice - (double)(time_t)opt_slice) * 1e9)};
+    nanosleep(&pause, NULL);
+    atomic_store(&active, 0);
+    pthread_mutex_lock(&lock);
+    while (parked[which] < opt_threads) pthread_cond_wait(&parked_cv, &lock);
+    pthread_mutex_unlock(&lock);
+    double t1 = now_s(), cpu1 = cpu_s();
+    for (int i = 0; i < opt_threads; i++) after += workers[which * opt_threads + i].calls;
+    long calls = after - before;
+    *calls_per_s = (double)calls / (t1 - t0);
+    *cpu_us = calls > 0 ? (cpu1 - cpu0) * 1e6 / (double)calls : 0;
+    libs[which].calls += calls;
+    libs[which].seconds += t1 - t0;
+    libs[which].cpu_s += cpu1 - cpu0;
+}
+
+static int compare(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The median of v[0..n) and a 95 % confidence interval of it (v is sorted in place). */
+static void median_ci(double *v, int n, double *median, double *low, double *high) {
+    qsort(v, (size_t)n, sizeof *v, compare);
+    *median = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+    int lo = (int)floor(n / 2.0 - 0.98 * sqrt(n)), hi = (int)ceil(n / 2.0 + 0.98 * sqrt(n));
+    *low = v[lo < 0 ? 0 : lo];
+    *high = v[hi >= n ? n - 1 : hi];
+}
+
+static void start_refd(const char *refd) {
+    strcpy(tmpdir, "/tmp/goxelpool-ab.XXXXXX");
+    if (!mkdtemp(tmpdir)) die("mkdtemp failed");
+    snprintf(socket_path, sizeof socket_path, "%s/refd.sock", tmpdir);
+    refd_pid = fork();
+    if (refd_pid < 0) die("fork failed");
+    if (refd_pid == 0) {
+        execlp(refd, refd, "--socket", socket_path, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 200; i++) {
+        struct stat st;
+        if (stat(socket_path, &st) == 0) return;
+        usleep(10000);
+    }
+    die("the daemon did not create its socket");
+}
+
+static void load(library *lib, const char *path) {
+    void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!handle) die(dlerror());
+    new_fn client_new = (new_fn)dlsym(handle, "goxelpool_client_new");
+    lib->call = (call_fn)dlsym(handle, "goxelpool_call");
+    lib->free = (free_fn)dlsym(handle, "goxelpool_client_free");
+    if (!client_new || !lib->call || !lib->free) die("a goxelpool symbol is missing");
+    lib->path = path;
+    json_t *config = json_pack("{s:s, s:{s:i, s:i}}", "socket_path", socket_path, "pool", "min_connections",
+                               opt_connections, "max_connections", opt_connections);
+    char error[256];
+    if (client_new(config, &lib->client, error, sizeof error) != GOXELPOOL_OK) die(error);
+    json_decref(config);
+}
+
+int main(int argc, char **argv) {
+    const char *refd = NULL, *paths[2] = {NULL, NULL};
+    int npaths = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--refd") && i + 1 < argc) refd = argv[++i];
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) opt_threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--connections") && i + 1 < argc) opt_connections = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--cycles") && i + 1 < argc) opt_cycles = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--slice") && i + 1 < argc) opt_slice = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--one-cpu")) opt_one_cpu = 1;
+        else if (argv[i][0] != '-' && npaths < 2) paths[npaths++] = argv[i];
+        else die("usage: ab --refd PATH [--threads T] [--connections C] [--cycles N] [--slice S] [--one-cpu] LIB_A LIB_B");
+    }
+    if (!refd || npaths != 2) die("usage: ab --refd PATH [options] LIB_A LIB_B");
+    if (opt_threads < 1 || opt_threads > MAX_THREADS || opt_connections < 1 || opt_cycles < 3 ||
+        opt_cycles > MAX_CYCLES || opt_slice <= 0)
+        die("--threads 1..256, --connections >= 1, --cycles 3..1000, --slice > 0");
+    if (opt_one_cpu) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(0, &one);
+        if (sched_setaffinity(0, sizeof one, &one) != 0) die("sched_setaffinity failed");
+    }
+    start_refd(refd);
+    load(&libs[0], paths[0]);
+    load(&libs[1], paths[1]);
+    usleep(300000); /* min_connections open */
+    worker *workers = calloc((size_t)(2 * opt_threads), sizeof *workers);
+    pthread_t *tids = calloc((size_t)(2 * opt_threads), sizeof *tids);
+    if (!workers || !tids) die("out of memory");
+    for (int i = 0; i < 2 * opt_threads; i++) {
+        workers[i] = (worker){.lib = &libs[i / opt_threads], .index = i % opt_threads};
+        pthread_create(&tids[i], NULL, worker_main, &workers[i]);
+    }
+    double ignored_rate, ignored_cpu;
+    slice(workers, 0, &ignored_rate, &ignored_cpu); /* warm-up, not counted */
+    slice(workers, 1, &ignored_rate, &ignored_cpu);
+    for (int l = 0; l < 2; l++) libs[l].calls = 0, libs[l].seconds = libs[l].cpu_s = 0;
+    unsigned seed = 1; /* the same orders in every run */
+    double ratio[MAX_CYCLES], cpu_diff[MAX_CYCLES];
+    for (int c = 0; c < opt_cycles; c++) {
+        int first = rand_r(&seed) % 2;
+        for (int k = 0; k < 2; k++) {
+            int which = k == 0 ? first : 1 - first;
+            slice(workers, which, &libs[which].calls_per_s[c], &libs[which].cpu_us[c]);
+        }
+        ratio[c] = libs[1].calls_per_s[c] / libs[0].calls_per_s[c];
+        cpu_diff[c] = libs[1].cpu_us[c] - libs[0].cpu_us[c];
+    }
+    pthread_mutex_lock(&lock);
+    stopping = 1;
+    pthread_cond_broadcast(&go);
+    pthread_mutex_unlock(&lock);
+    for (int i = 0; i < 2 * opt_threads; i++) pthread_join(tids[i], NULL);
+    for (int i = 0; i < 2 * opt_threads; i++) libs[i / opt_threads].errors += workers[i].errors;
+    printf("ab: %d threads on a pool of %d connections per library, %d cycles of %.2f s each%s\n", opt_threads,
+           opt_connections, opt_cycles, opt_slice, opt_one_cpu ? ", this process and its daemon on CPU 0" : "");
+    for (int l = 0; l < 2; l++)
+        printf("  %c %-50s %8.0f calls/s  CPU %5.1f µs/call  errors %ld\n", 'A' + l, libs[l].path,
+               (double)libs[l].calls / libs[l].seconds, libs[l].cpu_s * 1e6 / (double)libs[l].calls, libs[l].errors);
+    double rm, rlo, rhi, cm, clo, chi;
+    median_ci(ratio, opt_cycles, &rm, &rlo, &rhi);
+    median_ci(cpu_diff, opt_cycles, &cm, &clo, &chi);
+    printf("  B / A calls/s, per cycle: median %.3f (95 %% CI %.3f-%.3f)\n", rm, rlo, rhi);
+    printf("  B - A client CPU per call, per cycle: median %+.2f µs (95 %% CI %+.2f %+.2f)\n", cm, clo, chi);
+    printf("{\"bench\":\"ab\",\"threads\":%d,\"connections\":%d,\"cycles\":%d,\"one_cpu\":%s,\"a_calls_per_s\":%.1f,"
+           "\"b_calls_per_s\":%.1f,\"ratio\":%.4f,\"ratio_low\":%.4f,\"ratio_high\":%.4f,\"cpu_diff_us\":%.3f}\n",
+           opt_threads, opt_connections, opt_cycles, opt_one_cpu ? "true" : "false",
+           (double)libs[0].calls / libs[0].seconds, (double)libs[1].calls / libs[1].seconds, rm, rlo, rhi, cm);
+    for (int l = 0; l < 2; l++) libs[l].free(libs[l].client);
+    kill(refd_pid, SIGTERM);
+    waitpid(refd_pid, NULL, 0);
+    unlink(socket_path);
+    rmdir(tmpdir);
+    free(workers);
+    free(tids);
+    return 0;
+}
