@@ -9,14 +9,18 @@
  * `make bench-ab`), each runs a pool of C connections with T threads of its own against the same
  * daemon, and they take turns: every cycle runs A and B for one slice each, in a random order.
  * Per cycle the ratio of calls/s (B / A) and the difference of client CPU per call (B - A, the
- * whole process's CPU over the slice); printed: the median of each with a 95 % confidence
- * interval of the median (order statistics n/2 -+ 0.98 sqrt(n)), and the totals.
+ * whole process's CPU over the slice). Two such runs, each in a process of its own: A loaded
+ * first, then B loaded first (the library loaded second ran about 3 % slower in an A/A test, so
+ * each build takes each place once). Printed: the median of each run and of both runs' cycles
+ * together, with a 95 % confidence interval of the median (order statistics n/2 -+ 0.98 sqrt(n)),
+ * and the totals.
  * --one-cpu pins this process, and so the daemon it starts, to CPU 0 first (see bench --one-cpu). */
 #define _GNU_SOURCE
 #include <goxelpool.h>
 #include <jansson.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -25,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -45,7 +50,6 @@ typedef struct {
     call_fn call;
     free_fn free;
     goxelpool_client *client;
-    double ratio_calls[MAX_CYCLES]; /* per cycle, filled for B only */
     double calls_per_s[MAX_CYCLES];
     double cpu_us[MAX_CYCLES];
     long calls, errors;
@@ -160,6 +164,8 @@ static void start_refd(const char *refd) {
     refd_pid = fork();
     if (refd_pid < 0) die("fork failed");
     if (refd_pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) dup2(null, 1);
         execlp(refd, refd, "--socket", socket_path, (char *)NULL);
         _exit(127);
     }
@@ -186,6 +192,76 @@ static void load(library *lib, const char *path) {
     json_decref(config);
 }
 
+/* What one run (one process) sends back to the parent. */
+typedef struct {
+    double ratio[MAX_CYCLES], cpu_diff[MAX_CYCLES];
+    double calls[2], seconds[2], cpu_s[2];
+    long errors[2];
+} run_result;
+
+/* One run, in a child process: the library `first` (0: A, 1: B) is loaded, gets its client and its
+ * first thread before the other's. The results are B against A whatever the order. */
+static void run(const char *refd, const char *paths[2], int first, run_result *out) {
+    if (opt_one_cpu) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(0, &one);
+        if (sched_setaffinity(0, sizeof one, &one) != 0) die("sched_setaffinity failed");
+    }
+    start_refd(refd);
+    load(&libs[first], paths[first]);
+    load(&libs[1 - first], paths[1 - first]);
+    usleep(300000); /* min_connections open */
+    worker *workers = calloc((size_t)(2 * opt_threads), sizeof *workers);
+    pthread_t *tids = calloc((size_t)(2 * opt_threads), sizeof *tids);
+    if (!workers || !tids) die("out of memory");
+    /* In turns, the first library's first. */
+    for (int k = 0; k < 2 * opt_threads; k++) {
+        int which = k % 2 == 0 ? first : 1 - first, i = which * opt_threads + k / 2;
+        workers[i] = (worker){.lib = &libs[which], .index = k / 2};
+        pthread_create(&tids[i], NULL, worker_main, &workers[i]);
+    }
+    double ignored_rate, ignored_cpu;
+    slice(workers, first, &ignored_rate, &ignored_cpu); /* warm-up, not counted */
+    slice(workers, 1 - first, &ignored_rate, &ignored_cpu);
+    for (int l = 0; l < 2; l++) libs[l].calls = 0, libs[l].seconds = libs[l].cpu_s = 0;
+    unsigned seed = 1; /* the same orders in every run */
+    for (int c = 0; c < opt_cycles; c++) {
+        int which = rand_r(&seed) % 2;
+        for (int k = 0; k < 2; k++, which = 1 - which)
+            slice(workers, which, &libs[which].calls_per_s[c], &libs[which].cpu_us[c]);
+        out->ratio[c] = libs[1].calls_per_s[c] / libs[0].calls_per_s[c];
+        out->cpu_diff[c] = libs[1].cpu_us[c] - libs[0].cpu_us[c];
+    }
+    pthread_mutex_lock(&lock);
+    stopping = 1;
+    pthread_cond_broadcast(&go);
+    pthread_mutex_unlock(&lock);
+    for (int i = 0; i < 2 * opt_threads; i++) pthread_join(tids[i], NULL);
+    for (int l = 0; l < 2; l++) {
+        out->calls[l] = (double)libs[l].calls;
+        out->seconds[l] = libs[l].seconds;
+        out->cpu_s[l] = libs[l].cpu_s;
+        out->errors[l] = 0;
+    }
+    for (int i = 0; i < 2 * opt_threads; i++) out->errors[i / opt_threads] += workers[i].errors;
+    for (int l = 0; l < 2; l++) libs[l].free(libs[l].client);
+    kill(refd_pid, SIGTERM);
+    waitpid(refd_pid, NULL, 0);
+    unlink(socket_path);
+    rmdir(tmpdir);
+    free(workers);
+    free(tids);
+}
+
+static void print_medians(const char *what, double *ratio, double *cpu_diff, int n) {
+    double rm, rlo, rhi, cm, clo, chi;
+    median_ci(ratio, n, &rm, &rlo, &rhi);
+    median_ci(cpu_diff, n, &cm, &clo, &chi);
+    printf("  %-34s B / A calls/s %.3f (95 %% CI %.3f-%.3f), B - A CPU per call %+.2f µs (%+.2f %+.2f)\n", what, rm,
+           rlo, rhi, cm, clo, chi);
+}
+
 int main(int argc, char **argv) {
     const char *refd = NULL, *paths[2] = {NULL, NULL};
     int npaths = 0;
@@ -203,64 +279,49 @@ int main(int argc, char **argv) {
     if (opt_threads < 1 || opt_threads > MAX_THREADS || opt_connections < 1 || opt_cycles < 3 ||
         opt_cycles > MAX_CYCLES || opt_slice <= 0)
         die("--threads 1..256, --connections >= 1, --cycles 3..1000, --slice > 0");
-    if (opt_one_cpu) {
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(0, &one);
-        if (sched_setaffinity(0, sizeof one, &one) != 0) die("sched_setaffinity failed");
-    }
-    start_refd(refd);
-    load(&libs[0], paths[0]);
-    load(&libs[1], paths[1]);
-    usleep(300000); /* min_connections open */
-    worker *workers = calloc((size_t)(2 * opt_threads), sizeof *workers);
-    pthread_t *tids = calloc((size_t)(2 * opt_threads), sizeof *tids);
-    if (!workers || !tids) die("out of memory");
-    for (int i = 0; i < 2 * opt_threads; i++) {
-        workers[i] = (worker){.lib = &libs[i / opt_threads], .index = i % opt_threads};
-        pthread_create(&tids[i], NULL, worker_main, &workers[i]);
-    }
-    double ignored_rate, ignored_cpu;
-    slice(workers, 0, &ignored_rate, &ignored_cpu); /* warm-up, not counted */
-    slice(workers, 1, &ignored_rate, &ignored_cpu);
-    for (int l = 0; l < 2; l++) libs[l].calls = 0, libs[l].seconds = libs[l].cpu_s = 0;
-    unsigned seed = 1; /* the same orders in every run */
-    double ratio[MAX_CYCLES], cpu_diff[MAX_CYCLES];
-    for (int c = 0; c < opt_cycles; c++) {
-        int first = rand_r(&seed) % 2;
-        for (int k = 0; k < 2; k++) {
-            int which = k == 0 ? first : 1 - first;
-            slice(workers, which, &libs[which].calls_per_s[c], &libs[which].cpu_us[c]);
+    /* Two runs, each in a process of its own: A loaded first, then B. The library loaded second
+     * ran about 3 % slower than the first in the same process, the same build twice included
+     * (an A/A test: 0.964 and 0.972), so each build takes each place once and the two runs'
+     * cycles are pooled (their medians apart show that bias). */
+    static run_result results[2];
+    for (int first = 0; first < 2; first++) {
+        fflush(stdout);
+        run_result *shared = mmap(NULL, sizeof(run_result), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (shared == MAP_FAILED) die("mmap failed");
+        pid_t child = fork();
+        if (child < 0) die("fork failed");
+        if (child == 0) {
+            run(refd, paths, first, shared);
+            _exit(0);
         }
-        ratio[c] = libs[1].calls_per_s[c] / libs[0].calls_per_s[c];
-        cpu_diff[c] = libs[1].cpu_us[c] - libs[0].cpu_us[c];
+        int status;
+        if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0) die("a run failed");
+        results[first] = *shared;
+        munmap(shared, sizeof(run_result));
     }
-    pthread_mutex_lock(&lock);
-    stopping = 1;
-    pthread_cond_broadcast(&go);
-    pthread_mutex_unlock(&lock);
-    for (int i = 0; i < 2 * opt_threads; i++) pthread_join(tids[i], NULL);
-    for (int i = 0; i < 2 * opt_threads; i++) libs[i / opt_threads].errors += workers[i].errors;
-    printf("ab: %d threads on a pool of %d connections per library, %d cycles of %.2f s each%s\n", opt_threads,
-           opt_connections, opt_cycles, opt_slice, opt_one_cpu ? ", this process and its daemon on CPU 0" : "");
-    for (int l = 0; l < 2; l++)
-        printf("  %c %-50s %8.0f calls/s  CPU %5.1f µs/call  errors %ld\n", 'A' + l, libs[l].path,
-               (double)libs[l].calls / libs[l].seconds, libs[l].cpu_s * 1e6 / (double)libs[l].calls, libs[l].errors);
+    printf("ab: %d threads on a pool of %d connections per library, %d cycles of %.2f s in each of two runs (A loaded "
+           "first, then B)%s\n", opt_threads, opt_connections, opt_cycles, opt_slice,
+           opt_one_cpu ? ", this process and its daemon on CPU 0" : "");
+    for (int l = 0; l < 2; l++) {
+        double calls = results[0].calls[l] + results[1].calls[l], seconds = results[0].seconds[l] + results[1].seconds[l];
+        double cpu = results[0].cpu_s[l] + results[1].cpu_s[l];
+        printf("  %c %-50s %8.0f calls/s  CPU %5.1f µs/call  errors %ld\n", 'A' + l, paths[l], calls / seconds,
+               cpu * 1e6 / calls, results[0].errors[l] + results[1].errors[l]);
+    }
+    double ratio[2 * MAX_CYCLES], cpu_diff[2 * MAX_CYCLES], first_ratio[MAX_CYCLES], first_cpu[MAX_CYCLES];
+    for (int first = 0; first < 2; first++) {
+        memcpy(first_ratio, results[first].ratio, sizeof(double) * (size_t)opt_cycles);
+        memcpy(first_cpu, results[first].cpu_diff, sizeof(double) * (size_t)opt_cycles);
+        print_medians(first ? "run 2 (B loaded first):" : "run 1 (A loaded first):", first_ratio, first_cpu, opt_cycles);
+        memcpy(ratio + first * opt_cycles, results[first].ratio, sizeof(double) * (size_t)opt_cycles);
+        memcpy(cpu_diff + first * opt_cycles, results[first].cpu_diff, sizeof(double) * (size_t)opt_cycles);
+    }
+    print_medians("both runs' cycles:", ratio, cpu_diff, 2 * opt_cycles);
     double rm, rlo, rhi, cm, clo, chi;
-    median_ci(ratio, opt_cycles, &rm, &rlo, &rhi);
-    median_ci(cpu_diff, opt_cycles, &cm, &clo, &chi);
-    printf("  B / A calls/s, per cycle: median %.3f (95 %% CI %.3f-%.3f)\n", rm, rlo, rhi);
-    printf("  B - A client CPU per call, per cycle: median %+.2f µs (95 %% CI %+.2f %+.2f)\n", cm, clo, chi);
-    printf("{\"bench\":\"ab\",\"threads\":%d,\"connections\":%d,\"cycles\":%d,\"one_cpu\":%s,\"a_calls_per_s\":%.1f,"
-           "\"b_calls_per_s\":%.1f,\"ratio\":%.4f,\"ratio_low\":%.4f,\"ratio_high\":%.4f,\"cpu_diff_us\":%.3f}\n",
-           opt_threads, opt_connections, opt_cycles, opt_one_cpu ? "true" : "false",
-           (double)libs[0].calls / libs[0].seconds, (double)libs[1].calls / libs[1].seconds, rm, rlo, rhi, cm);
-    for (int l = 0; l < 2; l++) libs[l].free(libs[l].client);
-    kill(refd_pid, SIGTERM);
-    waitpid(refd_pid, NULL, 0);
-    unlink(socket_path);
-    rmdir(tmpdir);
-    free(workers);
-    free(tids);
+    median_ci(ratio, 2 * opt_cycles, &rm, &rlo, &rhi);
+    median_ci(cpu_diff, 2 * opt_cycles, &cm, &clo, &chi);
+    printf("{\"bench\":\"ab\",\"threads\":%d,\"connections\":%d,\"cycles\":%d,\"one_cpu\":%s,\"ratio\":%.4f,"
+           "\"ratio_low\":%.4f,\"ratio_high\":%.4f,\"cpu_diff_us\":%.3f,\"cpu_diff_low\":%.3f,\"cpu_diff_high\":%.3f}\n",
+           opt_threads, opt_connections, 2 * opt_cycles, opt_one_cpu ? "true" : "false", rm, rlo, rhi, cm, clo, chi);
     return 0;
 }

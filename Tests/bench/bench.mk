@@ -93,8 +93,9 @@ bench-instructions: bench-build
 # AB_BASE (default HEAD) against the working tree's, 32 threads on a pool of 10 unless AB_ARGS says
 # otherwise, e.g. make bench-ab AB_BASE=v1.4.2 AB_ARGS="--one-cpu --cycles 80". A change worth a
 # per cent or two is below what two `make bench` runs can tell apart on this machine; here both
-# run against the same daemon, turn by turn. Each build gets a soname of its own, so that dlopen
-# loads both. The first run builds both (a few minutes; the base in a worktree under build/).
+# run against the same daemon, turn by turn, in two runs (each build loaded first once). Each
+# build gets a soname of its own, so that dlopen loads both. The first run builds both (a few
+# minutes; the base in a worktree under build/). Tests/bench/README.md says more.
 AB_BASE   ?= HEAD
 AB_ARGS   ?=
 AB_DIR    := $(abspath $(BUILD))/ab
