@@ -28,10 +28,10 @@ extern "C" {
 
 #define GOXELPOOL_VERSION_MAJOR 1
 #define GOXELPOOL_VERSION_MINOR 4
-#define GOXELPOOL_VERSION_PATCH 2
-#define GOXELPOOL_VERSION_STRING "1.4.2"
+#define GOXELPOOL_VERSION_PATCH 3
+#define GOXELPOOL_VERSION_STRING "1.4.3"
 
-/* The library's version at run time, e.g. "1.4.2"; equals GOXELPOOL_VERSION_STRING of the
+/* The library's version at run time, e.g. "1.4.3"; equals GOXELPOOL_VERSION_STRING of the
  * header the library was built with. Static string: never free it. */
 const char *goxelpool_version(void);
 

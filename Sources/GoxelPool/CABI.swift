@@ -144,7 +144,7 @@ private func checkArguments(_ client: OpaquePointer?, _ method: UnsafePointer<CC
 // MARK: - Version and status
 
 /// Equals GOXELPOOL_VERSION_STRING (Tests/packaging checks it at run time).
-let libraryVersion: StaticString = "1.4.2"
+let libraryVersion: StaticString = "1.4.3"
 
 @c @implementation
 public func goxelpool_version() -> UnsafePointer<CChar>! { staticCString(libraryVersion) }

@@ -93,27 +93,30 @@ bench-instructions: bench-build
 # AB_BASE (default HEAD) against the working tree's, 32 threads on a pool of 10 unless AB_ARGS says
 # otherwise, e.g. make bench-ab AB_BASE=v1.4.2 AB_ARGS="--one-cpu --cycles 80". A change worth a
 # per cent or two is below what two `make bench` runs can tell apart on this machine; here both
-# run against the same daemon, turn by turn, in two runs (each build loaded first once). Each
-# build gets a soname of its own, so that dlopen loads both. The first run builds both (a few
-# minutes; the base in a worktree under build/). Tests/bench/README.md says more.
+# run against the same daemon, turn by turn, in two runs (each build loaded first once). Each copy
+# gets a soname of its own (patchelf), so that dlopen loads both. The base is built once per
+# revision, in a worktree under build/ab (a few minutes); Tests/bench/README.md says more.
 AB_BASE   ?= HEAD
 AB_ARGS   ?=
 AB_DIR    := $(abspath $(BUILD))/ab
-AB_SWIFT_FLAGS = -c release --product goxelpool -Xswiftc -static-stdlib -Xswiftc -enforce-exclusivity=unchecked
 .PHONY: bench-ab
 bench-ab: examples
+	@command -v patchelf > /dev/null || { echo "bench-ab needs patchelf (apt-get install -y patchelf)"; exit 1; }
 	@mkdir -p $(AB_DIR)
 	$(CC) -std=c11 -O2 -Wall -Wextra -Werror Tests/bench/ab.c -I include $$($(PKG_CONFIG) --cflags --libs jansson) \
 	  -ldl -lpthread -lm -o $(AB_DIR)/ab
 	rev=$$(git rev-parse --verify '$(AB_BASE)^{commit}') || exit 1; \
 	if [ "$$(cat $(AB_DIR)/base.rev 2>/dev/null)" != "$$rev" ]; then \
-	  rm -rf $(AB_DIR)/base; git worktree prune; git worktree add --detach -f $(AB_DIR)/base $$rev > /dev/null && \
-	  (cd $(AB_DIR)/base && $(SWIFT) build --scratch-path $(AB_DIR)/base-build $(AB_SWIFT_FLAGS) \
-	     -Xlinker --version-script=$(AB_DIR)/base/pkgconfig/goxelpool.map -Xlinker -soname=libgoxelpool_base.so) && \
-	  cp $(AB_DIR)/base-build/release/libgoxelpool.so $(AB_DIR)/libgoxelpool_base.so && echo $$rev > $(AB_DIR)/base.rev || exit 1; \
+	  rm -rf $(AB_DIR)/base $(AB_DIR)/base.rev; git worktree prune; \
+	  git worktree add --detach -f $(AB_DIR)/base $$rev > /dev/null && \
+	  $(MAKE) -C $(AB_DIR)/base --no-print-directory SCRATCH=$(AB_DIR)/base-build BUILD=$(AB_DIR)/base-out \
+	    all > $(AB_DIR)/base-build.log 2>&1 || \
+	    { echo "bench-ab: building $(AB_BASE) failed, see $(AB_DIR)/base-build.log"; exit 1; }; \
+	  echo $$rev > $(AB_DIR)/base.rev; \
 	fi
-	$(SWIFT) build --scratch-path $(AB_DIR)/head-build $(AB_SWIFT_FLAGS) -Xlinker --version-script=$(MAP) \
-	  -Xlinker -soname=libgoxelpool_head.so
-	cp $(AB_DIR)/head-build/release/libgoxelpool.so $(AB_DIR)/libgoxelpool_head.so
+	cp $(AB_DIR)/base-out/lib/libgoxelpool.so.1 $(AB_DIR)/libgoxelpool_base.so
+	cp $(STAGE)/lib/libgoxelpool.so.1 $(AB_DIR)/libgoxelpool_head.so
+	patchelf --set-soname libgoxelpool_base.so $(AB_DIR)/libgoxelpool_base.so
+	patchelf --set-soname libgoxelpool_head.so $(AB_DIR)/libgoxelpool_head.so
 	@echo "A = $(AB_BASE) ($$(cat $(AB_DIR)/base.rev)), B = the working tree"
 	$(AB_DIR)/ab --refd $(STAGE)/bin/goxel-refd $(AB_ARGS) $(AB_DIR)/libgoxelpool_base.so $(AB_DIR)/libgoxelpool_head.so

@@ -80,7 +80,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-__version__ = "1.4.2"  # the library's version this module is written for (GOXELPOOL_VERSION_STRING)
+__version__ = "1.4.3"  # the library's version this module is written for (GOXELPOOL_VERSION_STRING)
 
 __all__ = [
     "Client", "AsyncClient", "Outcome", "Status", "EventKind", "version", "strerror", "status_name",
@@ -378,7 +378,7 @@ def _text(raw: Optional[bytes]) -> str:
 
 
 def version() -> str:
-    """The library's version at run time, e.g. "1.4.2"."""
+    """The library's version at run time, e.g. "1.4.3"."""
     return _text(_load().gp.goxelpool_version())
 
 

@@ -195,7 +195,7 @@ fn static_str(p: *const c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
-/// `goxelpool_version()`, e.g. "1.4.2".
+/// `goxelpool_version()`, e.g. "1.4.3".
 pub fn version() -> String {
     static_str(unsafe { ffi::goxelpool_version() })
 }
