@@ -3,15 +3,15 @@
  *   build/bench/ab --refd build/stage/bin/goxel-refd [--threads 32] [--connections 10]
  *                  [--cycles 40] [--slice 0.25] [--one-cpu] LIB_A LIB_B
  *
- * A change to the library worth a per cent or two cannot be told from two runs of `make bench`
+ * A change to the library worth a few per cent cannot be told from two runs of `make bench`
  * (this shared machine moves more than that between runs a minute apart). Here both builds are
  * loaded into one process (dlopen, each with its own symbols: give each copy its own soname, see
  * `make bench-ab`), each runs a pool of C connections with T threads of its own against the same
  * daemon, and they take turns: every cycle runs A and B for one slice each, in a random order.
  * Per cycle the ratio of calls/s (B / A) and the difference of client CPU per call (B - A, the
  * whole process's CPU over the slice). Two such runs, each in a process of its own: A loaded
- * first, then B loaded first (the library loaded second ran about 3 % slower in an A/A test, so
- * each build takes each place once). Printed: the median of each run and of both runs' cycles
+ * first, then B loaded first (on two CPUs the library loaded second ran 3 to 5 % slower in A/A
+ * tests, so each build takes each place once). Printed: the median of each run and of both runs' cycles
  * together, with a 95 % confidence interval of the median (order statistics n/2 -+ 0.98 sqrt(n)),
  * and the totals.
  * --one-cpu pins this process, and so the daemon it starts, to CPU 0 first (see bench --one-cpu). */
@@ -279,10 +279,10 @@ int main(int argc, char **argv) {
     if (opt_threads < 1 || opt_threads > MAX_THREADS || opt_connections < 1 || opt_cycles < 3 ||
         opt_cycles > MAX_CYCLES || opt_slice <= 0)
         die("--threads 1..256, --connections >= 1, --cycles 3..1000, --slice > 0");
-    /* Two runs, each in a process of its own: A loaded first, then B. The library loaded second
-     * ran about 3 % slower than the first in the same process, the same build twice included
-     * (an A/A test: 0.964 and 0.972), so each build takes each place once and the two runs'
-     * cycles are pooled (their medians apart show that bias). */
+    /* Two runs, each in a process of its own: A loaded first, then B. On two CPUs the library
+     * loaded second ran 3 to 5 % slower than the first in the same process, the same build
+     * twice included (A/A tests), so each build takes each place once and the two runs' cycles
+     * are pooled (their medians apart show that bias). */
     static run_result results[2];
     for (int first = 0; first < 2; first++) {
         fflush(stdout);

@@ -91,8 +91,8 @@ bench-instructions: bench-build
 
 # Two builds of the library in the same cycles (Tests/bench/ab.c): the library at git revision
 # AB_BASE (default HEAD) against the working tree's, 32 threads on a pool of 10 unless AB_ARGS says
-# otherwise, e.g. make bench-ab AB_BASE=v1.4.2 AB_ARGS="--one-cpu --cycles 80". A change worth a
-# per cent or two is below what two `make bench` runs can tell apart on this machine; here both
+# otherwise, e.g. make bench-ab AB_BASE=504ddef AB_ARGS="--one-cpu --cycles 80". A change worth a
+# few per cent is below what two `make bench` runs can tell apart on this machine; here both
 # run against the same daemon, turn by turn, in two runs (each build loaded first once). Each copy
 # gets a soname of its own (patchelf), so that dlopen loads both. The base is built once per
 # revision, in a worktree under build/ab (a few minutes); Tests/bench/README.md says more.
