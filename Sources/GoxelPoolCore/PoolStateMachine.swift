@@ -614,13 +614,8 @@ public struct PoolStateMachine {
     /// A call made on the fast path, recorded now in the order it happened: exactly the
     /// bookkeeping of `release(.answered)` at `at`, and of the lease before it when its caller
     /// took the connection back without the pool (`lease`). The connection stays leased;
-    /// `returnParked` or `adoptKept` gives it back.
-    public mutating func recordFastCall(_ id: ConnectionID, at: Instant, latency: Span, lease: FastLease?) -> [PoolAction] {
-        guard let connection = connections[id] else { return [] }
-        return recordFastCall(ConnectionHandle(connection: connection), at: at, latency: latency, lease: lease)
-    }
-
-    /// The same through the connection's handle (no lookup by id; nothing when it left the pool).
+    /// `returnParked` or `adoptKept` gives it back. Through the connection's handle (no lookup by
+    /// id at every call); nothing once it left the pool.
     public mutating func recordFastCall(_ handle: ConnectionHandle, at: Instant, latency: Span, lease: FastLease?) -> [PoolAction] {
         let connection = handle.connection
         guard connection.inPool, connection.state == .leased else { return [] }

@@ -607,15 +607,15 @@ extension PoolAffinityTests {
         XCTAssertTrue(m.tick(now: late).contains(.checkHealth(b)), "the tick checks it")
     }
 
-    /// A fast call recorded through a connection's handle counts as through its id; once the
-    /// connection left the pool (here abandoned after a drain), its handle records nothing.
+    /// A fast call is recorded through its connection's handle; once the connection left the
+    /// pool (here abandoned after a drain), its handle records nothing.
     func testAFastCallThroughAHandleOfAConnectionNoLongerInThePoolIsNotRecorded() {
         var (m, _) = pool(1)
         guard case (.leased(let only), _) = m.requestLease(WaiterID(1), now: .milliseconds(10)),
               let handle = m.connectionHandle(only) else { return XCTFail() }
         XCTAssertEqual(handle.id, only)
         _ = m.recordFastCall(handle, at: .milliseconds(11), latency: .milliseconds(1), lease: nil)
-        _ = m.recordFastCall(only, at: .milliseconds(12), latency: .milliseconds(1), lease: nil)
+        _ = m.recordFastCall(handle, at: .milliseconds(12), latency: .milliseconds(1), lease: nil)
         XCTAssertEqual(m.statistics.totalRequestsServed, 2)
         XCTAssertEqual(m.requestsServed(by: only), 2)
         XCTAssertEqual(m.abandonAll(), [only])

@@ -46,7 +46,6 @@ typedef goxelpool_status (*call_fn)(goxelpool_client *, const char *, const json
 typedef void (*free_fn)(goxelpool_client *);
 
 typedef struct {
-    const char *path;
     call_fn call;
     free_fn free;
     goxelpool_client *client;
@@ -184,7 +183,6 @@ static void load(library *lib, const char *path) {
     lib->call = (call_fn)dlsym(handle, "goxelpool_call");
     lib->free = (free_fn)dlsym(handle, "goxelpool_client_free");
     if (!client_new || !lib->call || !lib->free) die("a goxelpool symbol is missing");
-    lib->path = path;
     json_t *config = json_pack("{s:s, s:{s:i, s:i}}", "socket_path", socket_path, "pool", "min_connections",
                                opt_connections, "max_connections", opt_connections);
     char error[256];

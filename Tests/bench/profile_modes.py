@@ -76,16 +76,16 @@ def main():
                     label = "%s/%d" % (row["mode"], row["threads"])
                 names[label] = row
                 calls[label] = row["calls"]
-    # A thread's name is "slot:mode" (15 characters at most); the slot is the mode's index.
-    slot_label = {}
-    for index, (label, row) in enumerate(names.items()):
-        slot_label[str(index)] = label
+    # A thread's name is "slot:mode" cut to 15 characters; the slot is the mode's index, which is
+    # its row's place in the output. A name whose mode does not match that row is refused.
+    slot_label = {str(index): label for index, label in enumerate(names)}
     per_mode = collections.defaultdict(collections.Counter)
     for thread, frames, dsos in read_samples(perf_path):
-        slot = thread.split(":", 1)[0]
-        if ":" not in thread or slot not in slot_label:
+        slot, _, mode = thread.partition(":")
+        label = slot_label.get(slot)
+        if label is None or not names[label]["mode"].startswith(mode):
             continue
-        per_mode[slot_label[slot]][category(frames, dsos)] += 1
+        per_mode[label][category(frames, dsos)] += 1
     modes = wanted or [m for m in names if per_mode[m]]
     # A mode's samples include its warm-up slice, its calls do not: both are per mode alike.
     unit = 1e6 / frequency
